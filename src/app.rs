@@ -1,0 +1,236 @@
+//! Assembles the application: state, routes (declared with their OpenAPI spec), middleware,
+//! background tasks, and a server that shuts down gracefully. `Application::build` binds first
+//! (port 0 works), so tests start the real thing in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::clock::Clock;
+use crate::collections::cache::UsersCache;
+use crate::config::Config;
+use crate::orders::idempotency::InFlight;
+use crate::shops::hash_secret;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::{catalog, collections, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
+
+/// Shared by every request handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub users_cache: UsersCache,
+    pub in_flight: InFlight,
+    pub clock: Clock,
+    pub admin_token_hash: [u8; 32],
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    ready: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vitrina", description = "A shop backend that survives sale day: catalog, stock and orders per shop, plus the seed (pymongo-api) routes."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "seed", description = "The original pymongo-api contract, unchanged"),
+        (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "ingest"), (name = "operations"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// Every route with its spec. Split out so the spec can be produced without a server.
+fn routes(config: &Config) -> OpenApiRouter<AppState> {
+    let bounded = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(collections::routes::router())
+        .merge(shops::routes::router())
+        .merge(catalog::routes::router())
+        .merge(inventory::routes::router())
+        .merge(orders::routes::router())
+        .merge(health::router())
+        .merge(telemetry::router())
+        .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(config.limits.request_timeout_secs.max(1)),
+        ));
+    // Feeds stream large bodies for as long as they take; they bound themselves.
+    bounded.merge(ingest::router())
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(&Config::default()).into_openapi()
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    store: Arc<dyn Store>,
+}
+
+impl Application {
+    /// Opens the store, migrates, seeds demo data when empty, and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let admin_token = secrets::admin_token(&config)?;
+        let db_path = config.data_dir.join("vitrina.db");
+        let cfg = config.sqlite.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path, &cfg)).await??;
+        let store: Arc<dyn Store> = Arc::new(store);
+        if config.seed_on_start {
+            seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
+        }
+        let state = AppState(Arc::new(Inner {
+            users_cache: UsersCache::new(Duration::from_secs(config.cache.users_ttl_secs), config.cache.max_entries),
+            in_flight: InFlight::default(),
+            clock,
+            admin_token_hash: hash_secret(&admin_token),
+            metrics: telemetry::metrics_handle(),
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            store: store.clone(),
+            config: config.clone(),
+        }));
+        let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let router = Self::router(&config, state.clone());
+        Ok(Application { listener, router, state, store })
+    }
+
+    fn router(config: &Config, state: AppState) -> Router {
+        let (router, spec) = routes(config).split_for_parts();
+        let request_id = HeaderName::from_static("x-request-id");
+        router
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+            .fallback(telemetry::not_found)
+            .layer(axum::middleware::from_fn(telemetry::track))
+            .layer(PropagateRequestIdLayer::new(request_id.clone()))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }))
+            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+            .with_state(state)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves: readiness turns false, new connections stop after the
+    /// drain delay, in-flight requests finish (bounded by the grace period), queued writes commit.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, router, state, store } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx));
+        state.set_ready(true);
+        tracing::info!(addr = %listener.local_addr()?, "vitrina is ready");
+
+        let drain = Duration::from_secs(state.config.shutdown_drain_secs);
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let (closing_tx, mut closing_rx) = watch::channel(false);
+        let signal_state = state.clone();
+        let graceful = async move {
+            shutdown.await;
+            signal_state.set_ready(false);
+            tracing::info!("shutdown requested: draining");
+            tokio::time::sleep(drain).await;
+            let _ = closing_tx.send(true);
+        };
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
+        let server = tokio::spawn(async move { server.await });
+        // Bound the wait for in-flight requests once the listener has closed.
+        let served = async {
+            let _ = closing_rx.wait_for(|c| *c).await;
+            tokio::time::sleep(grace).await;
+        };
+        let mut server = server;
+        tokio::select! {
+            r = &mut server => { r??; }
+            _ = served => {
+                tracing::warn!("grace period over; abandoning requests still in flight");
+                server.abort();
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = sweeper.await;
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        tracing::info!("vitrina stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,92 @@
+//! The `vitrina` command line: `serve` (the default), `seed`, `config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{shutdown_signal, Application};
+use crate::clock::Clock;
+use crate::config::{Config, Overrides};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::{seed, telemetry};
+
+#[derive(Parser, Debug)]
+#[command(name = "vitrina", version, about = "A shop backend built to survive sale day")]
+pub struct Cli {
+    /// TOML configuration file (lowest layer above the built-in defaults).
+    #[arg(long, global = true, env = "VITRINA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Directory of the embedded store and generated secrets.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API (what runs when no subcommand is given).
+    Serve,
+    /// Fill demo data (idempotent): the helloDoc collection and a demo shop.
+    Seed,
+    /// Print the effective configuration, secrets masked.
+    Config,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let flags = Overrides { listen: cli.listen.clone(), data_dir: cli.data_dir.clone() };
+    // VITRINA_CONFIG is read by clap; keep it out of the environment layer.
+    let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
+    let config = Config::from_layers(cli.config.as_deref(), &env, &flags)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Serve => {
+            telemetry::init_logs(&config.log_format, &config.log_level);
+            runtime()?.block_on(async {
+                let app = Application::build(config).await?;
+                app.run_until_stopped(shutdown_signal()).await
+            })
+        }
+        Command::Seed => {
+            telemetry::init_logs(&config.log_format, &config.log_level);
+            runtime()?.block_on(seed_command(config))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn seed_command(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("vitrina.db");
+    let cfg = config.sqlite.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, &cfg)).await??;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = seed::seed(&store, &config, &Clock::system(), &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "seeded: {} users, {} products created{}",
+        report.users_inserted,
+        report.products_created,
+        if report.demo_shop_key.is_some() { ", demo shop created" } else { "" }
+    );
+    tokio::task::spawn_blocking(move || store.close()).await?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The seed API routes. Shapes follow pymongo-api (FastAPI): `{"detail": ...}` errors,
+//! `{"users": [...]}` lists, 201 on create.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
+use crate::app::AppState;
+use crate::store::StoreError;
+use crate::topology::{self, Topology};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(root))
+        .routes(routes!(count))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user))
+}
+
+/// Errors of the seed API, in FastAPI's `{"detail": ...}` shape.
+#[derive(Debug)]
+pub enum SeedError {
+    NotFound(String),
+    Invalid(Vec<ValidationIssue>),
+    TooLarge,
+    Store(StoreError),
+}
+
+impl From<StoreError> for SeedError {
+    fn from(e: StoreError) -> Self {
+        SeedError::Store(e)
+    }
+}
+
+impl IntoResponse for SeedError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match self {
+            SeedError::NotFound(d) => (StatusCode::NOT_FOUND, json!(d)),
+            SeedError::Invalid(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!(issues)),
+            SeedError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, json!("Request body too large")),
+            SeedError::Store(StoreError::Unavailable(m)) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
+            SeedError::Store(e) => {
+                tracing::error!(error = %e, "seed API store failure");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!("Internal Server Error"))
+            }
+        };
+        let mut resp = (status, Json(json!({ "detail": detail }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+fn check_collection(name: &str) -> Result<(), SeedError> {
+    if valid_collection(name) {
+        return Ok(());
+    }
+    Err(SeedError::Invalid(vec![ValidationIssue {
+        kind: "string_pattern_mismatch",
+        loc: vec!["path".into(), "collection_name".into()],
+        msg: "Collection names are 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'".into(),
+        input: Value::String(name.to_owned()),
+    }]))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CollectionReport {
+    pub documents_count: u64,
+    /// Documents per shard; the values sum to `documents_count`.
+    pub shards_count: BTreeMap<String, u64>,
+}
+
+/// The seed's status report, key for key, plus `topology`: the precise view of the store.
+#[derive(Serialize, ToSchema)]
+pub struct RootReport {
+    pub mongo_topology_type: String,
+    pub mongo_replicaset_name: Option<String>,
+    pub mongo_db: String,
+    pub read_preference: String,
+    /// `[host, port]` pairs of every data node.
+    #[schema(value_type = Vec<Object>)]
+    pub mongo_nodes: Vec<(String, u16)>,
+    #[schema(value_type = Option<Object>)]
+    pub mongo_primary_host: Option<(String, u16)>,
+    #[schema(value_type = Vec<Object>)]
+    pub mongo_secondary_hosts: Vec<(String, u16)>,
+    #[schema(value_type = Option<Object>)]
+    pub mongo_address: Option<(String, u16)>,
+    pub mongo_is_primary: bool,
+    pub mongo_is_mongos: bool,
+    pub collections: BTreeMap<String, CollectionReport>,
+    /// `{shard: "shard/host:port,..."}` when sharded, otherwise null.
+    pub shards: Option<BTreeMap<String, String>>,
+    pub cache_enabled: bool,
+    pub status: String,
+    pub topology: Topology,
+}
+
+/// Status and topology report (the seed's `GET /`).
+#[utoipa::path(get, path = "/", tag = "seed",
+    responses((status = 200, body = RootReport), (status = 503, description = "The store is unavailable")))]
+async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedError> {
+    let counts = state.store.collection_counts().await?;
+    let mut collections: BTreeMap<String, CollectionReport> = BTreeMap::new();
+    for c in counts {
+        let entry = collections
+            .entry(c.collection)
+            .or_insert_with(|| CollectionReport { documents_count: 0, shards_count: BTreeMap::new() });
+        entry.documents_count += c.count;
+        *entry.shards_count.entry(c.shard).or_default() += c.count;
+    }
+    let topology = topology::describe(&state).await;
+    let nodes: Vec<(String, u16)> = topology.store.shards.iter().flat_map(|s| &s.nodes).map(|n| (n.address.clone(), 0)).collect();
+    let primary = nodes.first().cloned();
+    let sharded = topology.store.shards.len() > 1;
+    Ok(Json(RootReport {
+        mongo_topology_type: if sharded { "Sharded" } else { "Single" }.into(),
+        mongo_replicaset_name: None,
+        mongo_db: state.config.mongo_db.clone(),
+        read_preference: "Primary()".into(),
+        mongo_address: primary.clone(),
+        mongo_primary_host: primary,
+        mongo_secondary_hosts: Vec::new(),
+        mongo_nodes: nodes,
+        mongo_is_primary: !sharded,
+        mongo_is_mongos: sharded,
+        collections,
+        shards: None,
+        cache_enabled: true,
+        status: "OK".into(),
+        topology,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CountReport {
+    pub status: String,
+    pub mongo_db: String,
+    pub items_count: u64,
+}
+
+/// Number of documents in a collection.
+#[utoipa::path(get, path = "/{collection_name}/count", tag = "seed",
+    params(("collection_name" = String, Path)),
+    responses((status = 200, body = CountReport)))]
+async fn count(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Json<CountReport>, SeedError> {
+    check_collection(&collection)?;
+    let items_count = state.store.count_users(&collection).await?;
+    Ok(Json(CountReport { status: "OK".into(), mongo_db: state.config.mongo_db.clone(), items_count }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    #[schema(value_type = Vec<Object>)]
+    pub users: Vec<UserDoc>,
+}
+
+/// Up to 1000 users of a collection, cached for 60 s and invalidated by a write to it.
+#[utoipa::path(get, path = "/{collection_name}/users", tag = "seed",
+    params(("collection_name" = String, Path)),
+    responses((status = 200, body = UserList)))]
+async fn list_users(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Response, SeedError> {
+    check_collection(&collection)?;
+    let store = state.store.clone();
+    let name = collection.clone();
+    let loaded = state
+        .users_cache
+        .get_or_load(&collection, async move {
+            let users = store.list_users(&name, MAX_LIST).await?;
+            serde_json::to_vec(&UserList { users }).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .await;
+    let (body, hit) = loaded.map_err(|e| SeedError::Store((*e).clone()))?;
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    resp.headers_mut().insert("x-cache", HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    Ok(resp)
+}
+
+/// One user by name, or 404 `{"detail": "User <name> not found"}`.
+#[utoipa::path(get, path = "/{collection_name}/users/{name}", tag = "seed",
+    params(("collection_name" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, description = "`{\"detail\": \"User <name> not found\"}`")))]
+async fn get_user(State(state): State<AppState>, Path((collection, name)): Path<(String, String)>) -> Result<Json<UserDoc>, SeedError> {
+    check_collection(&collection)?;
+    match state.store.find_user(&collection, &name).await? {
+        Some(u) => Ok(Json(u)),
+        None => Err(SeedError::NotFound(format!("User {name} not found"))),
+    }
+}
+
+/// Add a user: `name` (string) and `age` (integer) required, extra fields kept. 201 with the stored user.
+#[utoipa::path(post, path = "/{collection_name}/users", tag = "seed",
+    params(("collection_name" = String, Path)),
+    request_body(content = Object, description = "`{\"name\": \"ann\", \"age\": 30, ...}`"),
+    responses((status = 201, body = Object), (status = 422, description = "`{\"detail\": [validation errors]}`")))]
+async fn create_user(
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<UserDoc>), SeedError> {
+    check_collection(&collection)?;
+    let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { SeedError::TooLarge } else { SeedError::Invalid(vec![]) })?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        SeedError::Invalid(vec![ValidationIssue {
+            kind: "json_invalid",
+            loc: vec!["body".into(), json!(e.column())],
+            msg: "JSON decode error".into(),
+            input: json!({}),
+        }])
+    })?;
+    let doc = parse_user(value).map_err(SeedError::Invalid)?;
+    state.store.insert_users(&collection, vec![doc.clone()]).await?;
+    state.users_cache.invalidate(&collection);
+    Ok((StatusCode::CREATED, Json(doc)))
+}

@@ -1,0 +1,317 @@
+//! Configuration, in layers from low to high: built-in defaults, the TOML file (`--config`),
+//! `VITRINA_*` environment variables, command-line flags. Nested keys are reached from the
+//! environment with a double underscore: `VITRINA_SQLITE__SYNCHRONOUS=normal`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Where the embedded store and generated secrets live.
+    pub data_dir: PathBuf,
+    /// Token for admin calls (creating shops). Generated into the data dir when unset.
+    pub admin_token: Option<String>,
+    /// `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
+    pub log_format: String,
+    /// Log filter in `RUST_LOG` syntax.
+    pub log_level: String,
+    /// Fill demo data on first start when the store is empty.
+    pub seed_on_start: bool,
+    /// The database name the seed API reports as `mongo_db`.
+    pub mongo_db: String,
+    pub orders: OrdersConfig,
+    pub sqlite: SqliteConfig,
+    pub limits: LimitsConfig,
+    pub cache: CacheConfig,
+    /// How long to keep serving in-flight requests after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+    /// How long `/health/ready` reports not-ready before the listener closes, so balancers
+    /// stop sending new requests first.
+    pub shutdown_drain_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// Unpaid orders are cancelled and their stock released after this hold.
+    pub hold_secs: u64,
+    /// How often the sweeper looks for expired holds.
+    pub sweep_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// `full` (an acknowledged write survives a power cut) or `normal` (survives a crash of
+    /// the process, not of the machine).
+    pub synchronous: Synchronous,
+    pub readers: usize,
+    pub busy_timeout_ms: u64,
+    /// Most operations committed by one fsync.
+    pub max_batch: usize,
+    /// Writes waiting for the writer before callers are made to wait.
+    pub queue_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub json_body_bytes: usize,
+    pub feed_body_bytes: usize,
+    pub feed_line_bytes: usize,
+    /// Feed lines applied per transaction.
+    pub feed_batch: usize,
+    pub page_default: usize,
+    pub page_max: usize,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Lifetime of a cached seed-API user list.
+    pub users_ttl_secs: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            log_format: "auto".into(),
+            log_level: "info".into(),
+            seed_on_start: true,
+            mongo_db: "somedb".into(),
+            orders: OrdersConfig::default(),
+            sqlite: SqliteConfig::default(),
+            limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
+            shutdown_grace_secs: 30,
+            shutdown_drain_secs: 0,
+        }
+    }
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        OrdersConfig { hold_secs: 15 * 60, sweep_interval_ms: 10_000 }
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig { synchronous: Synchronous::Full, readers: 4, busy_timeout_ms: 5_000, max_batch: 256, queue_len: 4096 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            json_body_bytes: 1024 * 1024,
+            feed_body_bytes: 256 * 1024 * 1024,
+            feed_line_bytes: 64 * 1024,
+            feed_batch: 500,
+            page_default: 20,
+            page_max: 100,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { users_ttl_secs: 60, max_entries: 10_000 }
+    }
+}
+
+/// Overrides taken from command-line flags: the highest layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the effective configuration from every layer.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<Config> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_layers(file, &env, flags)
+    }
+
+    pub fn from_layers(file: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> anyhow::Result<Config> {
+        let mut merged = toml::Table::try_from(Config::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(&mut merged, table);
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("VITRINA_") else { continue };
+            if rest.starts_with("TEST_") || rest == "REQUIRE_SERVICES" {
+                continue; // test-harness settings, not server configuration
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut merged, &path, value).with_context(|| format!("environment variable {key}"))?;
+        }
+        if let Some(l) = &flags.listen {
+            merged.insert("listen".into(), toml::Value::String(l.clone()));
+        }
+        if let Some(d) = &flags.data_dir {
+            merged.insert("data_dir".into(), toml::Value::String(d.display().to_string()));
+        }
+        let config: Config = toml::Value::Table(merged).try_into().context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.limits.page_max == 0 || self.limits.page_default == 0 || self.limits.page_default > self.limits.page_max {
+            bail!("limits: need 0 < page_default <= page_max");
+        }
+        if self.limits.feed_batch == 0 || self.sqlite.max_batch == 0 {
+            bail!("feed_batch and sqlite.max_batch must be positive");
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                bail!("admin_token must be at least 16 characters");
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets masked, for `vitrina config`.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("<set>".into());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// Environment values take the type of the setting they replace: text settings (and unset
+/// optional ones) stay text, numbers and booleans are parsed as such.
+fn env_value(existing: Option<&toml::Value>, raw: &str) -> toml::Value {
+    match existing {
+        None | Some(toml::Value::String(_)) => toml::Value::String(raw.to_owned()),
+        Some(_) => {
+            if let Ok(i) = raw.parse::<i64>() {
+                return toml::Value::Integer(i);
+            }
+            match raw {
+                "true" => toml::Value::Boolean(true),
+                "false" => toml::Value::Boolean(false),
+                _ => toml::Value::String(raw.to_owned()),
+            }
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> anyhow::Result<()> {
+    match path {
+        [] => bail!("empty key"),
+        [last] => {
+            let value = env_value(table.get(last), raw);
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [head, rest @ ..] => match table.get_mut(head) {
+            Some(toml::Value::Table(t)) => set_path(t, rest, raw),
+            _ => bail!("unknown section {head}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::from_layers(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.sqlite.synchronous, Synchronous::Full);
+        assert_eq!(c.orders.hold_secs, 900);
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nmongo_db = \"fromfile\"\n[sqlite]\nreaders = 2\n").unwrap();
+        let e = env(&[("VITRINA_LISTEN", "127.0.0.1:2"), ("VITRINA_SQLITE__SYNCHRONOUS", "normal"), ("OTHER", "x")]);
+        let flags = Overrides { listen: Some("127.0.0.1:3".into()), data_dir: None };
+        let c = Config::from_layers(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3");
+        assert_eq!(c.mongo_db, "fromfile");
+        assert_eq!(c.sqlite.readers, 2);
+        assert_eq!(c.sqlite.synchronous, Synchronous::Normal);
+        let c = Config::from_layers(Some(&file), &e, &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(Config::from_layers(Some(&file), &[], &Overrides::default()).is_err());
+        assert!(Config::from_layers(None, &env(&[("VITRINA_SQLITE__SYNCHRONOUS", "sometimes")]), &Overrides::default()).is_err());
+        assert!(Config::from_layers(None, &env(&[("VITRINA_NOPE__X", "1")]), &Overrides::default()).is_err());
+        assert!(Config::from_layers(None, &env(&[("VITRINA_ADMIN_TOKEN", "short")]), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn numeric_text_stays_text() {
+        let c = Config::from_layers(None, &env(&[("VITRINA_ADMIN_TOKEN", "12345678901234567")]), &Overrides::default()).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("12345678901234567"));
+    }
+
+    #[test]
+    fn redacts_the_admin_token() {
+        let mut c = Config::default();
+        c.admin_token = Some("supersecretsupersecret".into());
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("supersecret"));
+        assert!(shown.contains("<set>"));
+    }
+}

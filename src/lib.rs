@@ -1,0 +1,28 @@
+//! vitrina: a shop backend built to survive sale day.
+//!
+//! Request path: `app` (router, middleware) → a capability module's `routes` (catalog,
+//! inventory, orders, shops, ingest, collections) → its pure rules → `store` (the one seam
+//! between the domain and a backend) → a backend (`store::sqlite`).
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod collections;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod ingest;
+pub mod inventory;
+pub mod money;
+pub mod orders;
+pub mod pagination;
+pub mod secrets;
+pub mod seed;
+pub mod shops;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+pub mod validate;

@@ -1,0 +1,9 @@
+fn main() -> std::process::ExitCode {
+    match vitrina::cli::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

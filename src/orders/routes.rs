@@ -1,0 +1,155 @@
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::idempotency::valid_key;
+use super::{Action, Order, OrderPage, OrderQuery, OrderStatus, PlaceOrder, PlaceOrderBody, PlaceOutcome};
+use crate::app::AppState;
+use crate::auth;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::pagination;
+use crate::store::StoreError;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(place_order, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(transition))
+}
+
+/// Place an order. Stock is reserved by a conditional update per SKU (lines with the same SKU
+/// are summed); if any line cannot be served nothing is reserved and the answer is 409 listing
+/// the short SKUs. `Idempotency-Key` is required: the same key with the same body replays the
+/// stored answer, with another body it is 422, and while the first request is still running 409.
+#[utoipa::path(post, path = "/shops/{shop}/orders", tag = "orders", request_body = PlaceOrderBody,
+    params(("shop" = String, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen unique key, 1-255 printable ASCII")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = Order),
+        (status = 400, body = Problem, description = "Missing or malformed Idempotency-Key"),
+        (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Insufficient stock, or the key is in flight"),
+        (status = 422, body = Problem, description = "Invalid body, unknown SKU, or key reused with another body")))]
+async fn place_order(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PlaceOrderBody>,
+) -> ApiResult<Response> {
+    let shop = auth::shop_id(&shop)?;
+    let record = auth::require_shop_key(&state, &headers, &shop).await?;
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => return Err(ApiError::bad_request("idempotency_key_required", "the Idempotency-Key header is required")),
+        Some(Ok(k)) if valid_key(k) => k.to_owned(),
+        Some(_) => return Err(ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")),
+    };
+    let lines = body.validate()?;
+    let Some(_claim) = state.in_flight.claim(&shop, &key) else {
+        return Err(ApiError::Conflict { code: "idempotency_key_in_flight", detail: "a request with this Idempotency-Key is still being processed".into() });
+    };
+    let now = state.clock.now();
+    let hold = chrono::Duration::seconds(state.config.orders.hold_secs.min(i64::MAX as u64 / 1000) as i64);
+    let place = PlaceOrder {
+        id: uuid::Uuid::now_v7().to_string(),
+        customer_id: body.customer_id.clone(),
+        currency: record.shop.currency,
+        lines,
+        idempotency_key: key,
+        fingerprint: body.fingerprint(),
+        now,
+        expires_at: now + hold,
+    };
+    let outcome = state.store.place_order(&shop, place).await;
+    let label = match &outcome {
+        Ok(PlaceOutcome::Created(_)) => "placed",
+        Ok(PlaceOutcome::Replayed { .. }) => "replayed",
+        Ok(PlaceOutcome::KeyReused) => "key_reused",
+        Err(StoreError::InsufficientStock { .. }) => "insufficient_stock",
+        Err(_) => "error",
+    };
+    metrics::counter!("vitrina_orders_total", "outcome" => label).increment(1);
+    match outcome? {
+        PlaceOutcome::Created(order) => Ok((StatusCode::CREATED, Json(order)).into_response()),
+        PlaceOutcome::Replayed { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = (status, Json(body)).into_response();
+            resp.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+        PlaceOutcome::KeyReused => Err(ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            detail: "this Idempotency-Key was used with a different request body".into(),
+        }),
+    }
+}
+
+/// An order with its lines and status history.
+#[utoipa::path(get, path = "/shops/{shop}/orders/{id}", tag = "orders",
+    params(("shop" = String, Path), ("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn get_order(State(state): State<AppState>, Path((shop, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Json<Order>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store.get_order(&shop, &id).await? } else { None };
+    order.map(Json).ok_or_else(|| ApiError::NotFound(format!("order {id}")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only orders in this status.
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// A shop's orders, newest first.
+#[utoipa::path(get, path = "/shops/{shop}/orders", tag = "orders",
+    params(("shop" = String, Path), ListParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = OrderPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn list_orders(State(state): State<AppState>, Path(shop): Path<String>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<OrderPage>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let limits = &state.config.limits;
+    let limit = pagination::limit(q.limit, limits.page_default, limits.page_max)
+        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{}", limits.page_max)))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?),
+    };
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(pagination::decode::<String>(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API issued"))?),
+    };
+    let rows = state.store.list_orders(&shop, OrderQuery { status, before, limit }).await?;
+    let (items, next_cursor) = pagination::split(rows, limit, |o| o.id.clone());
+    Ok(Json(OrderPage { items, next_cursor }))
+}
+
+/// Move an order along its lifecycle: `pay` (placed→paid), `ship` (paid→shipped, stock leaves
+/// on hand), `deliver` (shipped→delivered), `cancel` (placed|paid→cancelled, stock released).
+#[utoipa::path(post, path = "/shops/{shop}/orders/{id}/{action}", tag = "orders",
+    params(("shop" = String, Path), ("id" = String, Path), ("action" = String, Path, description = "pay | ship | deliver | cancel")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Not allowed from the current status")))]
+async fn transition(
+    State(state): State<AppState>,
+    Path((shop, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Order>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let action = Action::parse(&action).ok_or_else(|| ApiError::NotFound(format!("action {action}")))?;
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::NotFound(format!("order {id}")));
+    }
+    Ok(Json(state.store.transition_order(&shop, &id, action, state.clock.now()).await?))
+}

@@ -1,0 +1,48 @@
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{generate_api_key, hash_secret, CreateShop, Shop};
+use crate::app::AppState;
+use crate::auth;
+use crate::error::{ApiResult, Problem};
+use crate::extract::ApiJson;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_shop)).routes(routes!(get_shop))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedShop {
+    #[serde(flatten)]
+    pub shop: Shop,
+    /// The shop's API key. Shown once: only its hash is stored.
+    pub api_key: String,
+}
+
+/// Create a shop (admin token required). The answer carries the shop's API key, shown once.
+#[utoipa::path(post, path = "/shops", tag = "shops", request_body = CreateShop,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = CreatedShop),
+        (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_shop(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<CreateShop>) -> ApiResult<(StatusCode, Json<CreatedShop>)> {
+    auth::require_admin(&state, &headers)?;
+    let api_key = generate_api_key();
+    let new = body.validate(hash_secret(&api_key), state.clock.now())?;
+    let shop = state.store.create_shop(new).await?;
+    tracing::info!(shop = %shop.id, "shop created");
+    Ok((StatusCode::CREATED, Json(CreatedShop { shop, api_key })))
+}
+
+/// A shop's public profile.
+#[utoipa::path(get, path = "/shops/{shop}", tag = "shops",
+    params(("shop" = String, Path, description = "Shop id")),
+    responses((status = 200, body = Shop), (status = 404, body = Problem)))]
+async fn get_shop(State(state): State<AppState>, Path(shop): Path<String>) -> ApiResult<Json<Shop>> {
+    let id = auth::shop_id(&shop)?;
+    Ok(Json(auth::load_shop(&state, &id).await?.shop))
+}

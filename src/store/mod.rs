@@ -1,0 +1,138 @@
+//! The storage seam. Every backend (the embedded SQLite store now, PostgreSQL shards later)
+//! implements [`Store`]; nothing above this module knows which one it talks to.
+//!
+//! Every call carries its routing key: a [`ShopId`] for shop data, the collection plus the
+//! document's name for the seed API. A sharded router can therefore implement `Store` itself by
+//! picking a shard per call. Every business write is one store transaction, so the outbox row
+//! of a later issue joins the same transaction without changing this interface.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::collections::UserDoc;
+use crate::ingest::FeedOp;
+use crate::inventory::Stock;
+use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum StoreError {
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// A rule of the domain refused the write; nothing was changed.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// Some order lines cannot be served; nothing was reserved.
+    #[error("insufficient stock for {skus:?}")]
+    InsufficientStock { skus: Vec<String> },
+    /// Input that passed the edge checks but is inconsistent with stored data.
+    #[error("{detail}")]
+    Invalid { code: &'static str, detail: String },
+    /// The backend cannot take the call now (shutting down, overloaded, unreachable).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn not_found(entity: &'static str, id: impl Into<String>) -> Self {
+        StoreError::NotFound { entity, id: id.into() }
+    }
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Conflict { code, detail: detail.into() }
+    }
+    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Invalid { code, detail: detail.into() }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a product upsert created a new row or replaced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// One node of the storage topology, as reported by `GET /`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeReport {
+    pub name: String,
+    pub role: String,
+    pub address: String,
+    pub reachable: bool,
+    pub replay_lag_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ShardReport {
+    pub name: String,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct StoreReport {
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    pub shards: Vec<ShardReport>,
+    /// Durability setting in force for acknowledged writes.
+    pub durability: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn report(&self) -> StoreReport;
+    /// Stops taking writes and waits until everything acknowledged is durable. Blocking: call
+    /// it from a blocking context.
+    fn close(&self);
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop>;
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>>;
+
+    async fn upsert_product(
+        &self,
+        shop: &ShopId,
+        input: ProductInput,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Product, Upserted)>;
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>>;
+    /// At most `query.limit + 1` products after the cursor, so the caller can tell a next page exists.
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>>;
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()>;
+
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock>;
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock>;
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>>;
+    /// Applies a batch of feed operations in one transaction, each in its own savepoint:
+    /// one result per operation, in order; a failed operation leaves no trace.
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>>;
+
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome>;
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>>;
+    /// Newest first, at most `query.limit + 1`.
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>>;
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order>;
+    /// Placed orders whose hold ended before `now`, across every shop of every shard.
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>>;
+
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()>;
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>>;
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>>;
+    async fn count_users(&self, collection: &str) -> StoreResult<u64>;
+    /// Every collection with its document count per shard.
+    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectionCount {
+    pub collection: String,
+    pub shard: String,
+    pub count: u64,
+}

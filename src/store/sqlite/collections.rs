@@ -1,0 +1,49 @@
+//! Seed-API collections on SQLite, kept in insertion order like a MongoDB natural scan.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::collections::UserDoc;
+use crate::store::{StoreError, StoreResult};
+
+fn doc_row(r: &Row<'_>) -> rusqlite::Result<(String, String, i64, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn to_doc((id, name, age, extra): (String, String, i64, String)) -> StoreResult<UserDoc> {
+    let extra = serde_json::from_str(&extra).map_err(|e| StoreError::Backend(format!("document {id}: {e}")))?;
+    Ok(UserDoc { id, name, age, extra })
+}
+
+pub fn insert(c: &Connection, collection: &str, docs: &[UserDoc]) -> StoreResult<()> {
+    let mut stmt = c.prepare_cached("INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    for d in docs {
+        let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
+        stmt.execute(params![d.id, collection, d.name, d.age, extra])?;
+    }
+    Ok(())
+}
+
+pub fn find(c: &Connection, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+    c.prepare_cached("SELECT id, name, age, extra FROM seed_docs WHERE collection = ?1 AND name = ?2 ORDER BY seq LIMIT 1")?
+        .query_row(params![collection, name], doc_row)
+        .optional()?
+        .map(to_doc)
+        .transpose()
+}
+
+pub fn list(c: &Connection, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
+    c.prepare_cached("SELECT id, name, age, extra FROM seed_docs WHERE collection = ?1 ORDER BY seq LIMIT ?2")?
+        .query_map(params![collection, limit as i64], doc_row)?
+        .map(|r| to_doc(r?))
+        .collect()
+}
+
+pub fn count(c: &Connection, collection: &str) -> StoreResult<u64> {
+    Ok(c.prepare_cached("SELECT count(*) FROM seed_docs WHERE collection = ?1")?.query_row([collection], |r| r.get(0))?)
+}
+
+pub fn counts(c: &Connection) -> StoreResult<Vec<(String, u64)>> {
+    Ok(c.prepare_cached("SELECT collection, count(*) FROM seed_docs GROUP BY collection ORDER BY collection")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}

@@ -1,0 +1,265 @@
+//! The embedded store: one SQLite file in WAL mode, a pool of readers and a single group-commit
+//! writer. Acknowledged writes are durable (`synchronous=FULL` unless configured otherwise).
+
+mod catalog;
+mod collections;
+mod orders;
+mod readers;
+mod schema;
+mod shops;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags};
+
+use self::readers::Readers;
+use self::writer::{Writer, WriterThread};
+use super::{CollectionCount, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::collections::UserDoc;
+use crate::config::{SqliteConfig, Synchronous};
+use crate::ingest::FeedOp;
+use crate::inventory::Stock;
+use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+
+pub const SHARD_NAME: &str = "local";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    synchronous: Synchronous,
+    writer: Mutex<Option<Writer>>,
+    writer_thread: Mutex<Option<WriterThread>>,
+    readers: Readers,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, cfg: &SqliteConfig) -> anyhow::Result<SqliteStore> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn, cfg, false)?;
+        let applied = schema::migrate(&mut conn)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, latest = schema::latest(), "applied schema migrations");
+        }
+        let readers = (0..cfg.readers.max(1))
+            .map(|_| {
+                let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                configure(&c, cfg, true)?;
+                Ok(c)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1));
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            synchronous: cfg.synchronous,
+            writer: Mutex::new(Some(writer)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Readers::new(readers),
+        })
+    }
+
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match writer {
+            Some(w) => w.write(op).await,
+            None => Err(StoreError::Unavailable("the store is shutting down".into())),
+        }
+    }
+
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.readers.read(op).await
+    }
+
+    fn shut(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+fn configure(conn: &Connection, cfg: &SqliteConfig, read_only: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(())
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as they compare.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+                StoreError::Unavailable(format!("database busy: {e}"))
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    /// Lets the writer commit what is queued, then waits for its thread to exit.
+    fn close(&self) {
+        self.shut();
+    }
+
+    async fn report(&self) -> StoreReport {
+        let reachable = self.ping().await.is_ok();
+        StoreReport {
+            kind: "sqlite".into(),
+            durability: format!("synchronous={}, group commit", self.synchronous.pragma()),
+            shards: vec![ShardReport {
+                name: SHARD_NAME.into(),
+                nodes: vec![NodeReport {
+                    name: SHARD_NAME.into(),
+                    role: "primary".into(),
+                    address: self.path.display().to_string(),
+                    reachable,
+                    replay_lag_ms: None,
+                }],
+            }],
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
+    }
+
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        self.write(move |c| shops::create(c, &shop)).await
+    }
+
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        let id = id.clone();
+        self.read(move |c| shops::get(c, &id)).await
+    }
+
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        let shop = shop.clone();
+        self.write(move |c| catalog::upsert_product(c, &shop, &input, now)).await
+    }
+
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.read(move |c| catalog::get_product(c, &shop, &sku)).await
+    }
+
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
+        let shop = shop.clone();
+        self.read(move |c| catalog::list_products(c, &shop, &query)).await
+    }
+
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| catalog::delete_product(c, &shop, &sku)).await
+    }
+
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| catalog::set_stock(c, &shop, &sku, on_hand, now)).await
+    }
+
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| catalog::adjust_stock(c, &shop, &sku, delta, now)).await
+    }
+
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.read(move |c| catalog::get_stock(c, &shop, &sku)).await
+    }
+
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        let shop = shop.clone();
+        self.write(move |c| catalog::apply_feed(c, &shop, ops, now)).await
+    }
+
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        let shop = shop.clone();
+        self.write(move |c| orders::place(c, &shop, &order)).await
+    }
+
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.read(move |c| orders::load(c, &shop, &id)).await
+    }
+
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
+        let shop = shop.clone();
+        self.read(move |c| orders::list(c, &shop, &query)).await
+    }
+
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| orders::transition(c, &shop, &id, action, now)).await
+    }
+
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+        self.read(move |c| orders::expired(c, now, limit)).await
+    }
+
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let collection = collection.to_owned();
+        self.write(move |c| collections::insert(c, &collection, &docs)).await
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        let (collection, name) = (collection.to_owned(), name.to_owned());
+        self.read(move |c| collections::find(c, &collection, &name)).await
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
+        let collection = collection.to_owned();
+        self.read(move |c| collections::list(c, &collection, limit)).await
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<u64> {
+        let collection = collection.to_owned();
+        self.read(move |c| collections::count(c, &collection)).await
+    }
+
+    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>> {
+        let rows = self.read(collections::counts).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(collection, count)| CollectionCount { collection, shard: SHARD_NAME.into(), count })
+            .collect())
+    }
+}

@@ -1,0 +1,213 @@
+//! Orders on SQLite. Placement and transitions run inside the writer's savepoint, so a refusal
+//! anywhere (unknown SKU, short stock) undoes every reservation already taken.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{parse_ts, ts};
+use crate::money::{Currency, Money};
+use crate::orders::{
+    price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
+    StockEffect,
+};
+use crate::shops::ShopId;
+use crate::store::{StoreError, StoreResult};
+
+pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
+    let previous = c
+        .prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
+        .query_row(params![shop.as_str(), p.idempotency_key], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?))
+        })
+        .optional()?;
+    if let Some((hash, status, body)) = previous {
+        if hash != p.fingerprint {
+            return Ok(PlaceOutcome::KeyReused);
+        }
+        let body = serde_json::from_str(&body).map_err(|e| StoreError::Backend(format!("stored response: {e}")))?;
+        return Ok(PlaceOutcome::Replayed { status, body });
+    }
+
+    let mut price_stmt = c.prepare_cached("SELECT name, price_amount, currency FROM products WHERE shop = ?1 AND sku = ?2")?;
+    let (lines, total) = price_lines(p.currency, &p.lines, |sku| {
+        price_stmt
+            .query_row(params![shop.as_str(), sku], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+            .ok()
+            .and_then(|(name, amount, cur)| Some((name, Money::new(amount, Currency::parse(&cur)?))))
+    })
+    .map_err(|e| match e {
+        PricingError::UnknownSkus(skus) => StoreError::invalid("unknown_sku", format!("unknown SKUs: {}", skus.join(", "))),
+        PricingError::Overflow => StoreError::invalid("amount_overflow", "the order total is out of range"),
+    })?;
+
+    // The only way stock is taken: a conditional update that cannot pass below zero available.
+    let mut take = c.prepare_cached(
+        "UPDATE stock SET reserved = reserved + ?3, updated_at = ?4
+         WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
+    )?;
+    let now = ts(p.now);
+    let mut short = Vec::new();
+    for line in &p.lines {
+        if take.execute(params![shop.as_str(), line.sku, line.qty, now])? == 0 {
+            short.push(line.sku.clone());
+        }
+    }
+    if !short.is_empty() {
+        return Err(StoreError::InsufficientStock { skus: short });
+    }
+
+    c.prepare_cached(
+        "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
+         VALUES (?1, ?2, ?3, 'placed', ?4, ?5, ?6, ?6, ?7)",
+    )?
+    .execute(params![p.id, shop.as_str(), p.customer_id, total.amount, total.currency.as_str(), now, ts(p.expires_at)])?;
+    let mut ins_line = c.prepare_cached(
+        "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (i, l) in lines.iter().enumerate() {
+        ins_line.execute(params![p.id, i as i64, l.sku, l.name, l.qty, l.unit_price.amount, l.line_total.amount])?;
+    }
+    append_history(c, &p.id, 1, OrderStatus::Placed, &now, None)?;
+
+    let order = load(c, shop, &p.id)?.ok_or_else(|| StoreError::Backend("order vanished after insert".into()))?;
+    let body = serde_json::to_string(&order).map_err(|e| StoreError::Backend(e.to_string()))?;
+    c.prepare_cached(
+        "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES (?1, ?2, ?3, 201, ?4, ?5)",
+    )?
+    .execute(params![shop.as_str(), p.idempotency_key, &p.fingerprint[..], body, now])?;
+    Ok(PlaceOutcome::Created(order))
+}
+
+fn append_history(c: &Connection, id: &str, seq: i64, status: OrderStatus, at: &str, reason: Option<&str>) -> StoreResult<()> {
+    c.prepare_cached("INSERT INTO order_history (order_id, seq, status, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![id, seq, status.as_str(), at, reason])?;
+    Ok(())
+}
+
+pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+    let status: Option<String> = c
+        .prepare_cached("SELECT status FROM orders WHERE id = ?1 AND shop = ?2")?
+        .query_row(params![id, shop.as_str()], |r| r.get(0))
+        .optional()?;
+    let status = status.ok_or_else(|| StoreError::not_found("order", id))?;
+    let from = OrderStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("order {id} has status {status}")))?;
+    let to = action.apply(from).ok_or_else(|| {
+        StoreError::conflict("invalid_transition", format!("cannot {} an order that is {}", verb(action), from.as_str()))
+    })?;
+
+    let now_s = ts(now);
+    let effect_sql = match action.stock_effect() {
+        StockEffect::None => None,
+        StockEffect::Consume => Some(
+            "UPDATE stock SET on_hand = on_hand - ?3, reserved = reserved - ?3, updated_at = ?4
+             WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3",
+        ),
+        StockEffect::Release => Some(
+            "UPDATE stock SET reserved = reserved - ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3",
+        ),
+    };
+    if let Some(sql) = effect_sql {
+        let lines: Vec<(String, i64)> = c
+            .prepare_cached("SELECT sku, qty FROM order_lines WHERE order_id = ?1 ORDER BY sku")?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = c.prepare_cached(sql)?;
+        for (sku, qty) in lines {
+            if stmt.execute(params![shop.as_str(), sku, qty, now_s])? != 1 {
+                return Err(StoreError::Backend(format!("reservation for {sku} in order {id} is missing")));
+            }
+        }
+    }
+    c.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3, expires_at = NULL WHERE id = ?1")?
+        .execute(params![id, to.as_str(), now_s])?;
+    let seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1", [id], |r| r.get(0))?;
+    append_history(c, id, seq, to, &now_s, action.reason())?;
+    load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))
+}
+
+fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Pay => "pay",
+        Action::Ship => "ship",
+        Action::Deliver => "deliver",
+        Action::Cancel => "cancel",
+        Action::Expire => "expire",
+    }
+}
+
+pub fn load(c: &Connection, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+    let head = c
+        .prepare_cached(
+            "SELECT customer_id, status, total_amount, currency, created_at, updated_at, expires_at
+             FROM orders WHERE id = ?1 AND shop = ?2",
+        )?
+        .query_row(params![id, shop.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((customer_id, status, total, currency, created_at, updated_at, expires_at)) = head else {
+        return Ok(None);
+    };
+    let corrupt = |what: &str| StoreError::Backend(format!("order {id} has a bad {what}"));
+    let currency = Currency::parse(&currency).ok_or_else(|| corrupt("currency"))?;
+    let lines = c
+        .prepare_cached("SELECT sku, name, qty, unit_price, line_total FROM order_lines WHERE order_id = ?1 ORDER BY line_no")?
+        .query_map([id], |r| {
+            Ok(OrderLine {
+                sku: r.get(0)?,
+                name: r.get(1)?,
+                qty: r.get(2)?,
+                unit_price: Money::new(r.get(3)?, currency),
+                line_total: Money::new(r.get(4)?, currency),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let history = c
+        .prepare_cached("SELECT status, at, reason FROM order_history WHERE order_id = ?1 ORDER BY seq")?
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(s, at, reason)| {
+            Ok(HistoryEntry { status: OrderStatus::parse(&s).ok_or_else(|| corrupt("history"))?, at: parse_ts(&at)?, reason })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(Order {
+        id: id.to_owned(),
+        shop: shop.clone(),
+        customer_id,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        lines,
+        total: Money::new(total, currency),
+        history,
+        created_at: parse_ts(&created_at)?,
+        updated_at: parse_ts(&updated_at)?,
+        expires_at: expires_at.as_deref().map(parse_ts).transpose()?,
+    }))
+}
+
+pub fn list(c: &Connection, shop: &ShopId, q: &OrderQuery) -> StoreResult<Vec<Order>> {
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM orders WHERE shop = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?
+        .query_map(params![shop.as_str(), q.status.map(OrderStatus::as_str), q.before, (q.limit + 1) as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.iter().filter_map(|id| load(c, shop, id).transpose()).collect()
+}
+
+pub fn expired(c: &Connection, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+    Ok(c.prepare_cached(
+        "SELECT shop, id FROM orders WHERE status = 'placed' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+    )?
+    .query_map(params![ts(now), limit as i64], |r| Ok((ShopId::trusted(r.get(0)?), r.get(1)?)))?
+    .collect::<rusqlite::Result<_>>()?)
+}

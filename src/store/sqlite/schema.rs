@@ -1,0 +1,122 @@
+//! Versioned schema migrations, applied in order at start inside one transaction each.
+
+use rusqlite::Connection;
+
+/// Append only: a released migration is never edited, a change is a new entry.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "shops, catalog, stock, orders, idempotency, seed collections",
+    r#"
+CREATE TABLE shops (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    currency     TEXT NOT NULL,
+    api_key_hash BLOB NOT NULL,
+    created_at   TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE products (
+    shop         TEXT NOT NULL REFERENCES shops(id),
+    sku          TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    category     TEXT NOT NULL,
+    price_amount INTEGER NOT NULL CHECK (price_amount >= 0),
+    currency     TEXT NOT NULL,
+    attributes   TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (shop, sku)
+) WITHOUT ROWID;
+CREATE INDEX products_by_category ON products (shop, category, sku);
+
+CREATE TABLE stock (
+    shop       TEXT NOT NULL,
+    sku        TEXT NOT NULL,
+    on_hand    INTEGER NOT NULL CHECK (on_hand >= 0),
+    reserved   INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= on_hand),
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (shop, sku),
+    FOREIGN KEY (shop, sku) REFERENCES products (shop, sku)
+) WITHOUT ROWID;
+
+CREATE TABLE orders (
+    id           TEXT PRIMARY KEY,
+    shop         TEXT NOT NULL REFERENCES shops(id),
+    customer_id  TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('placed','paid','shipped','delivered','cancelled')),
+    total_amount INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    expires_at   TEXT
+) WITHOUT ROWID;
+CREATE INDEX orders_by_shop ON orders (shop, id);
+CREATE INDEX orders_by_shop_status ON orders (shop, status, id);
+CREATE INDEX orders_awaiting_payment ON orders (expires_at) WHERE status = 'placed';
+
+CREATE TABLE order_lines (
+    order_id   TEXT NOT NULL REFERENCES orders(id),
+    line_no    INTEGER NOT NULL,
+    sku        TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    qty        INTEGER NOT NULL CHECK (qty > 0),
+    unit_price INTEGER NOT NULL,
+    line_total INTEGER NOT NULL,
+    PRIMARY KEY (order_id, line_no)
+) WITHOUT ROWID;
+
+CREATE TABLE order_history (
+    order_id TEXT NOT NULL REFERENCES orders(id),
+    seq      INTEGER NOT NULL,
+    status   TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    reason   TEXT,
+    PRIMARY KEY (order_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE idempotency_keys (
+    shop         TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    status_code  INTEGER NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (shop, key)
+) WITHOUT ROWID;
+
+CREATE TABLE seed_docs (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    collection TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    age        INTEGER NOT NULL,
+    extra      TEXT NOT NULL
+);
+CREATE INDEX seed_docs_by_collection ON seed_docs (collection, seq);
+CREATE INDEX seed_docs_by_name ON seed_docs (collection, name, seq);
+"#,
+)];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let mut applied = Vec::new();
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![version, description, super::ts(chrono::Utc::now())],
+        )?;
+        tx.commit()?;
+        applied.push(*version);
+    }
+    Ok(applied)
+}
+
+pub fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}

@@ -1,0 +1,36 @@
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{parse_ts, ts};
+use crate::money::Currency;
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::{StoreError, StoreResult};
+
+pub fn create(c: &Connection, s: &NewShop) -> StoreResult<Shop> {
+    let inserted = c.execute(
+        "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO NOTHING",
+        params![s.id.as_str(), s.name, s.currency.as_str(), &s.api_key_hash[..], ts(s.created_at)],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
+    }
+    Ok(Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at: s.created_at })
+}
+
+pub fn get(c: &Connection, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+    let row = c
+        .prepare_cached("SELECT name, currency, api_key_hash, created_at FROM shops WHERE id = ?1")?
+        .query_row([id.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?))
+        })
+        .optional()?;
+    let Some((name, currency, hash, created_at)) = row else { return Ok(None) };
+    let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("shop {id} has bad currency")))?;
+    let api_key_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
+    Ok(Some(ShopRecord {
+        shop: Shop { id: id.clone(), name, currency, created_at: parse_ts(&created_at)? },
+        api_key_hash,
+    }))
+}

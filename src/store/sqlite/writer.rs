@@ -1,0 +1,161 @@
+//! The single writer. SQLite allows one writer at a time, so every write goes to one thread that
+//! owns the write connection. It drains whatever is queued into one transaction, runs each
+//! operation in its own savepoint (a failing one is rolled back alone), commits once, and only
+//! then answers every caller: one fsync acknowledges the whole group (group commit).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
+
+/// An operation waiting in the queue: run inside the group, then told how the commit went.
+trait Pending: Send {
+    /// Runs the operation; `true` when its writes should be kept.
+    fn execute(&mut self, conn: &Connection) -> bool;
+    fn complete(self: Box<Self>, commit: StoreResult<()>);
+}
+
+struct PendingOp<T, F> {
+    op: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Pending for PendingOp<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn execute(&mut self, conn: &Connection) -> bool {
+        let Some(op) = self.op.take() else { return false };
+        let result = op(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn complete(self: Box<Self>, commit: StoreResult<()>) {
+        let answer = match (self.result, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (_, Err(e)) => Err(e),
+            (None, Ok(())) => Err(StoreError::Backend("the operation panicked and was rolled back".into())),
+        };
+        // The caller may have gone away (client disconnected); the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+type Job = Box<dyn Pending>;
+
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits until every queued operation is committed and the thread has exited. Returns once
+    /// the last [`Writer`] handle is dropped.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Writer {
+    pub fn start(conn: Connection, queue_len: usize, max_batch: usize) -> (Writer, WriterThread) {
+        let (tx, rx) = mpsc::channel(queue_len);
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, rx, max_batch))
+            .expect("spawn sqlite writer thread");
+        (Writer { queue: tx }, WriterThread(handle))
+    }
+
+    /// Runs `op` inside the next group transaction and resolves once that transaction committed.
+    pub async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(PendingOp { op: Some(op), result: None, reply });
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        commit_group(&conn, batch.drain(..));
+        metrics::histogram!("vitrina_sqlite_group_size").record(size as f64);
+        metrics::histogram!("vitrina_sqlite_group_seconds").record(started.elapsed().as_secs_f64());
+    }
+    tracing::debug!("sqlite writer drained and stopped");
+}
+
+fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "sqlite writer could not begin a transaction");
+        let err = StoreError::Backend(format!("begin: {e}"));
+        jobs.for_each(|job| job.complete(Err(err.clone())));
+        return;
+    }
+    let mut ran: Vec<Job> = Vec::new();
+    for mut job in jobs {
+        run_in_savepoint(conn, job.as_mut());
+        ran.push(job);
+        if conn.is_autocommit() {
+            // Some errors (disk full, I/O) make SQLite roll back the whole transaction: nothing
+            // of this group is durable, so nobody in it may be told otherwise.
+            let err = StoreError::Backend("the database rolled the transaction back".into());
+            ran.drain(..).for_each(|job| job.complete(Err(err.clone())));
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "sqlite writer could not begin a transaction");
+                return;
+            }
+        }
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        tracing::error!(error = %e, "sqlite group commit failed");
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Backend(format!("commit: {e}"))
+    });
+    for job in ran {
+        job.complete(commit.clone());
+    }
+}
+
+/// A failed or panicking operation is undone alone; its neighbours in the group keep theirs.
+fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
+    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        tracing::error!(error = %e, "sqlite savepoint failed");
+        return;
+    }
+    let keep = catch_unwind(AssertUnwindSafe(|| job.execute(conn))).unwrap_or_else(|_| {
+        tracing::error!("a store operation panicked; its writes were rolled back");
+        false
+    });
+    let end = if keep { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::error!(error = %e, "sqlite savepoint release failed");
+    }
+}

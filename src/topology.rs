@@ -1,0 +1,33 @@
+//! The precise view of what this instance runs on, for `GET /` and operators.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::store::StoreReport;
+
+#[derive(Serialize, ToSchema)]
+pub struct CacheReport {
+    /// Cache tiers in lookup order.
+    pub tiers: Vec<String>,
+    pub users_ttl_secs: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Topology {
+    pub store: StoreReport,
+    pub cache: CacheReport,
+    pub version: String,
+    pub ready: bool,
+    pub uptime_secs: u64,
+}
+
+pub async fn describe(state: &AppState) -> Topology {
+    Topology {
+        store: state.store.report().await,
+        cache: CacheReport { tiers: vec!["l1-memory".into()], users_ttl_secs: state.config.cache.users_ttl_secs },
+        version: env!("CARGO_PKG_VERSION").into(),
+        ready: state.is_ready(),
+        uptime_secs: state.started.elapsed().as_secs(),
+    }
+}
