@@ -191,6 +191,8 @@ async fn post_feed(State(state): State<AppState>, Path(shop): Path<String>, head
         handle_line(&pending, oversize, &mut report, &mut batch, line_no);
     }
     flush(&state, &shop, &mut batch, &mut report).await?;
+    // Parse refusals are known at once, store refusals at their batch's commit.
+    report.rejected.sort_by_key(|r| r.line);
     metrics::counter!("vitrina_feed_lines_total", "result" => "accepted").increment(report.accepted);
     metrics::counter!("vitrina_feed_lines_total", "result" => "rejected").increment(report.rejected.len() as u64);
     Ok(Json(report))

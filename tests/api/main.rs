@@ -1,1 +1,15 @@
+//! Black-box HTTP tests: each test starts the real application in-process on port 0 over a
+//! fresh data directory and talks to it through a real HTTP client.
 
+mod helpers;
+
+mod bad_input;
+mod catalog;
+mod concurrency;
+mod feed;
+mod inventory;
+mod isolation;
+mod ops;
+mod orders;
+mod seed_api;
+mod shops;

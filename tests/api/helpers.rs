@@ -1,0 +1,190 @@
+use std::time::Duration;
+
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use vitrina::app::{AppState, Application};
+use vitrina::clock::Clock;
+use vitrina::config::Config;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub state: AppState,
+    pub clock: Clock,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct Shop {
+    pub id: String,
+    pub key: String,
+}
+
+pub async fn spawn() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_in(dir.path(), tune).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// An app over an existing data directory, e.g. to restart over the same store.
+pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".into();
+    config.data_dir = data_dir.to_owned();
+    config.admin_token = Some(ADMIN.into());
+    config.shutdown_grace_secs = 5;
+    tune(&mut config);
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = Application::build_with_clock(config, clock.clone()).await.expect("app builds");
+    let addr = app.local_addr();
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build().unwrap();
+    let t = TestApp { base: format!("http://{addr}"), client, state, clock, stop: Some(tx), server: Some(server), _dir: None };
+    // Ready once the server task has flipped readiness on.
+    for _ in 0..200 {
+        if t.state.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path))
+    }
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path))
+    }
+    pub fn put(&self, path: &str) -> RequestBuilder {
+        self.client.put(self.url(path))
+    }
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    pub async fn create_shop(&self, id: &str) -> Shop {
+        let r = self
+            .post("/shops")
+            .bearer_auth(ADMIN)
+            .json(&json!({"id": id, "name": format!("Shop {id}"), "currency": "USD"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        Shop { id: id.into(), key: body["api_key"].as_str().unwrap().into() }
+    }
+
+    pub async fn put_product(&self, shop: &Shop, sku: &str, cents: i64) -> Value {
+        let r = self
+            .put(&format!("/shops/{}/products/{sku}", shop.id))
+            .bearer_auth(&shop.key)
+            .json(&json!({"name": format!("Product {sku}"), "category": "general", "price": {"amount": cents, "currency": "USD"}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "put product: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn set_stock(&self, shop: &Shop, sku: &str, on_hand: i64) {
+        let r = self
+            .put(&format!("/shops/{}/stock/{sku}", shop.id))
+            .bearer_auth(&shop.key)
+            .json(&json!({ "on_hand": on_hand }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    pub async fn stock(&self, shop: &Shop, sku: &str) -> (i64, i64, i64) {
+        let v: Value = self.get(&format!("/shops/{}/stock/{sku}", shop.id)).send().await.unwrap().json().await.unwrap();
+        (v["on_hand"].as_i64().unwrap(), v["reserved"].as_i64().unwrap(), v["available"].as_i64().unwrap())
+    }
+
+    /// A shop with one product at 5.00 USD and the given stock.
+    pub async fn shop_with_stock(&self, id: &str, sku: &str, on_hand: i64) -> Shop {
+        let shop = self.create_shop(id).await;
+        self.put_product(&shop, sku, 500).await;
+        self.set_stock(&shop, sku, on_hand).await;
+        shop
+    }
+
+    pub async fn order(&self, shop: &Shop, key: &str, body: &Value) -> Response {
+        self.post(&format!("/shops/{}/orders", shop.id))
+            .bearer_auth(&shop.key)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn order_count(&self, shop: &Shop) -> usize {
+        let v: Value = self
+            .get(&format!("/shops/{}/orders?limit=100", shop.id))
+            .bearer_auth(&shop.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["items"].as_array().unwrap().len()
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn one_line(sku: &str, qty: i64) -> Value {
+    json!({"customer_id": "cust-1", "lines": [{"sku": sku, "qty": qty}]})
+}
+
+pub async fn problem(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body: Value = r.json().await.unwrap();
+    if status.is_client_error() || status.is_server_error() {
+        assert_eq!(ct, "application/problem+json", "errors are problem documents: {body}");
+        assert!(body["code"].is_string(), "problem has a code: {body}");
+    }
+    (status, body)
+}
