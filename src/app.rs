@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, Request};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -94,9 +94,9 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(telemetry::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.request_timeout_secs.max(1)),
+            telemetry::deadline,
         ));
     // Feeds stream large bodies for as long as they take; they bound themselves.
     bounded.merge(ingest::router())
@@ -156,7 +156,9 @@ impl Application {
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                // The route template, not the raw path: paths carry names that are personal data.
+                let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+                tracing::info_span!("request", method = %req.method(), route = %route, request_id = %id)
             }))
             .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
             .with_state(state)

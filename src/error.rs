@@ -25,8 +25,8 @@ pub enum ApiError {
     InsufficientStock(Vec<String>),
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String },
-    #[error("request body larger than {limit} bytes")]
-    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("unsupported media type: expected {expected}")]
     UnsupportedMediaType { expected: &'static str },
     #[error("{0}")]
@@ -56,6 +56,9 @@ impl ApiError {
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         ApiError::BadRequest { code, detail: detail.into() }
     }
+    pub fn too_large(limit: usize) -> Self {
+        ApiError::PayloadTooLarge(format!("request body larger than {limit} bytes"))
+    }
     pub fn field(field: &str, message: &str) -> Self {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
@@ -69,7 +72,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::InsufficientStock(_) => (StatusCode::CONFLICT, "insufficient_stock"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -84,7 +87,7 @@ impl ApiError {
             other => other.to_string(),
         };
         Problem {
-            kind: format!("https://vitrina.dev/problems/{}", code.replace('_', "-")),
+            kind: format!("urn:vitrina:problem:{}", code.replace('_', "-")),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,

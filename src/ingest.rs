@@ -126,7 +126,7 @@ async fn post_feed(State(state): State<AppState>, Path(shop): Path<String>, head
     let limits = state.config.limits.clone();
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limits.feed_body_bytes) {
-        return Err(ApiError::PayloadTooLarge { limit: limits.feed_body_bytes });
+        return Err(ApiError::too_large(limits.feed_body_bytes));
     }
 
     let currency = record.shop.currency;
@@ -159,7 +159,7 @@ async fn post_feed(State(state): State<AppState>, Path(shop): Path<String>, head
         if total > limits.feed_body_bytes {
             // Whatever was applied stays applied (each batch committed); the caller learns where it stopped.
             flush(&state, &shop, &mut batch, &mut report).await?;
-            return Err(ApiError::PayloadTooLarge { limit: limits.feed_body_bytes });
+            return Err(ApiError::too_large(limits.feed_body_bytes));
         }
         let mut rest: &[u8] = &chunk;
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {

@@ -29,6 +29,22 @@ pub fn limit(requested: Option<i64>, default: usize, max: usize) -> Option<usize
     }
 }
 
+/// Page size and position from the `limit` and `cursor` query parameters, refused with a 400.
+pub fn from_query<K: DeserializeOwned>(
+    limit_param: Option<i64>,
+    cursor: Option<&str>,
+    limits: &crate::config::LimitsConfig,
+) -> Result<(usize, Option<K>), crate::error::ApiError> {
+    use crate::error::ApiError;
+    let n = limit(limit_param, limits.page_default, limits.page_max)
+        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{}", limits.page_max)))?;
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(decode(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API issued"))?),
+    };
+    Ok((n, after))
+}
+
 /// Cuts a `limit + 1` fetch into a page and the cursor of its last item.
 pub fn split<T, K: Serialize>(mut rows: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> (Vec<T>, Option<String>) {
     if rows.len() > limit {

@@ -72,6 +72,15 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
+/// Bounds a request's time with an answer in the API's format. A write already handed to the
+/// store may still commit after the 503; the order's idempotency key makes the retry safe.
+pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => crate::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response(),
+    }
+}
+
 /// A 404 for unknown routes, in the API's problem format.
 pub async fn not_found() -> Response {
     crate::error::ApiError::NotFound("route".into()).into_response()

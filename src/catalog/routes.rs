@@ -118,13 +118,7 @@ pub struct ListParams {
     responses((status = 200, body = ProductPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn list_products(State(state): State<AppState>, Path(shop): Path<String>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<ProductPage>> {
     let shop = auth::shop_id(&shop)?;
-    let limits = &state.config.limits;
-    let limit = pagination::limit(q.limit, limits.page_default, limits.page_max)
-        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{}", limits.page_max)))?;
-    let after = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(pagination::decode::<String>(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API issued"))?),
-    };
+    let (limit, after) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     if q.category.as_ref().is_some_and(|c| c.chars().count() > 100) {
         return Err(ApiError::bad_request("invalid_category", "category must be at most 100 characters"));
     }

@@ -117,16 +117,10 @@ pub struct ListParams {
 async fn list_orders(State(state): State<AppState>, Path(shop): Path<String>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<OrderPage>> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
-    let limits = &state.config.limits;
-    let limit = pagination::limit(q.limit, limits.page_default, limits.page_max)
-        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{}", limits.page_max)))?;
+    let (limit, before) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?),
-    };
-    let before = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(pagination::decode::<String>(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API issued"))?),
     };
     let rows = state.store.list_orders(&shop, OrderQuery { status, before, limit }).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |o| o.id.clone());

@@ -58,9 +58,9 @@ async fn the_bad_input_table() {
         // Nothing was written.
         assert_eq!(app.stock(&shop, "A").await, (10, 0, 10), "after {method} {path}");
         assert_eq!(app.order_count(&shop).await, 0);
-        let a: Value = app.get("/shops/acme/products/A").send().await.unwrap().json().await.unwrap();
+        let a: Value = app.get_json("/shops/acme/products/A").await;
         assert_eq!((a["version"].as_i64(), a["price"]["amount"].as_i64()), (Some(1), Some(500)));
-        let all: Value = app.get("/shops/acme/products").send().await.unwrap().json().await.unwrap();
+        let all: Value = app.get_json("/shops/acme/products").await;
         assert_eq!(all["items"].as_array().unwrap().len(), 1);
     }
 }

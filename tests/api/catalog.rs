@@ -55,7 +55,7 @@ async fn keyset_pages_are_stable_under_inserts_and_filter_by_category() {
     for i in 0..25 {
         app.put_product(&shop, &format!("SKU-{i:03}"), 100 + i).await;
     }
-    let first: Value = app.get("/shops/acme/products?limit=10").send().await.unwrap().json().await.unwrap();
+    let first: Value = app.get_json("/shops/acme/products?limit=10").await;
     let items = first["items"].as_array().unwrap();
     assert_eq!(items.len(), 10);
     assert_eq!(items[9]["sku"], "SKU-009");
@@ -63,7 +63,7 @@ async fn keyset_pages_are_stable_under_inserts_and_filter_by_category() {
 
     // Rows inserted before the cursor do not shift the next page.
     app.put_product(&shop, "SKU-000a", 1).await;
-    let second: Value = app.get(&format!("/shops/acme/products?limit=10&cursor={cursor}")).send().await.unwrap().json().await.unwrap();
+    let second: Value = app.get_json(&format!("/shops/acme/products?limit=10&cursor={cursor}")).await;
     assert_eq!(second["items"][0]["sku"], "SKU-010");
     let third: Value = app
         .get(&format!("/shops/acme/products?limit=10&cursor={}", second["next_cursor"].as_str().unwrap()))
@@ -84,7 +84,7 @@ async fn keyset_pages_are_stable_under_inserts_and_filter_by_category() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let drinks: Value = app.get("/shops/acme/products?category=drinks").send().await.unwrap().json().await.unwrap();
+    let drinks: Value = app.get_json("/shops/acme/products?category=drinks").await;
     assert_eq!(drinks["items"].as_array().unwrap().len(), 1);
     assert_eq!(drinks["items"][0]["sku"], "TEA");
 }

@@ -42,6 +42,6 @@ async fn two_hundred_buyers_for_ten_units() {
     }
     assert_eq!((ok, refused), (10, 190));
     assert_eq!(app.stock(&shop, "HOT").await, (10, 10, 0));
-    let orders: Value = app.get("/shops/acme/orders?limit=100").bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let orders: Value = app.get_json_as("/shops/acme/orders?limit=100", &shop.key).await;
     assert_eq!(orders["items"].as_array().unwrap().len(), 10);
 }

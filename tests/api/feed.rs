@@ -35,10 +35,10 @@ async fn good_lines_apply_bad_lines_are_reported_and_a_resend_changes_nothing() 
     assert!(report["rejected"][1]["error"].as_str().unwrap().contains("GHOST"));
     assert_eq!(app.stock(&crate::helpers::Shop { id: "acme".into(), key: shop.key.clone() }, "A").await, (7, 0, 7));
 
-    let before: Value = app.get("/shops/acme/products").send().await.unwrap().json().await.unwrap();
+    let before: Value = app.get_json("/shops/acme/products").await;
     let again = send().await;
     assert_eq!(again["accepted"], 5);
-    let after: Value = app.get("/shops/acme/products").send().await.unwrap().json().await.unwrap();
+    let after: Value = app.get_json("/shops/acme/products").await;
     assert_eq!(before, after, "re-sending the same feed changes nothing (versions, timestamps)");
     assert_eq!(after["items"].as_array().unwrap().len(), 3);
 }
@@ -61,7 +61,7 @@ async fn oversized_lines_and_bodies_are_refused() {
     let huge = (0..100).map(|i| product(&format!("H{i}"), 1)).collect::<Vec<_>>().join("\n");
     let r = app.post("/shops/acme/feed").bearer_auth(&shop.key).body(huge).send().await.unwrap();
     assert_eq!(problem(r).await.0, StatusCode::PAYLOAD_TOO_LARGE);
-    let page: Value = app.get("/shops/acme/products?limit=100").send().await.unwrap().json().await.unwrap();
+    let page: Value = app.get_json("/shops/acme/products?limit=100").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2, "a body refused by its declared size writes nothing");
 }
 

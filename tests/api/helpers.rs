@@ -82,6 +82,15 @@ impl TestApp {
         self.client.delete(self.url(path))
     }
 
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// GET with a shop's key.
+    pub async fn get_json_as(&self, path: &str, key: &str) -> Value {
+        self.get(path).bearer_auth(key).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn create_shop(&self, id: &str) -> Shop {
         let r = self
             .post("/shops")
@@ -119,7 +128,7 @@ impl TestApp {
     }
 
     pub async fn stock(&self, shop: &Shop, sku: &str) -> (i64, i64, i64) {
-        let v: Value = self.get(&format!("/shops/{}/stock/{sku}", shop.id)).send().await.unwrap().json().await.unwrap();
+        let v = self.get_json(&format!("/shops/{}/stock/{sku}", shop.id)).await;
         (v["on_hand"].as_i64().unwrap(), v["reserved"].as_i64().unwrap(), v["available"].as_i64().unwrap())
     }
 
@@ -142,15 +151,7 @@ impl TestApp {
     }
 
     pub async fn order_count(&self, shop: &Shop) -> usize {
-        let v: Value = self
-            .get(&format!("/shops/{}/orders?limit=100", shop.id))
-            .bearer_auth(&shop.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.get_json_as(&format!("/shops/{}/orders?limit=100", shop.id), &shop.key).await;
         v["items"].as_array().unwrap().len()
     }
 

@@ -37,11 +37,11 @@ async fn one_shops_key_cannot_touch_another_shop() {
     let r = app.get(&format!("/shops/shop-a/orders/{b_id}")).bearer_auth(&a.key).send().await.unwrap();
     assert_eq!(problem(r).await.0, StatusCode::NOT_FOUND);
 
-    let prod: Value = app.get("/shops/shop-b/products/B").send().await.unwrap().json().await.unwrap();
+    let prod: Value = app.get_json("/shops/shop-b/products/B").await;
     assert_eq!((prod["name"].as_str(), prod["version"].as_i64()), (Some("Product B"), Some(1)));
     assert_eq!(app.stock(&b, "B").await, (10, 2, 8));
     assert_eq!(app.order_count(&b).await, 1);
-    let o: Value = app.get(&format!("/shops/shop-b/orders/{b_id}")).bearer_auth(&b.key).send().await.unwrap().json().await.unwrap();
+    let o: Value = app.get_json_as(&format!("/shops/shop-b/orders/{b_id}"), &b.key).await;
     assert_eq!(o["status"], "placed");
     let _ = a;
 }

@@ -49,8 +49,21 @@ async fn shutdown_drains_then_stops_and_acknowledged_writes_survive_a_restart() 
 
     let again = spawn_in(dir.path(), |_| {}).await;
     assert_eq!(again.stock(&shop, "A").await, (10, 4, 6));
-    let o: Value = again.get(&format!("/shops/acme/orders/{}", placed["id"].as_str().unwrap())).bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let o: Value = again.get_json_as(&format!("/shops/acme/orders/{}", placed["id"].as_str().unwrap()), &shop.key).await;
     assert_eq!(o, placed);
-    let c: Value = again.get("/helloDoc/count").send().await.unwrap().json().await.unwrap();
+    let c: Value = again.get_json("/helloDoc/count").await;
     assert_eq!(c["items_count"], 1000, "seeding is idempotent across restarts");
+}
+
+#[tokio::test]
+async fn a_data_dir_serves_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn_in(dir.path(), |_| {}).await;
+    let mut config = vitrina::config::Config::default();
+    config.listen = "127.0.0.1:0".into();
+    config.data_dir = dir.path().to_owned();
+    config.admin_token = Some(crate::helpers::ADMIN.into());
+    let err = vitrina::app::Application::build(config).await.err().expect("a second instance is refused");
+    assert!(err.to_string().contains("in use"), "{err:#}");
+    first.stop().await.unwrap();
 }

@@ -31,7 +31,7 @@ async fn placing_an_order_sums_lines_prices_and_reserves() {
     assert_eq!(app.stock(&shop, "A").await, (10, 5, 5));
     assert_eq!(app.stock(&shop, "B").await, (4, 1, 3));
 
-    let fetched: Value = app.get(&format!("/shops/acme/orders/{}", o["id"].as_str().unwrap())).bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let fetched: Value = app.get_json_as(&format!("/shops/acme/orders/{}", o["id"].as_str().unwrap()), &shop.key).await;
     assert_eq!(fetched, o);
 }
 
@@ -192,7 +192,7 @@ async fn unpaid_orders_expire_after_the_hold() {
     app.clock.advance(chrono::Duration::seconds(601));
     let mut expired = None;
     for _ in 0..200 {
-        let o: Value = app.get(&format!("/shops/acme/orders/{}", stale["id"].as_str().unwrap())).bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+        let o: Value = app.get_json_as(&format!("/shops/acme/orders/{}", stale["id"].as_str().unwrap()), &shop.key).await;
         if o["status"] == "cancelled" {
             expired = Some(o);
             break;
@@ -202,7 +202,7 @@ async fn unpaid_orders_expire_after_the_hold() {
     let expired = expired.expect("the background sweeper cancels the expired order");
     assert_eq!(expired["history"][1]["reason"], "payment hold expired");
     assert_eq!(app.stock(&shop, "A").await, (10, 3, 7), "only the unpaid reservation is released");
-    let p: Value = app.get(&format!("/shops/acme/orders/{}", paid["id"].as_str().unwrap())).bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let p: Value = app.get_json_as(&format!("/shops/acme/orders/{}", paid["id"].as_str().unwrap()), &shop.key).await;
     assert_eq!(p["status"], "paid");
 }
 
@@ -216,7 +216,7 @@ async fn listing_pages_newest_first_and_filters_by_status() {
         ids.push(o["id"].as_str().unwrap().to_owned());
     }
     act(&app, &shop, &ids[2], "pay").await;
-    let page: Value = app.get("/shops/acme/orders?limit=4").bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let page: Value = app.get_json_as("/shops/acme/orders?limit=4", &shop.key).await;
     let got: Vec<&str> = page["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect();
     assert_eq!(got, [&ids[6], &ids[5], &ids[4], &ids[3]]);
     let next: Value = app
@@ -230,7 +230,7 @@ async fn listing_pages_newest_first_and_filters_by_status() {
         .unwrap();
     assert_eq!(next["items"].as_array().unwrap().len(), 3);
     assert!(next["next_cursor"].is_null());
-    let paid: Value = app.get("/shops/acme/orders?status=paid").bearer_auth(&shop.key).send().await.unwrap().json().await.unwrap();
+    let paid: Value = app.get_json_as("/shops/acme/orders?status=paid", &shop.key).await;
     assert_eq!(paid["items"].as_array().unwrap().len(), 1);
     assert_eq!(paid["items"][0]["id"], ids[2].as_str());
 }

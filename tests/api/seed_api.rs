@@ -8,7 +8,7 @@ use crate::helpers::spawn;
 #[tokio::test]
 async fn root_reports_single_topology_and_collections() {
     let app = spawn().await;
-    let v: Value = app.get("/").send().await.unwrap().json().await.unwrap();
+    let v: Value = app.get_json("/").await;
     assert_eq!(v["status"], "OK");
     assert_eq!(v["mongo_topology_type"], "Single");
     assert_eq!(v["mongo_db"], "somedb");
@@ -29,17 +29,17 @@ async fn root_reports_single_topology_and_collections() {
 #[tokio::test]
 async fn count_list_and_get_by_name() {
     let app = spawn().await;
-    let c: Value = app.get("/helloDoc/count").send().await.unwrap().json().await.unwrap();
+    let c: Value = app.get_json("/helloDoc/count").await;
     assert_eq!(c, json!({"status": "OK", "mongo_db": "somedb", "items_count": 1000}));
 
-    let list: Value = app.get("/helloDoc/users").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.get_json("/helloDoc/users").await;
     let users = list["users"].as_array().unwrap();
     assert_eq!(users.len(), 1000);
     assert_eq!(users[7]["name"], "ly7");
     assert_eq!(users[7]["age"], 7);
     assert!(users[7]["id"].is_string());
 
-    let one: Value = app.get("/helloDoc/users/ly42").send().await.unwrap().json().await.unwrap();
+    let one: Value = app.get_json("/helloDoc/users/ly42").await;
     assert_eq!(one["name"], "ly42");
     assert_eq!(one["age"], 42);
 
@@ -48,9 +48,9 @@ async fn count_list_and_get_by_name() {
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"detail": "User nobody not found"}));
 
     // An unknown collection is simply empty, as in MongoDB.
-    let c: Value = app.get("/nothing/count").send().await.unwrap().json().await.unwrap();
+    let c: Value = app.get_json("/nothing/count").await;
     assert_eq!(c["items_count"], 0);
-    let l: Value = app.get("/nothing/users").send().await.unwrap().json().await.unwrap();
+    let l: Value = app.get_json("/nothing/users").await;
     assert_eq!(l, json!({"users": []}));
 }
 
@@ -59,9 +59,9 @@ async fn list_is_capped_at_1000() {
     let app = spawn().await;
     let r = app.post("/helloDoc/users").json(&json!({"name": "extra", "age": 1})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let c: Value = app.get("/helloDoc/count").send().await.unwrap().json().await.unwrap();
+    let c: Value = app.get_json("/helloDoc/count").await;
     assert_eq!(c["items_count"], 1001);
-    let list: Value = app.get("/helloDoc/users").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.get_json("/helloDoc/users").await;
     assert_eq!(list["users"].as_array().unwrap().len(), 1000);
 }
 
@@ -87,7 +87,7 @@ async fn create_keeps_extra_fields_and_invalidates_the_cached_list() {
     assert_eq!(after.headers()["x-cache"], "miss", "a write invalidates the cached list");
     let v: Value = after.json().await.unwrap();
     assert_eq!(v["users"][0], created);
-    let fetched: Value = app.get("/people/users/ann").send().await.unwrap().json().await.unwrap();
+    let fetched: Value = app.get_json("/people/users/ann").await;
     assert_eq!(fetched, created);
 }
 
@@ -113,7 +113,7 @@ async fn invalid_users_get_fastapi_422_and_nothing_is_written() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let r = app.post("/helloDoc/users").json(&json!({"name": "x".repeat(2_000_000), "age": 1})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let c: Value = app.get("/helloDoc/count").send().await.unwrap().json().await.unwrap();
+    let c: Value = app.get_json("/helloDoc/count").await;
     assert_eq!(c["items_count"], 1000, "nothing was written");
 }
 
@@ -123,7 +123,7 @@ async fn swagger_ui_and_spec_are_served() {
     let r = app.get("/docs/").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("swagger"), "Swagger UI page");
-    let spec: Value = app.get("/openapi.json").send().await.unwrap().json().await.unwrap();
+    let spec: Value = app.get_json("/openapi.json").await;
     let paths = spec["paths"].as_object().unwrap();
     for p in ["/", "/{collection_name}/count", "/{collection_name}/users", "/{collection_name}/users/{name}", "/shops", "/shops/{shop}/orders", "/shops/{shop}/feed", "/health/ready", "/metrics"] {
         assert!(paths.contains_key(p), "spec documents {p}");

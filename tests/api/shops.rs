@@ -19,7 +19,7 @@ async fn creating_a_shop_needs_the_admin_token_and_shows_the_key_once() {
     assert_eq!(created["currency"], "EUR");
     assert!(created["api_key"].as_str().unwrap().starts_with("vk_"));
 
-    let fetched: Value = app.get("/shops/acme").send().await.unwrap().json().await.unwrap();
+    let fetched: Value = app.get_json("/shops/acme").await;
     assert_eq!(fetched["name"], "ACME");
     assert!(fetched.get("api_key").is_none(), "the key is never shown again");
 

@@ -32,6 +32,9 @@ pub const SHARD_NAME: &str = "local";
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// Held while the store is open: one process per data file, because the single-writer
+    /// guarantees (and in-flight idempotency keys) live in this process.
+    lock: Mutex<Option<std::fs::File>>,
     synchronous: Synchronous,
     writer: Mutex<Option<Writer>>,
     writer_thread: Mutex<Option<WriterThread>>,
@@ -40,6 +43,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path, cfg: &SqliteConfig) -> anyhow::Result<SqliteStore> {
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        if let Err(e) = lock.try_lock() {
+            anyhow::bail!("{} is in use by another vitrina process ({e})", path.display());
+        }
         let mut conn = Connection::open(path)?;
         configure(&conn, cfg, false)?;
         let applied = schema::migrate(&mut conn)?;
@@ -56,6 +64,7 @@ impl SqliteStore {
         let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1));
         Ok(SqliteStore {
             path: path.to_owned(),
+            lock: Mutex::new(Some(lock)),
             synchronous: cfg.synchronous,
             writer: Mutex::new(Some(writer)),
             writer_thread: Mutex::new(Some(thread)),
@@ -88,6 +97,7 @@ impl SqliteStore {
         if let Some(t) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.join();
         }
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

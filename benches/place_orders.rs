@@ -1,0 +1,213 @@
+//! Order placement throughput on the embedded store, side by side with a plain rusqlite loop
+//! running the same SQL one transaction per order, at synchronous=FULL and NORMAL; plus the
+//! cold start time to ready of the release binary.
+//!
+//! `cargo bench --bench place_orders` (env: ORDERS, CONCURRENCY, STARTS to resize).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+use serde_json::json;
+use vitrina::app::Application;
+use vitrina::config::{Config, Synchronous};
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn config(dir: &Path, sync: Synchronous) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".into();
+    c.data_dir = dir.to_owned();
+    c.admin_token = Some(ADMIN.into());
+    c.seed_on_start = false;
+    c.log_level = "warn".into();
+    c.sqlite.synchronous = sync;
+    c
+}
+
+/// Orders per second through the whole HTTP stack, `concurrency` clients at once.
+async fn through_http(sync: Synchronous, orders: usize, concurrency: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Application::build(config(dir.path(), sync)).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let shop: serde_json::Value = client
+        .post(format!("{base}/shops"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "bench", "name": "Bench", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = shop["api_key"].as_str().unwrap().to_owned();
+    let r = client
+        .put(format!("{base}/shops/bench/products/SKU-1"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Widget", "category": "c", "price": {"amount": 999, "currency": "USD"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    client.put(format!("{base}/shops/bench/stock/SKU-1")).bearer_auth(&key).json(&json!({"on_hand": 1_000_000_000})).send().await.unwrap();
+
+    let body = json!({"customer_id": "c-1", "lines": [{"sku": "SKU-1", "qty": 1}]});
+    let run = |n: usize, prefix: &'static str| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, url, key, body, next) = (client.clone(), format!("{base}/shops/bench/orders"), key.clone(), body.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return;
+                        }
+                        let r = client.post(&url).bearer_auth(&key).header("idempotency-key", format!("{prefix}-{i}")).json(&body).send().await.unwrap();
+                        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    run(orders / 10, "warm").await;
+    let t0 = Instant::now();
+    run(orders, "run").await;
+    let rate = orders as f64 / t0.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    rate
+}
+
+/// The same SQL as the store's placement, one transaction (one fsync) per order, one thread.
+fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.db");
+    // The schema comes from vitrina's own migrations so both sides run on identical tables.
+    vitrina::store::sqlite::SqliteStore::open(&path, &config(dir.path(), sync).sqlite).unwrap();
+    let c = Connection::open(&path).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", sync.pragma()).unwrap();
+    c.pragma_update(None, "foreign_keys", "ON").unwrap();
+    let now = "2026-11-21T00:00:00.000000Z";
+    c.execute("INSERT INTO shops VALUES ('bench', 'Bench', 'USD', x'00', ?1)", [now]).unwrap();
+    c.execute("INSERT INTO products VALUES ('bench', 'SKU-1', 'Widget', 'c', 999, 'USD', '{}', 1, ?1)", [now]).unwrap();
+    c.execute("INSERT INTO stock VALUES ('bench', 'SKU-1', 1000000000, 0, ?1)", [now]).unwrap();
+
+    let place = |i: usize| {
+        let id = uuid::Uuid::now_v7().to_string();
+        let key = format!("k-{i}");
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let seen: Option<i64> = c
+            .prepare_cached("SELECT status_code FROM idempotency_keys WHERE shop = ?1 AND key = ?2")
+            .unwrap()
+            .query_row(params!["bench", key], |r| r.get(0))
+            .ok();
+        assert!(seen.is_none());
+        let (name, price): (String, i64) = c
+            .prepare_cached("SELECT name, price_amount FROM products WHERE shop = ?1 AND sku = ?2")
+            .unwrap()
+            .query_row(params!["bench", "SKU-1"], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        let taken = c
+            .prepare_cached("UPDATE stock SET reserved = reserved + ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3")
+            .unwrap()
+            .execute(params!["bench", "SKU-1", 1, now])
+            .unwrap();
+        assert_eq!(taken, 1);
+        c.prepare_cached("INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, 'placed', ?4, 'USD', ?5, ?5, ?5)")
+            .unwrap()
+            .execute(params![id, "bench", "c-1", price, now])
+            .unwrap();
+        c.prepare_cached("INSERT INTO order_lines VALUES (?1, 0, ?2, ?3, 1, ?4, ?4)").unwrap().execute(params![id, "SKU-1", name, price]).unwrap();
+        c.prepare_cached("INSERT INTO order_history VALUES (?1, 1, 'placed', ?2, NULL)").unwrap().execute(params![id, now]).unwrap();
+        let response = json!({"id": id, "shop": "bench", "customer_id": "c-1", "status": "placed",
+            "lines": [{"sku": "SKU-1", "name": name, "qty": 1, "unit_price": {"amount": price, "currency": "USD"}, "line_total": {"amount": price, "currency": "USD"}}],
+            "total": {"amount": price, "currency": "USD"}, "history": [{"status": "placed", "at": now}],
+            "created_at": now, "updated_at": now, "expires_at": now})
+        .to_string();
+        c.prepare_cached("INSERT INTO idempotency_keys VALUES (?1, ?2, x'00', 201, ?3, ?4)").unwrap().execute(params!["bench", key, response, now]).unwrap();
+        c.execute_batch("COMMIT").unwrap();
+    };
+    for i in 0..orders / 10 {
+        place(i);
+    }
+    let t0 = Instant::now();
+    for i in 0..orders {
+        place(orders + i);
+    }
+    orders as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Wall time from spawning the release binary to `/health/ready` answering 200.
+fn cold_start(dir: &Path) -> Duration {
+    let exe = env!("CARGO_BIN_EXE_vitrina");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("VITRINA_ADMIN_TOKEN", ADMIN)
+        .env("VITRINA_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /health/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200" {
+                break t0.elapsed();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "did not become ready");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    ready
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let orders = env_usize("ORDERS", 3000);
+    let concurrency = env_usize("CONCURRENCY", 64);
+    let starts = env_usize("STARTS", 5);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    println!("order placement, {orders} orders, {concurrency} concurrent HTTP clients for vitrina");
+    println!("{:<10} {:>16} {:>20} {:>8}", "sync", "vitrina orders/s", "plain loop orders/s", "ratio");
+    for sync in [Synchronous::Full, Synchronous::Normal] {
+        let plain = plain_rusqlite(sync, orders);
+        let ours = rt.block_on(through_http(sync, orders, concurrency));
+        println!("{:<10} {:>16.0} {:>20.0} {:>7.2}x", sync.pragma(), ours, plain, ours / plain);
+    }
+
+    let fresh: Vec<Duration> = (0..starts).map(|_| cold_start(tempfile::tempdir().unwrap().path())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    cold_start(dir.path());
+    let warm: Vec<Duration> = (0..starts).map(|_| cold_start(dir.path())).collect();
+    println!("cold start to ready (median of {starts}): empty data dir (migrate + seed) {:?}, existing data dir {:?}", median(fresh), median(warm));
+}
