@@ -95,6 +95,67 @@ async fn through_http(sync: Synchronous, orders: usize, concurrency: usize) -> f
     rate
 }
 
+/// Orders per second through the store seam alone (no HTTP), `concurrency` tasks at once:
+/// separates the group commit's effect from the cost of the HTTP stack.
+async fn through_store(sync: Synchronous, orders: usize, concurrency: usize) -> f64 {
+    use vitrina::catalog::{PriceBody, ProductBody};
+    use vitrina::money::Currency;
+    use vitrina::orders::{PlaceOrder, PlaceOutcome, WantedLine};
+    use vitrina::shops::{hash_secret, NewShop, ShopId};
+    use vitrina::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite).unwrap());
+    let usd = Currency::parse("USD").unwrap();
+    let shop = ShopId::parse("bench").unwrap();
+    let now = chrono::Utc::now();
+    store.create_shop(NewShop { id: shop.clone(), name: "Bench".into(), currency: usd, api_key_hash: hash_secret("k"), created_at: now }).await.unwrap();
+    let product = ProductBody { name: "Widget".into(), category: "c".into(), price: PriceBody { amount: 999, currency: "USD".into() }, attributes: None };
+    store.upsert_product(&shop, product.validate("SKU-1", usd).unwrap(), now).await.unwrap();
+    store.set_stock(&shop, "SKU-1", 1_000_000_000, now).await.unwrap();
+
+    let run = |n: usize, prefix: &'static str| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (store, shop, next) = (store.clone(), shop.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return;
+                        }
+                        let now = chrono::Utc::now();
+                        let order = PlaceOrder {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            customer_id: "c-1".into(),
+                            currency: usd,
+                            lines: vec![WantedLine { sku: "SKU-1".into(), qty: 1 }],
+                            idempotency_key: format!("{prefix}-{i}"),
+                            fingerprint: [0; 32],
+                            now,
+                            expires_at: now,
+                        };
+                        assert!(matches!(store.place_order(&shop, order).await.unwrap(), PlaceOutcome::Created(_)));
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    run(orders / 10, "warm").await;
+    let t0 = Instant::now();
+    run(orders, "run").await;
+    let rate = orders as f64 / t0.elapsed().as_secs_f64();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.close()).await.unwrap();
+    rate
+}
+
 /// The same SQL as the store's placement, one transaction (one fsync) per order, one thread.
 fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -197,12 +258,16 @@ fn main() {
     let starts = env_usize("STARTS", 5);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
-    println!("order placement, {orders} orders, {concurrency} concurrent HTTP clients for vitrina");
-    println!("{:<10} {:>16} {:>20} {:>8}", "sync", "vitrina orders/s", "plain loop orders/s", "ratio");
+    println!("order placement, {orders} orders; vitrina with {concurrency} concurrent callers; plain loop: one thread, one transaction per order");
+    println!("{:<8} {:>12} {:>14} {:>12} {:>12} {:>13}", "sync", "plain loop/s", "vitrina HTTP/s", "HTTP ratio", "store seam/s", "store ratio");
     for sync in [Synchronous::Full, Synchronous::Normal] {
         let plain = plain_rusqlite(sync, orders);
-        let ours = rt.block_on(through_http(sync, orders, concurrency));
-        println!("{:<10} {:>16.0} {:>20.0} {:>7.2}x", sync.pragma(), ours, plain, ours / plain);
+        let http = rt.block_on(through_http(sync, orders, concurrency));
+        let store = rt.block_on(through_store(sync, orders, concurrency));
+        println!(
+            "{:<8} {:>12.0} {:>14.0} {:>11.2}x {:>12.0} {:>12.2}x",
+            sync.pragma(), plain, http, http / plain, store, store / plain
+        );
     }
 
     let fresh: Vec<Duration> = (0..starts).map(|_| cold_start(tempfile::tempdir().unwrap().path())).collect();

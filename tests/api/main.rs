@@ -6,6 +6,7 @@ mod helpers;
 mod bad_input;
 mod catalog;
 mod concurrency;
+mod crash;
 mod feed;
 mod inventory;
 mod isolation;

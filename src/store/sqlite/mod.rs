@@ -169,6 +169,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        let writer_alive = self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(Writer::is_alive);
+        if !writer_alive {
+            return Err(StoreError::Unavailable("the writer is not running".into()));
+        }
         self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
     }
 

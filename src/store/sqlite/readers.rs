@@ -37,7 +37,9 @@ impl Readers {
             let Some(conn) = conn else {
                 return Err(StoreError::Backend("reader pool out of connections".into()));
             };
-            let result = op(&conn);
+            // The connection goes back to the pool even if the operation panics.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&conn)))
+                .unwrap_or_else(|_| Err(StoreError::Backend("a read operation panicked".into())));
             idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             drop(permit);
             result

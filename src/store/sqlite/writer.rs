@@ -76,6 +76,11 @@ impl Writer {
         (Writer { queue: tx }, WriterThread(handle))
     }
 
+    /// False once the writer thread has stopped taking work.
+    pub fn is_alive(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Runs `op` inside the next group transaction and resolves once that transaction committed.
     pub async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
@@ -157,5 +162,71 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
     let end = if keep { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
     if let Err(e) = conn.execute_batch(end) {
         tracing::error!(error = %e, "sqlite savepoint release failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (Writer, WriterThread, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER NOT NULL UNIQUE)").unwrap();
+        let (w, t) = Writer::start(conn, 1024, 64);
+        (w, t, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_or_panicking_operation_is_undone_alone() {
+        let (w, thread, dir) = writer();
+        let tasks: Vec<_> = (0..100i64)
+            .map(|n| {
+                let w = w.clone();
+                tokio::spawn(async move {
+                    w.write(move |c| {
+                        c.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(StoreError::from)?;
+                        match n % 10 {
+                            3 => Err(StoreError::conflict("refused", "after writing")),
+                            7 => panic!("boom"),
+                            _ => Ok(n),
+                        }
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Conflict { .. }) | Err(StoreError::Backend(_)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok, 80);
+        drop(w);
+        thread.join();
+        let c = Connection::open(dir.path().join("w.db")).unwrap();
+        let rows: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 80, "only the successful operations left rows");
+        let bad: i64 = c.query_row("SELECT count(*) FROM t WHERE n % 10 IN (3, 7)", [], |r| r.get(0)).unwrap();
+        assert_eq!(bad, 0);
+    }
+
+    #[tokio::test]
+    async fn queued_writes_commit_before_the_thread_exits() {
+        let (w, thread, dir) = writer();
+        let pending: Vec<_> = (0..20i64).map(|n| tokio::spawn({
+            let w = w.clone();
+            async move { w.write(move |c| Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?)).await }
+        })).collect();
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        drop(w);
+        thread.join();
+        let c = Connection::open(dir.path().join("w.db")).unwrap();
+        assert_eq!(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 20);
     }
 }

@@ -1,0 +1,86 @@
+//! Acknowledged writes survive the process being killed (SIGKILL, no shutdown at all).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::ADMIN;
+
+fn start(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vitrina"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("VITRINA_ADMIN_TOKEN", ADMIN)
+        .env("VITRINA_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start vitrina")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+            if r.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("vitrina did not become ready");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_orders_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, &base).await;
+
+    let shop: Value = client.post(format!("{base}/shops")).bearer_auth(ADMIN)
+        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"})).send().await.unwrap().json().await.unwrap();
+    let key = shop["api_key"].as_str().unwrap().to_owned();
+    client.put(format!("{base}/shops/acme/products/A")).bearer_auth(&key)
+        .json(&json!({"name": "A", "category": "c", "price": {"amount": 100, "currency": "USD"}})).send().await.unwrap();
+    client.put(format!("{base}/shops/acme/stock/A")).bearer_auth(&key).json(&json!({"on_hand": 1000})).send().await.unwrap();
+
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (client, base, key) = (client.clone(), base.clone(), key.clone());
+            tokio::spawn(async move {
+                let r = client.post(format!("{base}/shops/acme/orders")).bearer_auth(&key).header("idempotency-key", format!("crash-{i}"))
+                    .json(&json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]})).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::CREATED);
+                r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.push(t.await.unwrap());
+    }
+    child.kill().unwrap(); // SIGKILL: no drain, no flush, no clean close
+    child.wait().unwrap();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, &base).await;
+    for id in &acknowledged {
+        let r = client.get(format!("{base}/shops/acme/orders/{id}")).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "acknowledged order {id} survived");
+    }
+    let stock: Value = client.get(format!("{base}/shops/acme/stock/A")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stock["reserved"], 60);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
