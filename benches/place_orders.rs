@@ -21,12 +21,14 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn config(dir: &Path, sync: Synchronous) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_owned();
-    c.admin_token = Some(ADMIN.into());
-    c.seed_on_start = false;
-    c.log_level = "warn".into();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_owned(),
+        admin_token: Some(ADMIN.into()),
+        seed_on_start: false,
+        log_level: "warn".into(),
+        ..Config::default()
+    };
     c.sqlite.synchronous = sync;
     c
 }
@@ -60,21 +62,35 @@ async fn through_http(sync: Synchronous, orders: usize, concurrency: usize) -> f
         .await
         .unwrap();
     assert!(r.status().is_success());
-    client.put(format!("{base}/shops/bench/stock/SKU-1")).bearer_auth(&key).json(&json!({"on_hand": 1_000_000_000})).send().await.unwrap();
+    client
+        .put(format!("{base}/shops/bench/stock/SKU-1"))
+        .bearer_auth(&key)
+        .json(&json!({"on_hand": 1_000_000_000}))
+        .send()
+        .await
+        .unwrap();
 
     let body = json!({"customer_id": "c-1", "lines": [{"sku": "SKU-1", "qty": 1}]});
     let run = |n: usize, prefix: &'static str| {
         let next = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
-                let (client, url, key, body, next) = (client.clone(), format!("{base}/shops/bench/orders"), key.clone(), body.clone(), next.clone());
+                let (client, url, key, body, next) =
+                    (client.clone(), format!("{base}/shops/bench/orders"), key.clone(), body.clone(), next.clone());
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= n {
                             return;
                         }
-                        let r = client.post(&url).bearer_auth(&key).header("idempotency-key", format!("{prefix}-{i}")).json(&body).send().await.unwrap();
+                        let r = client
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .header("idempotency-key", format!("{prefix}-{i}"))
+                            .json(&body)
+                            .send()
+                            .await
+                            .unwrap();
                         assert_eq!(r.status(), reqwest::StatusCode::CREATED);
                     }
                 })
@@ -105,12 +121,27 @@ async fn through_store(sync: Synchronous, orders: usize, concurrency: usize) -> 
     use vitrina::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite).unwrap());
+    let store: Arc<dyn Store> =
+        Arc::new(vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite).unwrap());
     let usd = Currency::parse("USD").unwrap();
     let shop = ShopId::parse("bench").unwrap();
     let now = chrono::Utc::now();
-    store.create_shop(NewShop { id: shop.clone(), name: "Bench".into(), currency: usd, api_key_hash: hash_secret("k"), created_at: now }).await.unwrap();
-    let product = ProductBody { name: "Widget".into(), category: "c".into(), price: PriceBody { amount: 999, currency: "USD".into() }, attributes: None };
+    store
+        .create_shop(NewShop {
+            id: shop.clone(),
+            name: "Bench".into(),
+            currency: usd,
+            api_key_hash: hash_secret("k"),
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    let product = ProductBody {
+        name: "Widget".into(),
+        category: "c".into(),
+        price: PriceBody { amount: 999, currency: "USD".into() },
+        attributes: None,
+    };
     store.upsert_product(&shop, product.validate("SKU-1", usd).unwrap(), now).await.unwrap();
     store.set_stock(&shop, "SKU-1", 1_000_000_000, now).await.unwrap();
 
@@ -196,14 +227,23 @@ fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
             .unwrap()
             .execute(params![id, "bench", "c-1", price, now])
             .unwrap();
-        c.prepare_cached("INSERT INTO order_lines VALUES (?1, 0, ?2, ?3, 1, ?4, ?4)").unwrap().execute(params![id, "SKU-1", name, price]).unwrap();
-        c.prepare_cached("INSERT INTO order_history VALUES (?1, 1, 'placed', ?2, NULL)").unwrap().execute(params![id, now]).unwrap();
+        c.prepare_cached("INSERT INTO order_lines VALUES (?1, 0, ?2, ?3, 1, ?4, ?4)")
+            .unwrap()
+            .execute(params![id, "SKU-1", name, price])
+            .unwrap();
+        c.prepare_cached("INSERT INTO order_history VALUES (?1, 1, 'placed', ?2, NULL)")
+            .unwrap()
+            .execute(params![id, now])
+            .unwrap();
         let response = json!({"id": id, "shop": "bench", "customer_id": "c-1", "status": "placed",
             "lines": [{"sku": "SKU-1", "name": name, "qty": 1, "unit_price": {"amount": price, "currency": "USD"}, "line_total": {"amount": price, "currency": "USD"}}],
             "total": {"amount": price, "currency": "USD"}, "history": [{"status": "placed", "at": now}],
             "created_at": now, "updated_at": now, "expires_at": now})
         .to_string();
-        c.prepare_cached("INSERT INTO idempotency_keys VALUES (?1, ?2, x'00', 201, ?3, ?4)").unwrap().execute(params!["bench", key, response, now]).unwrap();
+        c.prepare_cached("INSERT INTO idempotency_keys VALUES (?1, ?2, x'00', 201, ?3, ?4)")
+            .unwrap()
+            .execute(params!["bench", key, response, now])
+            .unwrap();
         c.execute_batch("COMMIT").unwrap();
     };
     for i in 0..orders / 10 {
@@ -259,14 +299,22 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     println!("order placement, {orders} orders; vitrina with {concurrency} concurrent callers; plain loop: one thread, one transaction per order");
-    println!("{:<8} {:>12} {:>14} {:>12} {:>12} {:>13}", "sync", "plain loop/s", "vitrina HTTP/s", "HTTP ratio", "store seam/s", "store ratio");
+    println!(
+        "{:<8} {:>12} {:>14} {:>12} {:>12} {:>13}",
+        "sync", "plain loop/s", "vitrina HTTP/s", "HTTP ratio", "store seam/s", "store ratio"
+    );
     for sync in [Synchronous::Full, Synchronous::Normal] {
         let plain = plain_rusqlite(sync, orders);
         let http = rt.block_on(through_http(sync, orders, concurrency));
         let store = rt.block_on(through_store(sync, orders, concurrency));
         println!(
             "{:<8} {:>12.0} {:>14.0} {:>11.2}x {:>12.0} {:>12.2}x",
-            sync.pragma(), plain, http, http / plain, store, store / plain
+            sync.pragma(),
+            plain,
+            http,
+            http / plain,
+            store,
+            store / plain
         );
     }
 
@@ -274,5 +322,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     cold_start(dir.path());
     let warm: Vec<Duration> = (0..starts).map(|_| cold_start(dir.path())).collect();
-    println!("cold start to ready (median of {starts}): empty data dir (migrate + seed) {:?}, existing data dir {:?}", median(fresh), median(warm));
+    println!(
+        "cold start to ready (median of {starts}): empty data dir (migrate + seed) {:?}, existing data dir {:?}",
+        median(fresh),
+        median(warm)
+    );
 }

@@ -192,7 +192,8 @@ impl Application {
             tokio::time::sleep(drain).await;
             let _ = closing_tx.send(true);
         };
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
+        let server =
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
         let server = tokio::spawn(async move { server.await });
         // Bound the wait for in-flight requests once the listener has closed.
         let served = async {

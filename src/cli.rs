@@ -73,7 +73,8 @@ async fn seed_command(config: Config) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, &cfg)).await??;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let report = seed::seed(&store, &config, &Clock::system(), &|done, total| {
         bar.set_length(total);

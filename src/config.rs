@@ -308,8 +308,7 @@ mod tests {
 
     #[test]
     fn redacts_the_admin_token() {
-        let mut c = Config::default();
-        c.admin_token = Some("supersecretsupersecret".into());
+        let c = Config { admin_token: Some("supersecretsupersecret".into()), ..Config::default() };
         let shown = c.redacted_toml();
         assert!(!shown.contains("supersecret"));
         assert!(shown.contains("<set>"));

@@ -31,10 +31,15 @@ async fn live() -> Json<HealthReport> {
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthReport>) {
     if !state.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthReport { status: "draining".into(), reason: Some("shutting down".into()) }));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthReport { status: "draining".into(), reason: Some("shutting down".into()) }),
+        );
     }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(HealthReport { status: "ready".into(), reason: None })),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(HealthReport { status: "unavailable".into(), reason: Some(e.to_string()) })),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(HealthReport { status: "unavailable".into(), reason: Some(e.to_string()) }))
+        }
     }
 }

@@ -63,9 +63,9 @@ pub fn parse_line(line: &[u8], currency: Currency) -> Result<FeedOp, String> {
     match kind.as_ref().and_then(Value::as_str) {
         Some("product") => {
             let body: ProductBody = serde_json::from_value(Value::Object(obj)).map_err(|e| format!("invalid product: {e}"))?;
-            let input = body.validate(&sku, currency).map_err(|errs| {
-                errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
-            })?;
+            let input = body
+                .validate(&sku, currency)
+                .map_err(|errs| errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))?;
             Ok(FeedOp::Product(input))
         }
         Some("stock") => {
@@ -120,7 +120,12 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
     request_body(content = String, content_type = "application/x-ndjson"),
     security(("bearer" = [])),
     responses((status = 200, body = FeedReport), (status = 401, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
-async fn post_feed(State(state): State<AppState>, Path(shop): Path<String>, headers: HeaderMap, body: Body) -> ApiResult<Json<FeedReport>> {
+async fn post_feed(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<FeedReport>> {
     let shop = auth::shop_id(&shop)?;
     let record = auth::require_shop_key(&state, &headers, &shop).await?;
     let limits = state.config.limits.clone();
@@ -208,7 +213,10 @@ mod tests {
 
     #[test]
     fn parses_products_and_stock() {
-        let p = parse_line(br#"{"type":"product","sku":"A-1","name":"Apple","category":"fruit","price":{"amount":120,"currency":"USD"}}"#, usd());
+        let p = parse_line(
+            br#"{"type":"product","sku":"A-1","name":"Apple","category":"fruit","price":{"amount":120,"currency":"USD"}}"#,
+            usd(),
+        );
         assert!(matches!(p, Ok(FeedOp::Product(ref i)) if i.sku == "A-1" && i.price.amount == 120));
         let s = parse_line(br#"{"type":"stock","sku":"A-1","on_hand":7}"#, usd());
         assert!(matches!(s, Ok(FeedOp::Stock { ref sku, on_hand: 7 }) if sku == "A-1"));
@@ -225,7 +233,10 @@ mod tests {
             (br#"{"type":"thing","sku":"A"}"#, "unknown type"),
             (br#"{"sku":"A"}"#, "type is required"),
             (br#"{"type":"product","sku":"A","name":"x","category":"c","price":{"amount":1,"currency":"EUR"}}"#, "currency"),
-            (br#"{"type":"product","sku":"A","name":"x","category":"c","price":{"amount":1,"currency":"USD"},"colour":"red"}"#, "unknown field"),
+            (
+                br#"{"type":"product","sku":"A","name":"x","category":"c","price":{"amount":1,"currency":"USD"},"colour":"red"}"#,
+                "unknown field",
+            ),
         ] {
             let err = parse_line(line, usd()).unwrap_err();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

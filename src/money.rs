@@ -33,10 +33,7 @@ impl Currency {
         if b.len() != 3 || !b.iter().all(u8::is_ascii_uppercase) {
             return None;
         }
-        ISO_4217
-            .split_ascii_whitespace()
-            .any(|c| c == code)
-            .then(|| Currency([b[0], b[1], b[2]]))
+        ISO_4217.split_ascii_whitespace().any(|c| c == code).then(|| Currency([b[0], b[1], b[2]]))
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,8 +57,7 @@ impl Serialize for Currency {
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Currency::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown ISO 4217 currency code {s:?}")))
+        Currency::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown ISO 4217 currency code {s:?}")))
     }
 }
 

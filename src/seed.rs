@@ -56,7 +56,12 @@ pub async fn seed_if_empty(store: &dyn Store, config: &Config, clock: &Clock) ->
 }
 
 /// `progress(done, total)` is called as work proceeds.
-pub async fn seed(store: &dyn Store, config: &Config, clock: &Clock, progress: &(dyn Fn(u64, u64) + Sync)) -> anyhow::Result<SeedReport> {
+pub async fn seed(
+    store: &dyn Store,
+    config: &Config,
+    clock: &Clock,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> anyhow::Result<SeedReport> {
     let total = HELLO_USERS as u64 + DEMO_PRODUCTS.len() as u64;
     let mut report = SeedReport { users_inserted: 0, products_created: 0, demo_shop_key: None };
 
@@ -75,7 +80,13 @@ pub async fn seed(store: &dyn Store, config: &Config, clock: &Clock, progress: &
     if store.get_shop(&shop).await?.is_none() {
         let key = generate_api_key();
         store
-            .create_shop(NewShop { id: shop.clone(), name: "Demo Shop".into(), currency: usd, api_key_hash: hash_secret(&key), created_at: clock.now() })
+            .create_shop(NewShop {
+                id: shop.clone(),
+                name: "Demo Shop".into(),
+                currency: usd,
+                api_key_hash: hash_secret(&key),
+                created_at: clock.now(),
+            })
             .await?;
         let path = config.data_dir.join(DEMO_KEY_FILE);
         write_private(&path, &key)?;

@@ -35,7 +35,12 @@ pub fn metrics_handle() -> PrometheusHandle {
             let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("vitrina_sqlite_group_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("vitrina_sqlite_group_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
                 .expect("static bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -55,7 +60,8 @@ pub async fn track(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     let secs = started.elapsed().as_secs_f64();
-    metrics::counter!("vitrina_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::counter!("vitrina_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
     metrics::histogram!("vitrina_http_request_duration_seconds", "method" => method, "route" => route).record(secs);
     resp
 }

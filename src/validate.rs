@@ -27,8 +27,8 @@ pub fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, min: usize, 
 
 /// SKU: 1-64 characters of letters, digits, '.', '_' and '-'; safe in paths and logs.
 pub fn sku(value: &str) -> Result<(), FieldError> {
-    let ok = (1..=64).contains(&value.len())
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let ok =
+        (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {

@@ -16,9 +16,7 @@ use crate::store::Upserted;
 use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(put_product, get_product, delete_product))
-        .routes(routes!(list_products))
+    OpenApiRouter::new().routes(routes!(put_product, get_product, delete_product)).routes(routes!(list_products))
 }
 
 /// Create or replace a product. Re-sending the same content changes nothing (same version).
@@ -47,7 +45,11 @@ async fn put_product(
 #[utoipa::path(get, path = "/shops/{shop}/products/{sku}", tag = "catalog",
     params(("shop" = String, Path), ("sku" = String, Path)),
     responses((status = 200, body = Product), (status = 304, description = "Not modified"), (status = 404, body = Problem)))]
-async fn get_product(State(state): State<AppState>, Path((shop, sku)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_product(
+    State(state): State<AppState>,
+    Path((shop, sku)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let shop = auth::shop_id(&shop)?;
     let product = find(&state, &shop, &sku).await?;
     let etag = product.etag();
@@ -91,7 +93,11 @@ fn with_etag(status: StatusCode, product: &Product) -> Response {
     params(("shop" = String, Path), ("sku" = String, Path)),
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
-async fn delete_product(State(state): State<AppState>, Path((shop, sku)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_product(
+    State(state): State<AppState>,
+    Path((shop, sku)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
     if validate::sku(&sku).is_err() {
@@ -116,7 +122,11 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/shops/{shop}/products", tag = "catalog",
     params(("shop" = String, Path), ListParams),
     responses((status = 200, body = ProductPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
-async fn list_products(State(state): State<AppState>, Path(shop): Path<String>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<ProductPage>> {
+async fn list_products(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<ProductPage>> {
     let shop = auth::shop_id(&shop)?;
     let (limit, after) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     if q.category.as_ref().is_some_and(|c| c.chars().count() > 100) {

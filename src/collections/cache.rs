@@ -18,10 +18,7 @@ pub struct UsersCache {
 
 impl UsersCache {
     pub fn new(ttl: Duration, max_entries: u64) -> UsersCache {
-        UsersCache {
-            entries: Cache::builder().time_to_live(ttl).max_capacity(max_entries).build(),
-            generations: Arc::default(),
-        }
+        UsersCache { entries: Cache::builder().time_to_live(ttl).max_capacity(max_entries).build(), generations: Arc::default() }
     }
 
     fn generation(&self, collection: &str) -> u64 {

@@ -86,7 +86,12 @@ pub fn parse_user(body: Value) -> Result<UserDoc, Vec<ValidationIssue>> {
     let name = match obj.remove("name") {
         Some(Value::String(s)) if s.chars().count() <= MAX_NAME_CHARS => Some(s),
         Some(Value::String(s)) => {
-            issues.push(issue("string_too_long", "name", &format!("String should have at most {MAX_NAME_CHARS} characters"), Value::String(s)));
+            issues.push(issue(
+                "string_too_long",
+                "name",
+                &format!("String should have at most {MAX_NAME_CHARS} characters"),
+                Value::String(s),
+            ));
             None
         }
         Some(other) => {
@@ -99,16 +104,28 @@ pub fn parse_user(body: Value) -> Result<UserDoc, Vec<ValidationIssue>> {
         }
     };
     let age = match obj.remove("age") {
-        Some(Value::Number(n)) => match n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)) {
-            Some(a) => Some(a),
-            None => {
-                issues.push(issue("int_from_float", "age", "Input should be a valid integer, got a number with a fractional part", Value::Number(n)));
-                None
+        Some(Value::Number(n)) => {
+            match n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)) {
+                Some(a) => Some(a),
+                None => {
+                    issues.push(issue(
+                        "int_from_float",
+                        "age",
+                        "Input should be a valid integer, got a number with a fractional part",
+                        Value::Number(n),
+                    ));
+                    None
+                }
             }
-        },
+        }
         Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => s.trim().parse::<i64>().ok(),
         Some(other) => {
-            issues.push(issue("int_parsing", "age", "Input should be a valid integer, unable to parse string as an integer", other));
+            issues.push(issue(
+                "int_parsing",
+                "age",
+                "Input should be a valid integer, unable to parse string as an integer",
+                other,
+            ));
             None
         }
         None => {

@@ -191,7 +191,10 @@ async fn list_users(State(state): State<AppState>, Path(collection): Path<String
 #[utoipa::path(get, path = "/{collection_name}/users/{name}", tag = "seed",
     params(("collection_name" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = Object), (status = 404, description = "`{\"detail\": \"User <name> not found\"}`")))]
-async fn get_user(State(state): State<AppState>, Path((collection, name)): Path<(String, String)>) -> Result<Json<UserDoc>, SeedError> {
+async fn get_user(
+    State(state): State<AppState>,
+    Path((collection, name)): Path<(String, String)>,
+) -> Result<Json<UserDoc>, SeedError> {
     check_collection(&collection)?;
     match state.store.find_user(&collection, &name).await? {
         Some(u) => Ok(Json(u)),
@@ -210,7 +213,10 @@ async fn create_user(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<UserDoc>), SeedError> {
     check_collection(&collection)?;
-    let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { SeedError::TooLarge } else { SeedError::Invalid(vec![]) })?;
+    let body =
+        body.map_err(
+            |e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { SeedError::TooLarge } else { SeedError::Invalid(vec![]) },
+        )?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         SeedError::Invalid(vec![ValidationIssue {
             kind: "json_invalid",

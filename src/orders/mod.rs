@@ -263,7 +263,10 @@ pub struct PlaceOrder {
 pub enum PlaceOutcome {
     Created(Order),
     /// The key was used before with the same request: the stored answer, served again.
-    Replayed { status: u16, body: serde_json::Value },
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
     /// The key was used before with a different request.
     KeyReused,
 }
@@ -315,7 +318,11 @@ mod tests {
 
     #[test]
     fn pricing_lists_every_unknown_sku() {
-        let wanted = [WantedLine { sku: "X".into(), qty: 1 }, WantedLine { sku: "A".into(), qty: 1 }, WantedLine { sku: "Y".into(), qty: 1 }];
+        let wanted = [
+            WantedLine { sku: "X".into(), qty: 1 },
+            WantedLine { sku: "A".into(), qty: 1 },
+            WantedLine { sku: "Y".into(), qty: 1 },
+        ];
         let err = price_lines(usd(), &wanted, |sku| (sku == "A").then(|| ("A".into(), Money::new(1, usd())))).unwrap_err();
         assert_eq!(err, PricingError::UnknownSkus(vec!["X".into(), "Y".into()]));
     }

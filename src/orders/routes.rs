@@ -16,10 +16,7 @@ use crate::pagination;
 use crate::store::StoreError;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(place_order, list_orders))
-        .routes(routes!(get_order))
-        .routes(routes!(transition))
+    OpenApiRouter::new().routes(routes!(place_order, list_orders)).routes(routes!(get_order)).routes(routes!(transition))
 }
 
 /// Place an order. Stock is reserved by a conditional update per SKU (lines with the same SKU
@@ -46,11 +43,19 @@ async fn place_order(
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => return Err(ApiError::bad_request("idempotency_key_required", "the Idempotency-Key header is required")),
         Some(Ok(k)) if valid_key(k) => k.to_owned(),
-        Some(_) => return Err(ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 printable ASCII characters",
+            ))
+        }
     };
     let lines = body.validate()?;
     let Some(_claim) = state.in_flight.claim(&shop, &key) else {
-        return Err(ApiError::Conflict { code: "idempotency_key_in_flight", detail: "a request with this Idempotency-Key is still being processed".into() });
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_in_flight",
+            detail: "a request with this Idempotency-Key is still being processed".into(),
+        });
     };
     let now = state.clock.now();
     let hold = chrono::Duration::seconds(state.config.orders.hold_secs.min(i64::MAX as u64 / 1000) as i64);
@@ -93,7 +98,11 @@ async fn place_order(
     params(("shop" = String, Path), ("id" = String, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, body = Problem)))]
-async fn get_order(State(state): State<AppState>, Path((shop, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Json<Order>> {
+async fn get_order(
+    State(state): State<AppState>,
+    Path((shop, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Order>> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
     let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store.get_order(&shop, &id).await? } else { None };
@@ -114,13 +123,20 @@ pub struct ListParams {
     params(("shop" = String, Path), ListParams),
     security(("bearer" = [])),
     responses((status = 200, body = OrderPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
-async fn list_orders(State(state): State<AppState>, Path(shop): Path<String>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<OrderPage>> {
+async fn list_orders(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<OrderPage>> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
     let (limit, before) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     let status = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?),
+        Some(s) => {
+            Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?)
+        }
     };
     let rows = state.store.list_orders(&shop, OrderQuery { status, before, limit }).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |o| o.id.clone());

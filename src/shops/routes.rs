@@ -29,7 +29,11 @@ pub struct CreatedShop {
     responses(
         (status = 201, body = CreatedShop),
         (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_shop(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<CreateShop>) -> ApiResult<(StatusCode, Json<CreatedShop>)> {
+async fn create_shop(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateShop>,
+) -> ApiResult<(StatusCode, Json<CreatedShop>)> {
     auth::require_admin(&state, &headers)?;
     let api_key = generate_api_key();
     let new = body.validate(hash_secret(&api_key), state.clock.now())?;

@@ -96,12 +96,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop>;
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>>;
 
-    async fn upsert_product(
-        &self,
-        shop: &ShopId,
-        input: ProductInput,
-        now: DateTime<Utc>,
-    ) -> StoreResult<(Product, Upserted)>;
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)>;
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>>;
     /// At most `query.limit + 1` products after the cursor, so the caller can tell a next page exists.
     async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>>;

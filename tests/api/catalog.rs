@@ -8,7 +8,8 @@ async fn put_creates_then_updates_and_same_content_keeps_the_version() {
     let app = spawn().await;
     let shop = app.create_shop("acme").await;
     let path = format!("/shops/{}/products/MUG-1", shop.id);
-    let body = json!({"name": "Mug", "category": "kitchen", "price": {"amount": 1200, "currency": "USD"}, "attributes": {"ml": 350}});
+    let body =
+        json!({"name": "Mug", "category": "kitchen", "price": {"amount": 1200, "currency": "USD"}, "attributes": {"ml": 350}});
 
     let r = app.put(&path).bearer_auth(&shop.key).json(&body).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);

@@ -46,19 +46,38 @@ async fn acknowledged_orders_survive_a_kill() {
     let mut child = start(dir.path(), port);
     wait_ready(&client, &base).await;
 
-    let shop: Value = client.post(format!("{base}/shops")).bearer_auth(ADMIN)
-        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"})).send().await.unwrap().json().await.unwrap();
+    let shop: Value = client
+        .post(format!("{base}/shops"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key = shop["api_key"].as_str().unwrap().to_owned();
-    client.put(format!("{base}/shops/acme/products/A")).bearer_auth(&key)
-        .json(&json!({"name": "A", "category": "c", "price": {"amount": 100, "currency": "USD"}})).send().await.unwrap();
+    client
+        .put(format!("{base}/shops/acme/products/A"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "A", "category": "c", "price": {"amount": 100, "currency": "USD"}}))
+        .send()
+        .await
+        .unwrap();
     client.put(format!("{base}/shops/acme/stock/A")).bearer_auth(&key).json(&json!({"on_hand": 1000})).send().await.unwrap();
 
     let tasks: Vec<_> = (0..60)
         .map(|i| {
             let (client, base, key) = (client.clone(), base.clone(), key.clone());
             tokio::spawn(async move {
-                let r = client.post(format!("{base}/shops/acme/orders")).bearer_auth(&key).header("idempotency-key", format!("crash-{i}"))
-                    .json(&json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]})).send().await.unwrap();
+                let r = client
+                    .post(format!("{base}/shops/acme/orders"))
+                    .bearer_auth(&key)
+                    .header("idempotency-key", format!("crash-{i}"))
+                    .json(&json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), StatusCode::CREATED);
                 r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
             })

@@ -24,7 +24,14 @@ async fn good_lines_apply_bad_lines_are_reported_and_a_resend_changes_nothing() 
     ]
     .join("\n");
     let send = || async {
-        let r = app.post("/shops/acme/feed").bearer_auth(&shop.key).header("content-type", "application/x-ndjson").body(feed.clone()).send().await.unwrap();
+        let r = app
+            .post("/shops/acme/feed")
+            .bearer_auth(&shop.key)
+            .header("content-type", "application/x-ndjson")
+            .body(feed.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         r.json::<Value>().await.unwrap()
     };

@@ -36,13 +36,20 @@ pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     app
 }
 
+/// Configuration of a test instance: loopback port 0, a known admin token.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        admin_token: Some(ADMIN.into()),
+        shutdown_grace_secs: 5,
+        ..Config::default()
+    }
+}
+
 /// An app over an existing data directory, e.g. to restart over the same store.
 pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> TestApp {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".into();
-    config.data_dir = data_dir.to_owned();
-    config.admin_token = Some(ADMIN.into());
-    config.shutdown_grace_secs = 5;
+    let mut config = test_config(data_dir);
     tune(&mut config);
     let clock = Clock::manual(chrono::Utc::now());
     let app = Application::build_with_clock(config, clock.clone()).await.expect("app builds");
@@ -108,7 +115,9 @@ impl TestApp {
         let r = self
             .put(&format!("/shops/{}/products/{sku}", shop.id))
             .bearer_auth(&shop.key)
-            .json(&json!({"name": format!("Product {sku}"), "category": "general", "price": {"amount": cents, "currency": "USD"}}))
+            .json(
+                &json!({"name": format!("Product {sku}"), "category": "general", "price": {"amount": cents, "currency": "USD"}}),
+            )
             .send()
             .await
             .unwrap();

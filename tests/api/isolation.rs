@@ -14,8 +14,16 @@ async fn one_shops_key_cannot_touch_another_shop() {
     let b_id = b_order["id"].as_str().unwrap().to_owned();
 
     let attempts: Vec<(Method, String, Option<Value>)> = vec![
-        (Method::PUT, "/shops/shop-b/products/B".into(), Some(json!({"name": "pwned", "category": "c", "price": {"amount": 1, "currency": "USD"}}))),
-        (Method::PUT, "/shops/shop-b/products/NEW".into(), Some(json!({"name": "pwned", "category": "c", "price": {"amount": 1, "currency": "USD"}}))),
+        (
+            Method::PUT,
+            "/shops/shop-b/products/B".into(),
+            Some(json!({"name": "pwned", "category": "c", "price": {"amount": 1, "currency": "USD"}})),
+        ),
+        (
+            Method::PUT,
+            "/shops/shop-b/products/NEW".into(),
+            Some(json!({"name": "pwned", "category": "c", "price": {"amount": 1, "currency": "USD"}})),
+        ),
         (Method::DELETE, "/shops/shop-b/products/B".into(), None),
         (Method::PUT, "/shops/shop-b/stock/B".into(), Some(json!({"on_hand": 0}))),
         (Method::POST, "/shops/shop-b/stock/B/adjust".into(), Some(json!({"delta": -5}))),

@@ -59,11 +59,10 @@ async fn shutdown_drains_then_stops_and_acknowledged_writes_survive_a_restart() 
 async fn a_data_dir_serves_one_process_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let first = spawn_in(dir.path(), |_| {}).await;
-    let mut config = vitrina::config::Config::default();
-    config.listen = "127.0.0.1:0".into();
-    config.data_dir = dir.path().to_owned();
-    config.admin_token = Some(crate::helpers::ADMIN.into());
-    let err = vitrina::app::Application::build(config).await.err().expect("a second instance is refused");
+    let err = vitrina::app::Application::build(crate::helpers::test_config(dir.path()))
+        .await
+        .err()
+        .expect("a second instance is refused");
     assert!(err.to_string().contains("in use"), "{err:#}");
     first.stop().await.unwrap();
 }

@@ -22,8 +22,11 @@ async fn placing_an_order_sums_lines_prices_and_reserves() {
     assert_eq!(o["shop"], "acme");
     assert_eq!(o["customer_id"], "c-9");
     assert_eq!(o["lines"].as_array().unwrap().len(), 2, "same-SKU lines are summed");
-    assert_eq!(o["lines"][0], json!({"sku": "A", "name": "Product A", "qty": 5,
-        "unit_price": {"amount": 500, "currency": "USD"}, "line_total": {"amount": 2500, "currency": "USD"}}));
+    assert_eq!(
+        o["lines"][0],
+        json!({"sku": "A", "name": "Product A", "qty": 5,
+        "unit_price": {"amount": 500, "currency": "USD"}, "line_total": {"amount": 2500, "currency": "USD"}})
+    );
     assert_eq!(o["total"], json!({"amount": 2750, "currency": "USD"}));
     assert_eq!(o["history"][0]["status"], "placed");
     assert!(o["created_at"].is_string() && o["expires_at"].is_string());
@@ -101,7 +104,8 @@ async fn a_key_in_flight_is_refused_and_only_one_order_results() {
     for _ in 0..30 {
         let (client, url, key) = (app.client.clone(), app.url("/shops/acme/orders"), shop.key.clone());
         tasks.push(tokio::spawn(async move {
-            let r = client.post(url).bearer_auth(key).header("Idempotency-Key", "same").json(&one_line("A", 1)).send().await.unwrap();
+            let r =
+                client.post(url).bearer_auth(key).header("Idempotency-Key", "same").json(&one_line("A", 1)).send().await.unwrap();
             let status = r.status();
             let body: Value = r.json().await.unwrap();
             (status, body)

@@ -20,7 +20,8 @@ async fn root_reports_single_topology_and_collections() {
     assert!(v["mongo_nodes"].is_array());
     assert!(v["mongo_secondary_hosts"].is_array());
     assert_eq!(v["collections"]["helloDoc"]["documents_count"], 1000);
-    let per_shard: i64 = v["collections"]["helloDoc"]["shards_count"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
+    let per_shard: i64 =
+        v["collections"]["helloDoc"]["shards_count"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
     assert_eq!(per_shard, 1000);
     assert_eq!(v["topology"]["store"]["kind"], "sqlite");
     assert_eq!(v["topology"]["store"]["shards"][0]["nodes"][0]["role"], "primary");
@@ -74,7 +75,8 @@ async fn create_keeps_extra_fields_and_invalidates_the_cached_list() {
     assert_eq!(second.headers()["x-cache"], "hit");
     assert_eq!(second.json::<Value>().await.unwrap(), json!({"users": []}));
 
-    let r = app.post("/people/users").json(&json!({"name": "ann", "age": 30, "city": "Oslo", "tags": ["a"]})).send().await.unwrap();
+    let r =
+        app.post("/people/users").json(&json!({"name": "ann", "age": 30, "city": "Oslo", "tags": ["a"]})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["name"], "ann");
@@ -125,7 +127,17 @@ async fn swagger_ui_and_spec_are_served() {
     assert!(r.text().await.unwrap().contains("swagger"), "Swagger UI page");
     let spec: Value = app.get_json("/openapi.json").await;
     let paths = spec["paths"].as_object().unwrap();
-    for p in ["/", "/{collection_name}/count", "/{collection_name}/users", "/{collection_name}/users/{name}", "/shops", "/shops/{shop}/orders", "/shops/{shop}/feed", "/health/ready", "/metrics"] {
+    for p in [
+        "/",
+        "/{collection_name}/count",
+        "/{collection_name}/users",
+        "/{collection_name}/users/{name}",
+        "/shops",
+        "/shops/{shop}/orders",
+        "/shops/{shop}/feed",
+        "/health/ready",
+        "/metrics",
+    ] {
         assert!(paths.contains_key(p), "spec documents {p}");
     }
 }

@@ -53,7 +53,17 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
            price_amount = excluded.price_amount, currency = excluded.currency,
            attributes = excluded.attributes, version = excluded.version, updated_at = excluded.updated_at",
     )?
-    .execute(params![shop.as_str(), p.sku, p.name, p.category, p.price.amount, p.price.currency.as_str(), attributes, version, ts(now)])?;
+    .execute(params![
+        shop.as_str(),
+        p.sku,
+        p.name,
+        p.category,
+        p.price.amount,
+        p.price.currency.as_str(),
+        attributes,
+        version,
+        ts(now)
+    ])?;
     let product = Product {
         shop: shop.clone(),
         sku: p.sku.clone(),

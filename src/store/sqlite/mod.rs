@@ -271,9 +271,6 @@ impl Store for SqliteStore {
 
     async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>> {
         let rows = self.read(collections::counts).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(collection, count)| CollectionCount { collection, shard: SHARD_NAME.into(), count })
-            .collect())
+        Ok(rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: SHARD_NAME.into(), count }).collect())
     }
 }

@@ -102,9 +102,9 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
             "UPDATE stock SET on_hand = on_hand - ?3, reserved = reserved - ?3, updated_at = ?4
              WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3",
         ),
-        StockEffect::Release => Some(
-            "UPDATE stock SET reserved = reserved - ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3",
-        ),
+        StockEffect::Release => {
+            Some("UPDATE stock SET reserved = reserved - ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3")
+        }
     };
     if let Some(sql) = effect_sql {
         let lines: Vec<(String, i64)> = c
@@ -118,8 +118,11 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
             }
         }
     }
-    c.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3, expires_at = NULL WHERE id = ?1")?
-        .execute(params![id, to.as_str(), now_s])?;
+    c.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3, expires_at = NULL WHERE id = ?1")?.execute(params![
+        id,
+        to.as_str(),
+        now_s
+    ])?;
     let seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1", [id], |r| r.get(0))?;
     append_history(c, id, seq, to, &now_s, action.reason())?;
     load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))
@@ -205,9 +208,7 @@ pub fn list(c: &Connection, shop: &ShopId, q: &OrderQuery) -> StoreResult<Vec<Or
 }
 
 pub fn expired(c: &Connection, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
-    Ok(c.prepare_cached(
-        "SELECT shop, id FROM orders WHERE status = 'placed' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
-    )?
-    .query_map(params![ts(now), limit as i64], |r| Ok((ShopId::trusted(r.get(0)?), r.get(1)?)))?
-    .collect::<rusqlite::Result<_>>()?)
+    Ok(c.prepare_cached("SELECT shop, id FROM orders WHERE status = 'placed' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2")?
+        .query_map(params![ts(now), limit as i64], |r| Ok((ShopId::trusted(r.get(0)?), r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
 }

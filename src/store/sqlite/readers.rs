@@ -25,12 +25,8 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        let permit =
+            self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         let idle = self.idle.clone();
         tokio::task::spawn_blocking(move || {
             let conn = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();

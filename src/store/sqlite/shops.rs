@@ -26,11 +26,7 @@ pub fn get(c: &Connection, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
         .optional()?;
     let Some((name, currency, hash, created_at)) = row else { return Ok(None) };
     let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("shop {id} has bad currency")))?;
-    let api_key_hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
-    Ok(Some(ShopRecord {
-        shop: Shop { id: id.clone(), name, currency, created_at: parse_ts(&created_at)? },
-        api_key_hash,
-    }))
+    let api_key_hash: [u8; 32] =
+        hash.try_into().map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
+    Ok(Some(ShopRecord { shop: Shop { id: id.clone(), name, currency, created_at: parse_ts(&created_at)? }, api_key_hash }))
 }

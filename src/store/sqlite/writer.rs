@@ -89,12 +89,8 @@ impl Writer {
     {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(PendingOp { op: Some(op), result: None, reply });
-        self.queue
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
+        self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
     }
 }
 
@@ -217,10 +213,14 @@ mod tests {
     #[tokio::test]
     async fn queued_writes_commit_before_the_thread_exits() {
         let (w, thread, dir) = writer();
-        let pending: Vec<_> = (0..20i64).map(|n| tokio::spawn({
-            let w = w.clone();
-            async move { w.write(move |c| Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?)).await }
-        })).collect();
+        let pending: Vec<_> = (0..20i64)
+            .map(|n| {
+                tokio::spawn({
+                    let w = w.clone();
+                    async move { w.write(move |c| Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?)).await }
+                })
+            })
+            .collect();
         for p in pending {
             p.await.unwrap().unwrap();
         }
