@@ -28,7 +28,6 @@ use crate::collections::cache::UsersCache;
 use crate::config::Config;
 use crate::orders::idempotency::InFlight;
 use crate::shops::hash_secret;
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::{catalog, collections, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
 
@@ -123,10 +122,7 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let admin_token = secrets::admin_token(&config)?;
-        let db_path = config.data_dir.join("vitrina.db");
-        let cfg = config.sqlite.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path, &cfg)).await??;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store = crate::store::open(&config).await?;
         if config.seed_on_start {
             seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
         }

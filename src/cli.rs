@@ -7,8 +7,6 @@ use clap::{Parser, Subcommand};
 use crate::app::{shutdown_signal, Application};
 use crate::clock::Clock;
 use crate::config::{Config, Overrides};
-use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
 use crate::{seed, telemetry};
 
 #[derive(Parser, Debug)]
@@ -68,15 +66,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn seed_command(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let path = config.data_dir.join("vitrina.db");
-    let cfg = config.sqlite.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, &cfg)).await??;
+    let store = crate::store::open(&config).await?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = seed::seed(&store, &config, &Clock::system(), &|done, total| {
+    let report = seed::seed(store.as_ref(), &config, &Clock::system(), &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })

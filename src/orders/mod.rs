@@ -102,6 +102,16 @@ impl Action {
         }
     }
 
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Pay => "pay",
+            Action::Ship => "ship",
+            Action::Deliver => "deliver",
+            Action::Cancel => "cancel",
+            Action::Expire => "expire",
+        }
+    }
+
     pub fn reason(self) -> Option<&'static str> {
         (self == Action::Expire).then_some("payment hold expired")
     }

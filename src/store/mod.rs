@@ -6,6 +6,7 @@
 //! picking a shard per call. Every business write is one store transaction, so the outbox row
 //! of a later issue joins the same transaction without changing this interface.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -51,6 +52,29 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Opens the configured backend, migrated and ready.
+pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    use crate::config::StoreKind;
+    Ok(match config.store {
+        StoreKind::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            let path = config.data_dir.join("vitrina.db");
+            let cfg = config.sqlite.clone();
+            std::sync::Arc::new(tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, &cfg)).await??)
+        }
+        StoreKind::Postgres => {
+            let shard = config.postgres.shards.first().ok_or_else(|| anyhow::anyhow!("no postgres shard configured"))?;
+            std::sync::Arc::new(postgres::PgStore::connect(&shard.name, &shard.primary, &config.postgres).await?)
+        }
+    })
+}
+
+/// Time as every backend stores it: whole microseconds, so what a write returns equals what a
+/// later read returns (ETags depend on it).
+pub fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
 
 /// Whether a product upsert created a new row or replaced one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

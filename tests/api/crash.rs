@@ -39,6 +39,9 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_orders_survive_a_kill() {
+    if crate::backend::skip_unless_sqlite("the embedded store's durability after SIGKILL") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let port = free_port();

@@ -8,6 +8,8 @@ use vitrina::app::{AppState, Application};
 use vitrina::clock::Clock;
 use vitrina::config::Config;
 
+use crate::backend;
+
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub struct TestApp {
@@ -17,7 +19,9 @@ pub struct TestApp {
     pub clock: Clock,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: Option<tempfile::TempDir>,
+    owned_dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database behind this app, if any; dropped with the app that owns its dir.
+    database: Option<String>,
 }
 
 pub struct Shop {
@@ -32,8 +36,25 @@ pub async fn spawn() -> TestApp {
 pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut app = spawn_in(dir.path(), tune).await;
-    app._dir = Some(dir);
+    app.owned_dir = Some(dir);
     app
+}
+
+/// The database (on PostgreSQL) that belongs to a data directory, so a restart over the same
+/// directory finds the same data on either backend.
+async fn database_for(data_dir: &std::path::Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BY_DIR: Mutex<Option<HashMap<std::path::PathBuf, String>>> = Mutex::new(None);
+    if backend::backend() != backend::Backend::Postgres {
+        return None;
+    }
+    if let Some(db) = BY_DIR.lock().unwrap().get_or_insert_with(HashMap::new).get(data_dir) {
+        return Some(db.clone());
+    }
+    let db = backend::fresh_database().await;
+    BY_DIR.lock().unwrap().get_or_insert_with(HashMap::new).insert(data_dir.to_owned(), db.clone());
+    Some(db)
 }
 
 /// Configuration of a test instance: loopback port 0, a known admin token.
@@ -50,6 +71,10 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
 /// An app over an existing data directory, e.g. to restart over the same store.
 pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(data_dir);
+    let database = database_for(data_dir).await;
+    if let Some(db) = &database {
+        backend::use_database(&mut config, db);
+    }
     tune(&mut config);
     let clock = Clock::manual(chrono::Utc::now());
     let app = Application::build_with_clock(config, clock.clone()).await.expect("app builds");
@@ -60,7 +85,16 @@ pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)
         let _ = rx.await;
     }));
     let client = Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(64).build().unwrap();
-    let t = TestApp { base: format!("http://{addr}"), client, state, clock, stop: Some(tx), server: Some(server), _dir: None };
+    let t = TestApp {
+        base: format!("http://{addr}"),
+        client,
+        state,
+        clock,
+        stop: Some(tx),
+        server: Some(server),
+        owned_dir: None,
+        database,
+    };
     // Ready once the server task has flipped readiness on.
     for _ in 0..200 {
         if t.state.is_ready() {
@@ -180,6 +214,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        // Apps over a borrowed directory (restarts) leave the database to the directory's owner.
+        if let (Some(db), Some(_)) = (self.database.take(), self.owned_dir.as_ref()) {
+            backend::drop_database(db);
         }
     }
 }

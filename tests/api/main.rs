@@ -1,6 +1,7 @@
 //! Black-box HTTP tests: each test starts the real application in-process on port 0 over a
 //! fresh data directory and talks to it through a real HTTP client.
 
+mod backend;
 mod helpers;
 
 mod bad_input;

@@ -57,6 +57,9 @@ async fn shutdown_drains_then_stops_and_acknowledged_writes_survive_a_restart() 
 
 #[tokio::test]
 async fn a_data_dir_serves_one_process_at_a_time() {
+    if crate::backend::skip_unless_sqlite("the data-dir lock") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let first = spawn_in(dir.path(), |_| {}).await;
     let err = vitrina::app::Application::build(crate::helpers::test_config(dir.path()))

@@ -23,7 +23,11 @@ async fn root_reports_single_topology_and_collections() {
     let per_shard: i64 =
         v["collections"]["helloDoc"]["shards_count"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum();
     assert_eq!(per_shard, 1000);
-    assert_eq!(v["topology"]["store"]["kind"], "sqlite");
+    let kind = match crate::backend::backend() {
+        crate::backend::Backend::Sqlite => "sqlite",
+        crate::backend::Backend::Postgres => "postgres",
+    };
+    assert_eq!(v["topology"]["store"]["kind"], kind);
     assert_eq!(v["topology"]["store"]["shards"][0]["nodes"][0]["role"], "primary");
 }
 

@@ -10,7 +10,7 @@ use crate::ingest::FeedOp;
 use crate::inventory::{Stock, MAX_QUANTITY};
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
-use crate::store::{StoreError, StoreResult, Upserted};
+use crate::store::{micros, StoreError, StoreResult, Upserted};
 
 const PRODUCT_COLS: &str = "shop, sku, name, category, price_amount, currency, attributes, version, updated_at";
 
@@ -72,7 +72,7 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
         price: p.price,
         attributes: p.attributes.clone(),
         version,
-        updated_at: parse_ts(&ts(now))?,
+        updated_at: micros(now),
     };
     Ok((product, if existing.is_some() { Upserted::Updated } else { Upserted::Created }))
 }

@@ -92,7 +92,7 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
     let status = status.ok_or_else(|| StoreError::not_found("order", id))?;
     let from = OrderStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("order {id} has status {status}")))?;
     let to = action.apply(from).ok_or_else(|| {
-        StoreError::conflict("invalid_transition", format!("cannot {} an order that is {}", verb(action), from.as_str()))
+        StoreError::conflict("invalid_transition", format!("cannot {} an order that is {}", action.verb(), from.as_str()))
     })?;
 
     let now_s = ts(now);
@@ -126,16 +126,6 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
     let seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1", [id], |r| r.get(0))?;
     append_history(c, id, seq, to, &now_s, action.reason())?;
     load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))
-}
-
-fn verb(a: Action) -> &'static str {
-    match a {
-        Action::Pay => "pay",
-        Action::Ship => "ship",
-        Action::Deliver => "deliver",
-        Action::Cancel => "cancel",
-        Action::Expire => "expire",
-    }
 }
 
 pub fn load(c: &Connection, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

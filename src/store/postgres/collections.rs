@@ -1,0 +1,55 @@
+//! Seed-API collections on PostgreSQL, in insertion order like a MongoDB natural scan.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use crate::collections::UserDoc;
+use crate::store::{StoreError, StoreResult};
+
+fn to_doc(r: &Row) -> StoreResult<UserDoc> {
+    let id: String = r.get(0);
+    let extra = match r.get::<_, serde_json::Value>(3) {
+        serde_json::Value::Object(m) => m,
+        _ => return Err(StoreError::Backend(format!("document {id}: extra fields are not an object"))),
+    };
+    Ok(UserDoc { id, name: r.get(1), age: r.get(2), extra })
+}
+
+pub async fn insert(c: &impl GenericClient, collection: &str, docs: &[UserDoc]) -> StoreResult<()> {
+    // One statement for the whole batch: the seed's 1000 users are one round trip.
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO seed_docs (id, collection, name, age, extra)
+             SELECT id, $1, name, age, extra FROM unnest($2::text[], $3::text[], $4::bigint[], $5::jsonb[])
+               WITH ORDINALITY AS d (id, name, age, extra, n) ORDER BY n",
+        )
+        .await?;
+    let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+    let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
+    let ages: Vec<i64> = docs.iter().map(|d| d.age).collect();
+    let extras: Vec<serde_json::Value> = docs.iter().map(|d| serde_json::Value::Object(d.extra.clone())).collect();
+    c.execute(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?;
+    Ok(())
+}
+
+pub async fn find(c: &impl GenericClient, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+    let stmt = c
+        .prepare_cached("SELECT id, name, age, extra FROM seed_docs WHERE collection = $1 AND name = $2 ORDER BY seq LIMIT 1")
+        .await?;
+    c.query_opt(&stmt, &[&collection, &name]).await?.as_ref().map(to_doc).transpose()
+}
+
+pub async fn list(c: &impl GenericClient, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
+    let stmt = c.prepare_cached("SELECT id, name, age, extra FROM seed_docs WHERE collection = $1 ORDER BY seq LIMIT $2").await?;
+    c.query(&stmt, &[&collection, &(limit as i64)]).await?.iter().map(to_doc).collect()
+}
+
+pub async fn count(c: &impl GenericClient, collection: &str) -> StoreResult<u64> {
+    let stmt = c.prepare_cached("SELECT count(*) FROM seed_docs WHERE collection = $1").await?;
+    Ok(c.query_one(&stmt, &[&collection]).await?.get::<_, i64>(0) as u64)
+}
+
+pub async fn counts(c: &impl GenericClient) -> StoreResult<Vec<(String, u64)>> {
+    let stmt = c.prepare_cached("SELECT collection, count(*) FROM seed_docs GROUP BY collection ORDER BY collection").await?;
+    Ok(c.query(&stmt, &[]).await?.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64)).collect())
+}

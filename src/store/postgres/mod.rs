@@ -1,0 +1,241 @@
+//! A PostgreSQL shard: a pooled primary (tokio-postgres + deadpool, prepared statements
+//! cached per connection). Every business write is one transaction; concurrency control is
+//! PostgreSQL's own (row locks, conditional updates, advisory locks), so any number of vitrina
+//! instances can share the shard.
+
+mod catalog;
+mod collections;
+mod orders;
+mod schema;
+mod shops;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::{CollectionCount, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::collections::UserDoc;
+use crate::config::PostgresConfig;
+use crate::ingest::FeedOp;
+use crate::inventory::Stock;
+use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+
+pub struct PgStore {
+    name: String,
+    /// host:port of the primary, for reports (never the password).
+    address: String,
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to the shard's primary and applies pending migrations.
+    pub async fn connect(name: &str, url: &str, cfg: &PostgresConfig) -> anyhow::Result<PgStore> {
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("shard {name}: bad PostgreSQL URL: {e}"))?;
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        pg.connect_timeout(timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("vitrina");
+        }
+        let address = describe_address(&pg);
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_millis(cfg.acquire_timeout_ms)))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()?;
+        let store = PgStore { name: name.to_owned(), address, pool };
+        let mut client = store.client().await.map_err(|e| anyhow::anyhow!("shard {name}: {e}"))?;
+        let applied = schema::migrate(&mut client).await.map_err(|e| anyhow::anyhow!("shard {name}: migrating: {e}"))?;
+        if !applied.is_empty() {
+            tracing::info!(shard = name, ?applied, "applied schema migrations");
+        }
+        Ok(store)
+    }
+
+    async fn client(&self) -> StoreResult<Client> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("shard {}: {e}", self.name)))
+    }
+}
+
+fn describe_address(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                StoreError::Unavailable(format!("concurrent update, retry: {e}"))
+            }
+            Some(c)
+                if *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
+                    || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            Some(_) => StoreError::Backend(e.to_string()),
+            // No SQL state: the connection itself failed.
+            None if e.is_closed() || e.as_db_error().is_none() => StoreError::Unavailable(format!("database connection: {e}")),
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn report(&self) -> StoreReport {
+        let reachable = self.ping().await.is_ok();
+        StoreReport {
+            kind: "postgres".into(),
+            durability: "synchronous commit on the primary".into(),
+            shards: vec![ShardReport {
+                name: self.name.clone(),
+                nodes: vec![NodeReport {
+                    name: self.name.clone(),
+                    role: "primary".into(),
+                    address: self.address.clone(),
+                    reachable,
+                    replay_lag_ms: None,
+                }],
+            }],
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        shops::create(&self.client().await?, &shop).await
+    }
+
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        shops::get(&self.client().await?, id).await
+    }
+
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let out = catalog::upsert_product(&tx, shop, &input, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        catalog::get_product(&self.client().await?, shop, sku).await
+    }
+
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
+        catalog::list_products(&self.client().await?, shop, &query).await
+    }
+
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        catalog::delete_product(&tx, shop, sku).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stock = catalog::set_stock(&tx, shop, sku, on_hand, now).await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stock = catalog::adjust_stock(&tx, shop, sku, delta, now).await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
+        catalog::get_stock(&self.client().await?, shop, sku).await
+    }
+
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        let mut client = self.client().await?;
+        let mut tx = client.transaction().await?;
+        let results = catalog::apply_feed(&mut tx, shop, ops, now).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let outcome = orders::place(&tx, shop, &order).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+        orders::load(&self.client().await?, shop, id).await
+    }
+
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
+        orders::list(&self.client().await?, shop, &query).await
+    }
+
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let order = orders::transition(&tx, shop, id, action, now).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+        orders::expired(&self.client().await?, now, limit).await
+    }
+
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        collections::insert(&tx, collection, &docs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        collections::find(&self.client().await?, collection, name).await
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
+        collections::list(&self.client().await?, collection, limit).await
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<u64> {
+        collections::count(&self.client().await?, collection).await
+    }
+
+    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>> {
+        let rows = collections::counts(&self.client().await?).await?;
+        Ok(rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect())
+    }
+}

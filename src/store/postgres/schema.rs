@@ -1,0 +1,125 @@
+//! Versioned schema for a PostgreSQL shard, applied at start under an advisory lock so several
+//! instances starting at once migrate exactly once.
+
+use deadpool_postgres::Client;
+
+use crate::store::{StoreError, StoreResult};
+
+/// Any fixed number: the advisory lock key that serializes migrations across instances.
+const MIGRATION_LOCK: i64 = 0x7669_7472_696e_61;
+
+/// Append only, like the SQLite list; same tables, PostgreSQL types. Keys that are paged over
+/// sort bytewise (`COLLATE "C"`), as SQLite does, so cursors mean the same on both.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "shops, catalog, stock, orders, idempotency, seed collections",
+    r#"
+CREATE TABLE shops (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    currency     TEXT NOT NULL,
+    api_key_hash BYTEA NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE products (
+    shop         TEXT NOT NULL REFERENCES shops (id),
+    sku          TEXT COLLATE "C" NOT NULL,
+    name         TEXT NOT NULL,
+    category     TEXT NOT NULL,
+    price_amount BIGINT NOT NULL CHECK (price_amount >= 0),
+    currency     TEXT NOT NULL,
+    attributes   JSONB NOT NULL,
+    version      BIGINT NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (shop, sku)
+);
+CREATE INDEX products_by_category ON products (shop, category, sku);
+
+CREATE TABLE stock (
+    shop       TEXT NOT NULL,
+    sku        TEXT COLLATE "C" NOT NULL,
+    on_hand    BIGINT NOT NULL CHECK (on_hand >= 0),
+    reserved   BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (shop, sku),
+    FOREIGN KEY (shop, sku) REFERENCES products (shop, sku),
+    CONSTRAINT stock_reserved_within_on_hand CHECK (reserved <= on_hand)
+);
+
+CREATE TABLE orders (
+    id           TEXT COLLATE "C" PRIMARY KEY,
+    shop         TEXT NOT NULL REFERENCES shops (id),
+    customer_id  TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('placed','paid','shipped','delivered','cancelled')),
+    total_amount BIGINT NOT NULL,
+    currency     TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    expires_at   TIMESTAMPTZ
+);
+CREATE INDEX orders_by_shop ON orders (shop, id);
+CREATE INDEX orders_by_shop_status ON orders (shop, status, id);
+CREATE INDEX orders_awaiting_payment ON orders (expires_at) WHERE status = 'placed';
+
+CREATE TABLE order_lines (
+    order_id   TEXT NOT NULL REFERENCES orders (id),
+    line_no    INT NOT NULL,
+    sku        TEXT COLLATE "C" NOT NULL,
+    name       TEXT NOT NULL,
+    qty        BIGINT NOT NULL CHECK (qty > 0),
+    unit_price BIGINT NOT NULL,
+    line_total BIGINT NOT NULL,
+    PRIMARY KEY (order_id, line_no)
+);
+
+CREATE TABLE order_history (
+    order_id TEXT NOT NULL REFERENCES orders (id),
+    seq      INT NOT NULL,
+    status   TEXT NOT NULL,
+    at       TIMESTAMPTZ NOT NULL,
+    reason   TEXT,
+    PRIMARY KEY (order_id, seq)
+);
+
+CREATE TABLE idempotency_keys (
+    shop         TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash BYTEA NOT NULL,
+    status_code  INT NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (shop, key)
+);
+
+CREATE TABLE seed_docs (
+    seq        BIGSERIAL PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    collection TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    age        BIGINT NOT NULL,
+    extra      JSONB NOT NULL
+);
+CREATE INDEX seed_docs_by_collection ON seed_docs (collection, seq);
+CREATE INDEX seed_docs_by_name ON seed_docs (collection, name, seq);
+"#,
+)];
+
+pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INT PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let current: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    let mut applied = Vec::new();
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version, description) VALUES ($1, $2)", &[version, description]).await?;
+        applied.push(*version);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(applied)
+}

@@ -1,0 +1,31 @@
+use deadpool_postgres::GenericClient;
+
+use crate::money::Currency;
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::{StoreError, StoreResult};
+
+pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    let created_at = crate::store::micros(s.created_at);
+    let n = c.execute(&stmt, &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&s.api_key_hash[..], &created_at]).await?;
+    if n == 0 {
+        return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
+    }
+    Ok(Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at })
+}
+
+pub async fn get(c: &impl GenericClient, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+    let stmt = c.prepare_cached("SELECT name, currency, api_key_hash, created_at FROM shops WHERE id = $1").await?;
+    let Some(row) = c.query_opt(&stmt, &[&id.as_str()]).await? else { return Ok(None) };
+    let currency: String = row.get(1);
+    let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("shop {id} has bad currency")))?;
+    let hash: Vec<u8> = row.get(2);
+    let api_key_hash: [u8; 32] =
+        hash.try_into().map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
+    Ok(Some(ShopRecord { shop: Shop { id: id.clone(), name: row.get(0), currency, created_at: row.get(3) }, api_key_hash }))
+}
