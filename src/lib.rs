@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod money;
 pub mod orders;
 pub mod pagination;
+pub mod routing;
 pub mod secrets;
 pub mod seed;
 pub mod shops;
