@@ -21,6 +21,7 @@ pub struct Config {
     /// Which backend holds the data: `sqlite` (embedded, in `data_dir`) or `postgres`.
     pub store: StoreKind,
     pub postgres: PostgresConfig,
+    pub routing: RoutingConfig,
     /// Log filter in `RUST_LOG` syntax.
     pub log_level: String,
     /// Fill demo data on first start when the store is empty.
@@ -55,6 +56,21 @@ pub struct PostgresConfig {
     /// Bound on waiting for a free pooled connection.
     pub acquire_timeout_ms: u64,
     pub shards: Vec<ShardConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Virtual nodes per shard on the ring. Every instance must use the same value.
+    pub vnodes: usize,
+    /// Per-shard bound on a read gathered from every shard; a slower shard is reported, not awaited.
+    pub gather_timeout_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { vnodes: crate::routing::ring::DEFAULT_VNODES, gather_timeout_ms: 2_000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +117,9 @@ impl Synchronous {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqliteConfig {
+    /// Number of shard files in the data dir (1: `vitrina.db`; more: `shard1.db`, `shard2.db`, ...).
+    /// Changing it later moves shops between files: not supported without a migration.
+    pub shards: usize,
     /// `full` (an acknowledged write survives a power cut) or `normal` (survives a crash of
     /// the process, not of the machine).
     pub synchronous: Synchronous,
@@ -141,6 +160,7 @@ impl Default for Config {
             admin_token: None,
             store: StoreKind::Sqlite,
             postgres: PostgresConfig::default(),
+            routing: RoutingConfig::default(),
             log_format: "auto".into(),
             log_level: "info".into(),
             seed_on_start: true,
@@ -163,7 +183,14 @@ impl Default for OrdersConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { synchronous: Synchronous::Full, readers: 4, busy_timeout_ms: 5_000, max_batch: 256, queue_len: 4096 }
+        SqliteConfig {
+            shards: 1,
+            synchronous: Synchronous::Full,
+            readers: 4,
+            busy_timeout_ms: 5_000,
+            max_batch: 256,
+            queue_len: 4096,
+        }
     }
 }
 
@@ -231,16 +258,25 @@ impl Config {
         if self.limits.page_max == 0 || self.limits.page_default == 0 || self.limits.page_default > self.limits.page_max {
             bail!("limits: need 0 < page_default <= page_max");
         }
+        if self.routing.vnodes == 0 || self.sqlite.shards == 0 {
+            bail!("routing.vnodes and sqlite.shards must be positive");
+        }
         if self.limits.feed_batch == 0 || self.sqlite.max_batch == 0 {
             bail!("feed_batch and sqlite.max_batch must be positive");
         }
         if self.store == StoreKind::Postgres {
-            match self.postgres.shards.as_slice() {
-                [] => bail!("store = \"postgres\" needs a [[postgres.shards]] entry with a primary URL"),
-                [one] if one.replicas.is_empty() => {}
-                // Said plainly rather than half-served: the ring and replica reads are not built yet.
-                [_] => bail!("postgres shard replicas are not supported yet: remove `replicas`"),
-                _ => bail!("only one postgres shard is supported so far"),
+            if self.postgres.shards.is_empty() {
+                bail!("store = \"postgres\" needs a [[postgres.shards]] entry with a primary URL");
+            }
+            // Said plainly rather than half-served: replica reads are not built yet.
+            if self.postgres.shards.iter().any(|s| !s.replicas.is_empty()) {
+                bail!("postgres shard replicas are not supported yet: remove `replicas`");
+            }
+            let mut names: Vec<&str> = self.postgres.shards.iter().map(|s| s.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            if names.len() != self.postgres.shards.len() || names.iter().any(|n| n.is_empty()) {
+                bail!("postgres shard names must be unique and non-empty");
             }
         }
         if let Some(t) = &self.admin_token {

@@ -65,7 +65,12 @@ pub async fn seed(
     let total = HELLO_USERS as u64 + DEMO_PRODUCTS.len() as u64;
     let mut report = SeedReport { users_inserted: 0, products_created: 0, demo_shop_key: None };
 
-    if store.count_users(HELLO_COLLECTION).await? == 0 {
+    let existing = store.count_users(HELLO_COLLECTION).await?;
+    if !existing.unavailable.is_empty() {
+        // Counting only the shards that answered would seed duplicates onto them.
+        anyhow::bail!("cannot seed while shards {:?} do not answer", existing.unavailable);
+    }
+    if existing.value == 0 {
         let docs = (0..HELLO_USERS)
             .map(|i| UserDoc { id: object_id(), name: format!("ly{i}"), age: i, extra: Default::default() })
             .collect();

@@ -102,9 +102,23 @@ pub struct RootReport {
     pub collections: BTreeMap<String, CollectionReport>,
     /// `{shard: "shard/host:port,..."}` when sharded, otherwise null.
     pub shards: Option<BTreeMap<String, String>>,
+    /// Shards that did not answer in time; their documents are missing from the counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_shards: Vec<String>,
     pub cache_enabled: bool,
     pub status: String,
     pub topology: Topology,
+}
+
+/// `host:port` as the seed reported node addresses, `[host, port]`; a file path has port 0.
+fn host_port(address: &str) -> (String, u16) {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse() {
+            Ok(p) => (host.to_owned(), p),
+            Err(_) => (address.to_owned(), 0),
+        },
+        _ => (address.to_owned(), 0),
+    }
 }
 
 /// Status and topology report (the seed's `GET /`).
@@ -113,7 +127,7 @@ pub struct RootReport {
 async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedError> {
     let counts = state.store.collection_counts().await?;
     let mut collections: BTreeMap<String, CollectionReport> = BTreeMap::new();
-    for c in counts {
+    for c in counts.value {
         let entry = collections
             .entry(c.collection)
             .or_insert_with(|| CollectionReport { documents_count: 0, shards_count: BTreeMap::new() });
@@ -121,22 +135,35 @@ async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedErr
         *entry.shards_count.entry(c.shard).or_default() += c.count;
     }
     let topology = topology::describe(&state).await;
-    let nodes: Vec<(String, u16)> = topology.store.shards.iter().flat_map(|s| &s.nodes).map(|n| (n.address.clone(), 0)).collect();
-    let primary = nodes.first().cloned();
+    let nodes: Vec<(String, u16)> = topology.store.shards.iter().flat_map(|s| &s.nodes).map(|n| host_port(&n.address)).collect();
     let sharded = topology.store.shards.len() > 1;
+    // A router (mongos) has no primary of its own; a single store is its own primary.
+    let primary = if sharded { None } else { nodes.first().cloned() };
+    let shards = sharded.then(|| {
+        topology
+            .store
+            .shards
+            .iter()
+            .map(|s| {
+                let hosts: Vec<&str> = s.nodes.iter().map(|n| n.address.as_str()).collect();
+                (s.name.clone(), format!("{}/{}", s.name, hosts.join(",")))
+            })
+            .collect()
+    });
     Ok(Json(RootReport {
         mongo_topology_type: if sharded { "Sharded" } else { "Single" }.into(),
         mongo_replicaset_name: None,
         mongo_db: state.config.mongo_db.clone(),
         read_preference: "Primary()".into(),
-        mongo_address: primary.clone(),
+        mongo_address: if sharded { nodes.first().cloned() } else { primary.clone() },
         mongo_primary_host: primary,
         mongo_secondary_hosts: Vec::new(),
         mongo_nodes: nodes,
         mongo_is_primary: !sharded,
         mongo_is_mongos: sharded,
         collections,
-        shards: None,
+        shards,
+        unavailable_shards: counts.unavailable,
         cache_enabled: true,
         status: "OK".into(),
         topology,
@@ -148,6 +175,9 @@ pub struct CountReport {
     pub status: String,
     pub mongo_db: String,
     pub items_count: u64,
+    /// Shards that did not answer in time; `items_count` leaves their documents out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_shards: Vec<String>,
 }
 
 /// Number of documents in a collection.
@@ -156,14 +186,30 @@ pub struct CountReport {
     responses((status = 200, body = CountReport)))]
 async fn count(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Json<CountReport>, SeedError> {
     check_collection(&collection)?;
-    let items_count = state.store.count_users(&collection).await?;
-    Ok(Json(CountReport { status: "OK".into(), mongo_db: state.config.mongo_db.clone(), items_count }))
+    let count = state.store.count_users(&collection).await?;
+    Ok(Json(CountReport {
+        status: "OK".into(),
+        mongo_db: state.config.mongo_db.clone(),
+        items_count: count.value,
+        unavailable_shards: count.unavailable,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct UserList {
     #[schema(value_type = Vec<Object>)]
     pub users: Vec<UserDoc>,
+    /// Shards that did not answer in time; such a partial list is never cached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_shards: Vec<String>,
+}
+
+/// Why a list was not put in the cache.
+#[derive(Debug)]
+enum ListLoad {
+    Store(StoreError),
+    /// Some shards did not answer: serve this answer once, do not keep it.
+    Partial(Bytes),
 }
 
 /// Up to 1000 users of a collection, cached for 60 s and invalidated by a write to it.
@@ -177,11 +223,25 @@ async fn list_users(State(state): State<AppState>, Path(collection): Path<String
     let loaded = state
         .users_cache
         .get_or_load(&collection, async move {
-            let users = store.list_users(&name, MAX_LIST).await?;
-            serde_json::to_vec(&UserList { users }).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))
+            let gathered = store.list_users(&name, MAX_LIST).await.map_err(ListLoad::Store)?;
+            let partial = !gathered.unavailable.is_empty();
+            let list = UserList { users: gathered.value, unavailable_shards: gathered.unavailable };
+            let body =
+                serde_json::to_vec(&list).map(Bytes::from).map_err(|e| ListLoad::Store(StoreError::Backend(e.to_string())))?;
+            if partial {
+                Err(ListLoad::Partial(body))
+            } else {
+                Ok(body)
+            }
         })
         .await;
-    let (body, hit) = loaded.map_err(|e| SeedError::Store((*e).clone()))?;
+    let (body, hit) = match loaded {
+        Ok(found) => found,
+        Err(e) => match &*e {
+            ListLoad::Partial(body) => (body.clone(), false),
+            ListLoad::Store(err) => return Err(SeedError::Store(err.clone())),
+        },
+    };
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     resp.headers_mut().insert("x-cache", HeaderValue::from_static(if hit { "hit" } else { "miss" }));
     Ok(resp)

@@ -7,6 +7,7 @@
 //! of a later issue joins the same transaction without changing this interface.
 
 pub mod postgres;
+pub mod sharded;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -55,19 +56,40 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Opens the configured backend, migrated and ready.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    use std::sync::Arc;
+
     use crate::config::StoreKind;
-    Ok(match config.store {
+    let mut shards: Vec<(String, Arc<dyn Store>)> = Vec::new();
+    match config.store {
         StoreKind::Sqlite => {
             std::fs::create_dir_all(&config.data_dir)?;
-            let path = config.data_dir.join("vitrina.db");
-            let cfg = config.sqlite.clone();
-            std::sync::Arc::new(tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, &cfg)).await??)
+            let n = config.sqlite.shards.max(1);
+            for i in 1..=n {
+                // One shard keeps the historic file name; several are shard1.db, shard2.db, ...
+                let (name, file) = if n == 1 {
+                    (sqlite::SINGLE_SHARD.to_owned(), "vitrina.db".to_owned())
+                } else {
+                    (format!("shard{i}"), format!("shard{i}.db"))
+                };
+                let path = config.data_dir.join(file);
+                let cfg = config.sqlite.clone();
+                let shard_name = name.clone();
+                let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, &cfg, &shard_name)).await??;
+                shards.push((name, Arc::new(store)));
+            }
         }
         StoreKind::Postgres => {
-            let shard = config.postgres.shards.first().ok_or_else(|| anyhow::anyhow!("no postgres shard configured"))?;
-            std::sync::Arc::new(postgres::PgStore::connect(&shard.name, &shard.primary, &config.postgres).await?)
+            for shard in &config.postgres.shards {
+                let store = postgres::PgStore::connect(&shard.name, &shard.primary, &config.postgres).await?;
+                shards.push((shard.name.clone(), Arc::new(store)));
+            }
         }
-    })
+    }
+    if shards.len() == 1 {
+        return Ok(shards.pop().map(|(_, s)| s).expect("one shard"));
+    }
+    let timeout = std::time::Duration::from_millis(config.routing.gather_timeout_ms);
+    Ok(Arc::new(sharded::ShardedStore::new(shards, config.routing.vnodes, timeout)))
 }
 
 /// Time as every backend stores it: whole microseconds, so what a write returns equals what a
@@ -143,10 +165,25 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()>;
     async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>>;
-    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>>;
-    async fn count_users(&self, collection: &str) -> StoreResult<u64>;
+    /// The first `limit` documents in insertion order (across shards: by id, which is time-ordered).
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>>;
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>>;
     /// Every collection with its document count per shard.
-    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>>;
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>>;
+}
+
+/// A read gathered from every shard. Shards that did not answer in time are named here
+/// instead of failing the whole read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gathered<T> {
+    pub value: T,
+    pub unavailable: Vec<String>,
+}
+
+impl<T> Gathered<T> {
+    pub fn complete(value: T) -> Gathered<T> {
+        Gathered { value, unavailable: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ fn admin_url() -> String {
 }
 
 /// The admin URL with another database name.
-fn url_for(db: &str) -> String {
+pub fn url_for(db: &str) -> String {
     let url = admin_url();
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b.to_owned(), format!("?{q}")),

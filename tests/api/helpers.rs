@@ -20,8 +20,8 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     owned_dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL database behind this app, if any; dropped with the app that owns its dir.
-    database: Option<String>,
+    /// PostgreSQL databases behind this app; dropped with the app that owns its dir.
+    pub databases: Vec<String>,
 }
 
 pub struct Shop {
@@ -93,7 +93,7 @@ pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)
         stop: Some(tx),
         server: Some(server),
         owned_dir: None,
-        database,
+        databases: database.into_iter().collect(),
     };
     // Ready once the server task has flipped readiness on.
     for _ in 0..200 {
@@ -216,8 +216,10 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
         // Apps over a borrowed directory (restarts) leave the database to the directory's owner.
-        if let (Some(db), Some(_)) = (self.database.take(), self.owned_dir.as_ref()) {
-            backend::drop_database(db);
+        if self.owned_dir.is_some() {
+            for db in self.databases.drain(..) {
+                backend::drop_database(db);
+            }
         }
     }
 }

@@ -14,4 +14,5 @@ mod isolation;
 mod ops;
 mod orders;
 mod seed_api;
+mod sharding;
 mod shops;

@@ -17,7 +17,7 @@ use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, R
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{CollectionCount, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use super::{CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::config::PostgresConfig;
@@ -226,16 +226,18 @@ impl Store for PgStore {
         collections::find(&self.client().await?, collection, name).await
     }
 
-    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
-        collections::list(&self.client().await?, collection, limit).await
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        collections::list(&self.client().await?, collection, limit).await.map(Gathered::complete)
     }
 
-    async fn count_users(&self, collection: &str) -> StoreResult<u64> {
-        collections::count(&self.client().await?, collection).await
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        collections::count(&self.client().await?, collection).await.map(Gathered::complete)
     }
 
-    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>> {
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
         let rows = collections::counts(&self.client().await?).await?;
-        Ok(rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect())
+        Ok(Gathered::complete(
+            rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect(),
+        ))
     }
 }

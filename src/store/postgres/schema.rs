@@ -6,7 +6,7 @@ use deadpool_postgres::Client;
 use crate::store::{StoreError, StoreResult};
 
 /// Any fixed number: the advisory lock key that serializes migrations across instances.
-const MIGRATION_LOCK: i64 = 0x7669_7472_696e_61;
+const MIGRATION_LOCK: i64 = 0x0076_6974_7269_6e61;
 
 /// Append only, like the SQLite list; same tables, PostgreSQL types. Keys that are paged over
 /// sort bytewise (`COLLATE "C"`), as SQLite does, so cursors mean the same on both.

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::readers::Readers;
 use self::writer::{Writer, WriterThread};
-use super::{CollectionCount, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use super::{CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::config::{SqliteConfig, Synchronous};
@@ -28,9 +28,11 @@ use crate::inventory::Stock;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 
-pub const SHARD_NAME: &str = "local";
+/// The shard name of an unsharded embedded store.
+pub const SINGLE_SHARD: &str = "local";
 
 pub struct SqliteStore {
+    name: String,
     path: PathBuf,
     /// Held while the store is open: one process per data file, because the single-writer
     /// guarantees (and in-flight idempotency keys) live in this process.
@@ -42,7 +44,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path, cfg: &SqliteConfig) -> anyhow::Result<SqliteStore> {
+    pub fn open(path: &Path, cfg: &SqliteConfig, name: &str) -> anyhow::Result<SqliteStore> {
         let lock_path = path.with_extension("lock");
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
         if let Err(e) = lock.try_lock() {
@@ -63,6 +65,7 @@ impl SqliteStore {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1));
         Ok(SqliteStore {
+            name: name.to_owned(),
             path: path.to_owned(),
             lock: Mutex::new(Some(lock)),
             synchronous: cfg.synchronous,
@@ -156,9 +159,9 @@ impl Store for SqliteStore {
             kind: "sqlite".into(),
             durability: format!("synchronous={}, group commit", self.synchronous.pragma()),
             shards: vec![ShardReport {
-                name: SHARD_NAME.into(),
+                name: self.name.clone(),
                 nodes: vec![NodeReport {
-                    name: SHARD_NAME.into(),
+                    name: self.name.clone(),
                     role: "primary".into(),
                     address: self.path.display().to_string(),
                     reachable,
@@ -259,18 +262,21 @@ impl Store for SqliteStore {
         self.read(move |c| collections::find(c, &collection, &name)).await
     }
 
-    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Vec<UserDoc>> {
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
         let collection = collection.to_owned();
-        self.read(move |c| collections::list(c, &collection, limit)).await
+        self.read(move |c| collections::list(c, &collection, limit)).await.map(Gathered::complete)
     }
 
-    async fn count_users(&self, collection: &str) -> StoreResult<u64> {
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
         let collection = collection.to_owned();
-        self.read(move |c| collections::count(c, &collection)).await
+        self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
     }
 
-    async fn collection_counts(&self) -> StoreResult<Vec<CollectionCount>> {
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
         let rows = self.read(collections::counts).await?;
-        Ok(rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: SHARD_NAME.into(), count }).collect())
+        let shard = &self.name;
+        Ok(Gathered::complete(
+            rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: shard.clone(), count }).collect(),
+        ))
     }
 }

@@ -1,0 +1,223 @@
+//! Several shards behind the one seam. A shop's data lives on the shard the ring assigns to it,
+//! so every order stays one local transaction; a seed document lives on the shard of its name.
+//! Reads that span shards (seed lists and counts, the expiry sweep, reports) ask every shard at
+//! once, each under a timeout, and name the shards that did not answer instead of failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+
+use super::{CollectionCount, Gathered, Store, StoreError, StoreReport, StoreResult, Upserted};
+use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::collections::UserDoc;
+use crate::ingest::FeedOp;
+use crate::inventory::Stock;
+use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
+use crate::routing::Ring;
+use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+
+pub struct ShardedStore {
+    ring: Ring,
+    shards: Vec<Arc<dyn Store>>,
+    gather_timeout: Duration,
+}
+
+impl ShardedStore {
+    pub fn new(shards: Vec<(String, Arc<dyn Store>)>, vnodes: usize, gather_timeout: Duration) -> ShardedStore {
+        let names: Vec<String> = shards.iter().map(|(n, _)| n.clone()).collect();
+        ShardedStore { ring: Ring::new(&names, vnodes), shards: shards.into_iter().map(|(_, s)| s).collect(), gather_timeout }
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    fn for_shop(&self, shop: &ShopId) -> &dyn Store {
+        self.shards[self.ring.owner_index(shop.as_str())].as_ref()
+    }
+
+    fn for_doc(&self, name: &str) -> usize {
+        self.ring.owner_index(name)
+    }
+
+    /// Runs `read` on every shard concurrently, each bounded by the gather timeout.
+    async fn gather<'a, T, F, Fut>(&'a self, read: F) -> StoreResult<Gathered<Vec<T>>>
+    where
+        F: Fn(&'a dyn Store) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>> + 'a,
+    {
+        let calls = self.shards.iter().map(|s| tokio::time::timeout(self.gather_timeout, read(s.as_ref())));
+        let mut out = Gathered { value: Vec::new(), unavailable: Vec::new() };
+        let mut last_error = None;
+        for (name, result) in self.ring.shards().iter().zip(join_all(calls).await) {
+            match result {
+                Ok(Ok(v)) => out.value.push(v),
+                Ok(Err(e)) => {
+                    tracing::warn!(shard = %name, error = %e, "shard did not answer a gathered read");
+                    out.unavailable.push(name.clone());
+                    last_error = Some(e);
+                }
+                Err(_) => {
+                    tracing::warn!(shard = %name, timeout_ms = self.gather_timeout.as_millis() as u64, "shard timed out in a gathered read");
+                    out.unavailable.push(name.clone());
+                }
+            }
+        }
+        if out.value.is_empty() {
+            return Err(last_error.unwrap_or_else(|| StoreError::Unavailable("no shard answered in time".into())));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for ShardedStore {
+    fn close(&self) {
+        for s in &self.shards {
+            s.close();
+        }
+    }
+
+    async fn report(&self) -> StoreReport {
+        let reports = join_all(self.shards.iter().map(|s| s.report())).await;
+        let kind = reports.first().map_or_else(String::new, |r| r.kind.clone());
+        let durability = reports.first().map_or_else(String::new, |r| r.durability.clone());
+        StoreReport { kind, durability, shards: reports.into_iter().flat_map(|r| r.shards).collect() }
+    }
+
+    /// Ready while any shard answers: a dead shard fails its own shops' requests, and taking
+    /// every instance out of the balancer for it would fail everyone else's too.
+    async fn ping(&self) -> StoreResult<()> {
+        self.gather(|s| s.ping()).await.map(|_| ())
+    }
+
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        self.for_shop(&shop.id).create_shop(shop.clone()).await
+    }
+
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        self.for_shop(id).get_shop(id).await
+    }
+
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        self.for_shop(shop).upsert_product(shop, input, now).await
+    }
+
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        self.for_shop(shop).get_product(shop, sku).await
+    }
+
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
+        self.for_shop(shop).list_products(shop, query).await
+    }
+
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        self.for_shop(shop).delete_product(shop, sku).await
+    }
+
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        self.for_shop(shop).set_stock(shop, sku, on_hand, now).await
+    }
+
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        self.for_shop(shop).adjust_stock(shop, sku, delta, now).await
+    }
+
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
+        self.for_shop(shop).get_stock(shop, sku).await
+    }
+
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        self.for_shop(shop).apply_feed(shop, ops, now).await
+    }
+
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        self.for_shop(shop).place_order(shop, order).await
+    }
+
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+        self.for_shop(shop).get_order(shop, id).await
+    }
+
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
+        self.for_shop(shop).list_orders(shop, query).await
+    }
+
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        self.for_shop(shop).transition_order(shop, id, action, now).await
+    }
+
+    /// Expired orders from every shard that answers; the rest are swept on a later pass.
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+        let gathered = self.gather(|s| s.expired_orders(now, limit)).await?;
+        let mut all: Vec<(ShopId, String)> = gathered.value.into_iter().flatten().collect();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Each shard's part of the batch is one transaction; a batch spanning shards is not atomic
+    /// across them (no 2PC), and a failure names the shard whose part was not written.
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let mut parts: Vec<Vec<UserDoc>> = vec![Vec::new(); self.shards.len()];
+        for d in docs {
+            let i = self.for_doc(&d.name);
+            parts[i].push(d);
+        }
+        let writes = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(i, part)| async move { (i, self.shards[i].insert_users(collection, part).await) });
+        for (i, result) in join_all(writes).await {
+            result.map_err(|e| match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!("shard {}: {m}", self.ring.shards()[i])),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        self.shards[self.for_doc(name)].find_user(collection, name).await
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        let gathered = self.gather(|s| s.list_users(collection, limit)).await?;
+        let mut unavailable = gathered.unavailable;
+        let mut all = Vec::new();
+        for part in gathered.value {
+            unavailable.extend(part.unavailable);
+            all.extend(part.value);
+        }
+        // Ids are time-ordered (seconds, then a per-process counter): the closest to one
+        // insertion order that independent shards can give.
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.truncate(limit);
+        Ok(Gathered { value: all, unavailable })
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        let gathered = self.gather(|s| s.count_users(collection)).await?;
+        let mut unavailable = gathered.unavailable;
+        let mut total = 0;
+        for part in gathered.value {
+            unavailable.extend(part.unavailable);
+            total += part.value;
+        }
+        Ok(Gathered { value: total, unavailable })
+    }
+
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
+        let gathered = self.gather(|s| s.collection_counts()).await?;
+        let mut unavailable = gathered.unavailable;
+        let mut all = Vec::new();
+        for part in gathered.value {
+            unavailable.extend(part.unavailable);
+            all.extend(part.value);
+        }
+        Ok(Gathered { value: all, unavailable })
+    }
+}

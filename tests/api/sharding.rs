@@ -1,0 +1,128 @@
+//! Several shards behind one instance: every shop's rows live on the shard the ring names, seed
+//! documents spread by name, cross-shard reads gather, and a dead shard is reported, not a 500.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use vitrina::config::ShardConfig;
+use vitrina::routing::{ring::DEFAULT_VNODES, Ring};
+
+use crate::backend::{backend, fresh_database, url_for, Backend};
+use crate::helpers::{one_line, spawn_with, TestApp};
+
+async fn sharded(n: usize) -> TestApp {
+    match backend() {
+        Backend::Sqlite => spawn_with(|c| c.sqlite.shards = n).await,
+        Backend::Postgres => {
+            let mut extra = Vec::new();
+            for _ in 1..n {
+                extra.push(fresh_database().await);
+            }
+            let shards: Vec<ShardConfig> = extra
+                .iter()
+                .enumerate()
+                .map(|(i, db)| ShardConfig { name: format!("shard{}", i + 2), primary: url_for(db), replicas: Vec::new() })
+                .collect();
+            let mut app = spawn_with(|c| c.postgres.shards.extend(shards)).await;
+            app.databases.extend(extra);
+            app
+        }
+    }
+}
+
+fn shard_names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("shard{i}")).collect()
+}
+
+/// `SELECT count(*) ...` with one text parameter, run directly on shard `k` (0-based).
+async fn count_on_shard(app: &TestApp, k: usize, sql: &str, param: &str) -> i64 {
+    match backend() {
+        Backend::Sqlite => {
+            let path = app.state.config.data_dir.join(format!("shard{}.db", k + 1));
+            let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            c.query_row(&sql.replace("$1", "?1"), [param], |r| r.get(0)).unwrap()
+        }
+        Backend::Postgres => {
+            let url = &app.state.config.postgres.shards[k].primary;
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(conn);
+            let n: i64 = client.query_one(sql, &[&param]).await.unwrap().get(0);
+            drop(client);
+            let _ = task.await;
+            n
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shops_live_on_their_ring_shard_and_seed_documents_spread() {
+    let app = sharded(3).await;
+    let ring = Ring::new(&shard_names(3), DEFAULT_VNODES);
+
+    let root = app.get_json("/").await;
+    assert_eq!(root["mongo_topology_type"], "Sharded");
+    assert_eq!(root["mongo_is_mongos"], true);
+    let shards = root["shards"].as_object().expect("a shard map when sharded");
+    assert_eq!(shards.len(), 3);
+    assert!(shards["shard2"].as_str().unwrap().starts_with("shard2/"));
+    let per_shard = root["collections"]["helloDoc"]["shards_count"].as_object().unwrap();
+    assert_eq!(per_shard.len(), 3, "the seed documents spread over every shard: {per_shard:?}");
+    assert_eq!(per_shard.values().map(|v| v.as_i64().unwrap()).sum::<i64>(), 1000);
+    assert!(per_shard.values().all(|v| v.as_i64().unwrap() > 200), "roughly a third each: {per_shard:?}");
+    assert_eq!(app.get_json("/helloDoc/count").await["items_count"], 1000);
+    let users = app.get_json("/helloDoc/users").await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 1000);
+    assert_eq!(app.get_json("/helloDoc/users/ly123").await["age"], 123);
+
+    for i in 0..9 {
+        let id = format!("shop-{i}");
+        let shop = app.shop_with_stock(&id, "A", 5).await;
+        let order: Value = app.order(&shop, "k", &one_line("A", 2)).await.json().await.unwrap();
+        let owner = ring.owner_index(&id);
+        for k in 0..3 {
+            let expected = i64::from(k == owner);
+            assert_eq!(
+                count_on_shard(&app, k, "SELECT count(*) FROM shops WHERE id = $1", &id).await,
+                expected,
+                "{id} on shard{}",
+                k + 1
+            );
+            let order_id = order["id"].as_str().unwrap();
+            assert_eq!(count_on_shard(&app, k, "SELECT count(*) FROM orders WHERE id = $1", order_id).await, expected);
+        }
+        assert_eq!(app.stock(&shop, "A").await, (5, 2, 3));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_is_reported_and_fails_only_its_own_shops_fast() {
+    if backend() != Backend::Postgres {
+        eprintln!("skipped on {:?}: stopping one shard needs a database server", backend());
+        return;
+    }
+    let app = sharded(2).await;
+    let ring = Ring::new(&shard_names(2), DEFAULT_VNODES);
+    let on = |k: usize| (0..).map(|i| format!("shop-{i}")).find(|id| ring.owner_index(id) == k).unwrap();
+    let alive = app.shop_with_stock(&on(0), "A", 5).await;
+    let doomed = app.shop_with_stock(&on(1), "A", 5).await;
+
+    // Shard 2 goes away for good: its database is dropped under the running instance.
+    crate::backend::drop_database(app.databases[1].clone());
+
+    let count = app.get("/helloDoc/count").send().await.unwrap();
+    assert_eq!(count.status(), StatusCode::OK, "a gathered read survives a dead shard");
+    let count: Value = count.json().await.unwrap();
+    assert_eq!(count["unavailable_shards"], serde_json::json!(["shard2"]));
+    assert!(count["items_count"].as_i64().unwrap() < 1000);
+    let list = app.get("/helloDoc/users").send().await.unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    let root = app.get_json("/").await;
+    assert_eq!(root["unavailable_shards"], serde_json::json!(["shard2"]));
+
+    assert_eq!(app.order(&alive, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED, "other shards are unaffected");
+    let t0 = Instant::now();
+    let r = app.order(&doomed, "k1", &one_line("A", 1)).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert!(t0.elapsed() < Duration::from_secs(10), "fails within the timeouts, took {:?}", t0.elapsed());
+}
