@@ -33,10 +33,17 @@ enum Command {
     Seed,
     /// Print the effective configuration, secrets masked.
     Config,
+    /// A local PostgreSQL topology (shards with streaming replicas) for development and drills.
+    #[command(subcommand)]
+    Cluster(crate::cluster::ClusterCommand),
 }
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Cluster(cmd)) = cli.command {
+        // Needs no vitrina configuration: it writes one.
+        return runtime()?.block_on(crate::cluster::run(cmd));
+    }
     let flags = Overrides { listen: cli.listen.clone(), data_dir: cli.data_dir.clone() };
     // VITRINA_CONFIG is read by clap; keep it out of the environment layer.
     let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
@@ -57,6 +64,7 @@ pub fn run() -> anyhow::Result<()> {
             telemetry::init_logs(&config.log_format, &config.log_level);
             runtime()?.block_on(seed_command(config))
         }
+        Command::Cluster(_) => unreachable!("handled before configuration is loaded"),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct PostgresConfig {
     pub connect_timeout_ms: u64,
     /// Bound on waiting for a free pooled connection.
     pub acquire_timeout_ms: u64,
+    /// Replicas serve catalog and seed reads only while their replay lag is within this.
+    pub replica_lag_budget_ms: u64,
     pub shards: Vec<ShardConfig>,
 }
 
@@ -85,7 +87,13 @@ pub struct ShardConfig {
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { pool_size: 16, connect_timeout_ms: 2_000, acquire_timeout_ms: 2_000, shards: Vec::new() }
+        PostgresConfig {
+            pool_size: 16,
+            connect_timeout_ms: 2_000,
+            acquire_timeout_ms: 2_000,
+            replica_lag_budget_ms: 1_000,
+            shards: Vec::new(),
+        }
     }
 }
 
@@ -267,10 +275,6 @@ impl Config {
         if self.store == StoreKind::Postgres {
             if self.postgres.shards.is_empty() {
                 bail!("store = \"postgres\" needs a [[postgres.shards]] entry with a primary URL");
-            }
-            // Said plainly rather than half-served: replica reads are not built yet.
-            if self.postgres.shards.iter().any(|s| !s.replicas.is_empty()) {
-                bail!("postgres shard replicas are not supported yet: remove `replicas`");
             }
             let mut names: Vec<&str> = self.postgres.shards.iter().map(|s| s.name.as_str()).collect();
             names.sort_unstable();

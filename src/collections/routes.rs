@@ -121,6 +121,20 @@ fn host_port(address: &str) -> (String, u16) {
     }
 }
 
+fn replica_hosts(topology: &Topology) -> Vec<(String, u16)> {
+    topology.store.shards.iter().flat_map(|s| &s.nodes).filter(|n| n.role == "replica").map(|n| host_port(&n.address)).collect()
+}
+
+/// In pymongo's words: writes, stock and orders read the primary; catalog and seed reads may
+/// go to a replica within the staleness budget.
+fn read_preference(topology: &Topology, state: &AppState) -> String {
+    if replica_hosts(topology).is_empty() {
+        "Primary()".into()
+    } else {
+        format!("SecondaryPreferred(max_staleness_ms={})", state.config.postgres.replica_lag_budget_ms)
+    }
+}
+
 /// Status and topology report (the seed's `GET /`).
 #[utoipa::path(get, path = "/", tag = "seed",
     responses((status = 200, body = RootReport), (status = 503, description = "The store is unavailable")))]
@@ -154,10 +168,11 @@ async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedErr
         mongo_topology_type: if sharded { "Sharded" } else { "Single" }.into(),
         mongo_replicaset_name: None,
         mongo_db: state.config.mongo_db.clone(),
-        read_preference: "Primary()".into(),
+        read_preference: read_preference(&topology, &state),
         mongo_address: if sharded { nodes.first().cloned() } else { primary.clone() },
         mongo_primary_host: primary,
-        mongo_secondary_hosts: Vec::new(),
+        // A router reports no secondaries of its own; a single replicated store lists its replicas.
+        mongo_secondary_hosts: if sharded { Vec::new() } else { replica_hosts(&topology) },
         mongo_nodes: nodes,
         mongo_is_primary: !sharded,
         mongo_is_mongos: sharded,

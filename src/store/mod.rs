@@ -80,7 +80,7 @@ pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::A
         }
         StoreKind::Postgres => {
             for shard in &config.postgres.shards {
-                let store = postgres::PgStore::connect(&shard.name, &shard.primary, &config.postgres).await?;
+                let store = postgres::PgStore::connect(&shard.name, &shard.primary, &shard.replicas, &config.postgres).await?;
                 shards.push((shard.name.clone(), Arc::new(store)));
             }
         }

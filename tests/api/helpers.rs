@@ -76,6 +76,13 @@ pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)
         backend::use_database(&mut config, db);
     }
     tune(&mut config);
+    let mut app = start(config).await;
+    app.databases.extend(database);
+    app
+}
+
+/// Starts an app from a finished configuration.
+pub async fn start(config: Config) -> TestApp {
     let clock = Clock::manual(chrono::Utc::now());
     let app = Application::build_with_clock(config, clock.clone()).await.expect("app builds");
     let addr = app.local_addr();
@@ -93,7 +100,7 @@ pub async fn spawn_in(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)
         stop: Some(tx),
         server: Some(server),
         owned_dir: None,
-        databases: database.into_iter().collect(),
+        databases: Vec::new(),
     };
     // Ready once the server task has flipped readiness on.
     for _ in 0..200 {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod catalog;
+mod cluster;
 mod concurrency;
 mod crash;
 mod feed;

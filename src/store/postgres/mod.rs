@@ -6,6 +6,7 @@
 mod catalog;
 mod collections;
 mod orders;
+mod replicas;
 mod schema;
 mod shops;
 
@@ -28,34 +29,46 @@ use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 
 pub struct PgStore {
     name: String,
-    /// host:port of the primary, for reports (never the password).
+    /// host:port list of the primary URL, for reports (never the password).
     address: String,
     pool: Pool,
+    replicas: replicas::Replicas,
+}
+
+/// A pool for one URL; a URL may name several hosts (`target_session_attrs=read-write` then
+/// finds whichever is primary now, which is how a promotion is followed without a restart).
+fn build_pool(shard: &str, url: &str, cfg: &PostgresConfig) -> anyhow::Result<(Pool, String)> {
+    let mut pg: tokio_postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("shard {shard}: bad PostgreSQL URL: {e}"))?;
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    pg.connect_timeout(timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("vitrina");
+    }
+    let address = describe_address(&pg);
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(cfg.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_millis(cfg.acquire_timeout_ms)))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()?;
+    Ok((pool, address))
 }
 
 impl PgStore {
-    /// Connects to the shard's primary and applies pending migrations.
-    pub async fn connect(name: &str, url: &str, cfg: &PostgresConfig) -> anyhow::Result<PgStore> {
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("shard {name}: bad PostgreSQL URL: {e}"))?;
-        let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-        pg.connect_timeout(timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("vitrina");
-        }
-        let address = describe_address(&pg);
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_millis(cfg.acquire_timeout_ms)))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()?;
-        let store = PgStore { name: name.to_owned(), address, pool };
+    /// Connects to the shard's primary, applies pending migrations, and starts watching the
+    /// replicas' lag.
+    pub async fn connect(name: &str, url: &str, replica_urls: &[String], cfg: &PostgresConfig) -> anyhow::Result<PgStore> {
+        let (pool, address) = build_pool(name, url, cfg)?;
+        let replicas = replicas::Replicas::new(name, replica_urls, cfg)?;
+        let store = PgStore { name: name.to_owned(), address, pool, replicas };
         let mut client = store.client().await.map_err(|e| anyhow::anyhow!("shard {name}: {e}"))?;
         let applied = schema::migrate(&mut client).await.map_err(|e| anyhow::anyhow!("shard {name}: migrating: {e}"))?;
         if !applied.is_empty() {
             tracing::info!(shard = name, ?applied, "applied schema migrations");
+            // Replicas may not have the new schema yet: everything reads from the primary a while.
+            store.replicas.wrote_everything();
         }
         Ok(store)
     }
@@ -65,16 +78,55 @@ impl PgStore {
     }
 }
 
-fn describe_address(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
+/// For reads that may be slightly stale: on a replica within the lag budget when there is one,
+/// and on the primary otherwise or when the replica's answer fails.
+macro_rules! replica_first {
+    ($store:expr, $key:expr, |$c:ident| $read:expr) => {
+        async {
+            if let Some($c) = $store.replicas.pick($key).await {
+                match $read.await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => tracing::debug!(shard = %$store.name, error = %e, "replica read failed; asking the primary"),
+                }
+            }
+            let $c = $store.client().await?;
+            $read.await
+        }
+        .await
     };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
 }
+
+impl PgStore {}
+
+fn describe_address(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    if hosts.is_empty() {
+        "localhost:5432".into()
+    } else {
+        hosts.join(",")
+    }
+}
+
+fn seed_key(collection: &str) -> String {
+    format!("collection:{collection}")
+}
+
+/// Any seed write; the all-collections count is read from the primary after one.
+const ANY_SEED_WRITE: &str = "collection:*";
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -89,7 +141,10 @@ impl From<tokio_postgres::Error> for StoreError {
             {
                 StoreError::Unavailable(e.to_string())
             }
-            Some(_) => StoreError::Backend(e.to_string()),
+            Some(_) => StoreError::Backend(match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            }),
             // No SQL state: the connection itself failed.
             None if e.is_closed() || e.as_db_error().is_none() => StoreError::Unavailable(format!("database connection: {e}")),
             None => StoreError::Backend(e.to_string()),
@@ -100,24 +155,33 @@ impl From<tokio_postgres::Error> for StoreError {
 #[async_trait]
 impl Store for PgStore {
     fn close(&self) {
+        self.replicas.stop();
         self.pool.close();
     }
 
     async fn report(&self) -> StoreReport {
-        let reachable = self.ping().await.is_ok();
+        // Which host of the primary URL is the primary now (it changes after a promotion).
+        let current = match self.client().await {
+            Ok(c) => c
+                .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port()", &[])
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0)),
+            Err(_) => None,
+        };
+        let mut nodes = vec![NodeReport {
+            name: format!("{}-primary", self.name),
+            role: "primary".into(),
+            address: current.clone().unwrap_or_else(|| self.address.clone()),
+            reachable: current.is_some(),
+            replay_lag_ms: None,
+        }];
+        // A promoted replica is the primary now; it is listed once, as such.
+        nodes.extend(self.replicas.report().into_iter().filter(|r| Some(&r.address) != current.as_ref()));
         StoreReport {
             kind: "postgres".into(),
             durability: "synchronous commit on the primary".into(),
-            shards: vec![ShardReport {
-                name: self.name.clone(),
-                nodes: vec![NodeReport {
-                    name: self.name.clone(),
-                    role: "primary".into(),
-                    address: self.address.clone(),
-                    reachable,
-                    replay_lag_ms: None,
-                }],
-            }],
+            shards: vec![ShardReport { name: self.name.clone(), nodes }],
         }
     }
 
@@ -127,6 +191,7 @@ impl Store for PgStore {
     }
 
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        self.replicas.wrote(shop.id.as_str());
         shops::create(&self.client().await?, &shop).await
     }
 
@@ -135,6 +200,7 @@ impl Store for PgStore {
     }
 
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let out = catalog::upsert_product(&tx, shop, &input, now).await?;
@@ -143,14 +209,15 @@ impl Store for PgStore {
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
-        catalog::get_product(&self.client().await?, shop, sku).await
+        replica_first!(self, shop.as_str(), |c| catalog::get_product(&c, shop, sku))
     }
 
     async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
-        catalog::list_products(&self.client().await?, shop, &query).await
+        replica_first!(self, shop.as_str(), |c| catalog::list_products(&c, shop, &query))
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         catalog::delete_product(&tx, shop, sku).await?;
@@ -159,6 +226,7 @@ impl Store for PgStore {
     }
 
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stock = catalog::set_stock(&tx, shop, sku, on_hand, now).await?;
@@ -167,6 +235,7 @@ impl Store for PgStore {
     }
 
     async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stock = catalog::adjust_stock(&tx, shop, sku, delta, now).await?;
@@ -179,6 +248,7 @@ impl Store for PgStore {
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let mut tx = client.transaction().await?;
         let results = catalog::apply_feed(&mut tx, shop, ops, now).await?;
@@ -187,6 +257,7 @@ impl Store for PgStore {
     }
 
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let outcome = orders::place(&tx, shop, &order).await?;
@@ -203,6 +274,7 @@ impl Store for PgStore {
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        self.replicas.wrote(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let order = orders::transition(&tx, shop, id, action, now).await?;
@@ -215,6 +287,8 @@ impl Store for PgStore {
     }
 
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        self.replicas.wrote(&seed_key(collection));
+        self.replicas.wrote(ANY_SEED_WRITE);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         collections::insert(&tx, collection, &docs).await?;
@@ -223,19 +297,19 @@ impl Store for PgStore {
     }
 
     async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
-        collections::find(&self.client().await?, collection, name).await
+        replica_first!(self, &seed_key(collection), |c| collections::find(&c, collection, name))
     }
 
     async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
-        collections::list(&self.client().await?, collection, limit).await.map(Gathered::complete)
+        replica_first!(self, &seed_key(collection), |c| collections::list(&c, collection, limit)).map(Gathered::complete)
     }
 
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
-        collections::count(&self.client().await?, collection).await.map(Gathered::complete)
+        replica_first!(self, &seed_key(collection), |c| collections::count(&c, collection)).map(Gathered::complete)
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
-        let rows = collections::counts(&self.client().await?).await?;
+        let rows: Vec<(String, u64)> = replica_first!(self, ANY_SEED_WRITE, |c| collections::counts(&c))?;
         Ok(Gathered::complete(
             rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect(),
         ))
