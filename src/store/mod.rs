@@ -120,6 +120,15 @@ pub struct NodeReport {
 pub struct ShardReport {
     pub name: String,
     pub nodes: Vec<NodeReport>,
+    /// Shops whose data lives here; null when the shard did not answer.
+    pub shops: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RingShare {
+    pub shard: String,
+    /// Share of the hash space (of virtual nodes) the shard owns, 0-1.
+    pub share: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -129,6 +138,8 @@ pub struct StoreReport {
     pub shards: Vec<ShardReport>,
     /// Durability setting in force for acknowledged writes.
     pub durability: String,
+    /// Ownership of the shard ring; empty when there is one shard.
+    pub ring: Vec<RingShare>,
 }
 
 #[async_trait]

@@ -85,7 +85,8 @@ impl Store for ShardedStore {
         let reports = join_all(self.shards.iter().map(|s| s.report())).await;
         let kind = reports.first().map_or_else(String::new, |r| r.kind.clone());
         let durability = reports.first().map_or_else(String::new, |r| r.durability.clone());
-        StoreReport { kind, durability, shards: reports.into_iter().flat_map(|r| r.shards).collect() }
+        let ring = self.ring.ownership().into_iter().map(|(shard, share)| super::RingShare { shard, share }).collect();
+        StoreReport { kind, durability, shards: reports.into_iter().flat_map(|r| r.shards).collect(), ring }
     }
 
     /// Ready while any shard answers: a dead shard fails its own shops' requests, and taking

@@ -71,6 +71,10 @@ async fn shops_live_on_their_ring_shard_and_seed_documents_spread() {
     assert_eq!(per_shard.values().map(|v| v.as_i64().unwrap()).sum::<i64>(), 1000);
     assert!(per_shard.values().all(|v| v.as_i64().unwrap() > 200), "roughly a third each: {per_shard:?}");
     assert_eq!(app.get_json("/helloDoc/count").await["items_count"], 1000);
+    let ownership = &root["topology"]["store"]["ring"];
+    let shares: Vec<f64> = ownership.as_array().unwrap().iter().map(|r| r["share"].as_f64().unwrap()).collect();
+    assert_eq!(shares.len(), 3);
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-6 && shares.iter().all(|s| (0.25..0.42).contains(s)), "{shares:?}");
     let users = app.get_json("/helloDoc/users").await;
     assert_eq!(users["users"].as_array().unwrap().len(), 1000);
     assert_eq!(app.get_json("/helloDoc/users/ly123").await["age"], 123);
@@ -93,6 +97,10 @@ async fn shops_live_on_their_ring_shard_and_seed_documents_spread() {
         }
         assert_eq!(app.stock(&shop, "A").await, (5, 2, 3));
     }
+    let root = app.get_json("/").await;
+    let shops: Vec<i64> =
+        root["topology"]["store"]["shards"].as_array().unwrap().iter().map(|s| s["shops"].as_i64().unwrap()).collect();
+    assert_eq!(shops.iter().sum::<i64>(), 10, "nine shops plus the demo shop, counted where they live: {shops:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

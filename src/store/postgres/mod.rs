@@ -161,14 +161,16 @@ impl Store for PgStore {
 
     async fn report(&self) -> StoreReport {
         // Which host of the primary URL is the primary now (it changes after a promotion).
-        let current = match self.client().await {
+        let probe = match self.client().await {
             Ok(c) => c
-                .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port()", &[])
+                .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port(), (SELECT count(*) FROM shops)", &[])
                 .await
                 .ok()
-                .and_then(|r| r.get::<_, Option<String>>(0)),
+                .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, i64>(1) as u64)),
             Err(_) => None,
         };
+        let current = probe.as_ref().and_then(|p| p.0.clone());
+        let shops = probe.map(|p| p.1);
         let mut nodes = vec![NodeReport {
             name: format!("{}-primary", self.name),
             role: "primary".into(),
@@ -181,7 +183,8 @@ impl Store for PgStore {
         StoreReport {
             kind: "postgres".into(),
             durability: "synchronous commit on the primary".into(),
-            shards: vec![ShardReport { name: self.name.clone(), nodes }],
+            shards: vec![ShardReport { name: self.name.clone(), nodes, shops }],
+            ring: Vec::new(),
         }
     }
 

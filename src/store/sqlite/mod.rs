@@ -154,7 +154,7 @@ impl Store for SqliteStore {
     }
 
     async fn report(&self) -> StoreReport {
-        let reachable = self.ping().await.is_ok();
+        let shops = self.read(|c| Ok(c.query_row("SELECT count(*) FROM shops", [], |r| r.get::<_, i64>(0))? as u64)).await.ok();
         StoreReport {
             kind: "sqlite".into(),
             durability: format!("synchronous={}, group commit", self.synchronous.pragma()),
@@ -164,10 +164,12 @@ impl Store for SqliteStore {
                     name: self.name.clone(),
                     role: "primary".into(),
                     address: self.path.display().to_string(),
-                    reachable,
+                    reachable: shops.is_some(),
                     replay_lag_ms: None,
                 }],
+                shops,
             }],
+            ring: Vec::new(),
         }
     }
 
