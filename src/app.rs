@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -37,7 +37,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    /// Swapped whole when the storage configuration is reloaded (SIGHUP); read it per request.
+    store: RwLock<Arc<dyn Store>>,
     pub users_cache: UsersCache,
     pub in_flight: InFlight,
     pub clock: Clock,
@@ -45,7 +46,22 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     pub started: Instant,
     ready: AtomicBool,
+    store_config: Mutex<StoreSettings>,
 }
+
+/// The part of the configuration that a reload may change: where the data lives.
+#[derive(Clone, PartialEq)]
+struct StoreSettings(String);
+
+impl StoreSettings {
+    fn of(config: &Config) -> StoreSettings {
+        let shown = (&config.store, &config.postgres, &config.sqlite.shards, &config.data_dir, &config.routing.vnodes);
+        StoreSettings(format!("{shown:?}"))
+    }
+}
+
+/// Where a running instance re-reads its configuration from on SIGHUP.
+pub type ConfigSource = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -55,6 +71,34 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The store in force now. A request keeps the one it started with until it finishes.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-opens the store if `config` describes another storage topology (a new primary URL,
+    /// other shards), swaps it in, and closes the old one once the requests using it are done.
+    /// On failure the current store stays. Returns whether a swap happened.
+    pub async fn reload_store(&self, config: &Config) -> anyhow::Result<bool> {
+        let current = self.store_config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if current == StoreSettings::of(config) {
+            return Ok(false);
+        }
+        let fresh = crate::store::open(config).await?;
+        let old = std::mem::replace(&mut *self.store.write().unwrap_or_else(|p| p.into_inner()), fresh);
+        *self.store_config.lock().unwrap_or_else(|p| p.into_inner()) = StoreSettings::of(config);
+        tracing::info!("storage configuration reloaded");
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            while Arc::strong_count(&old) > 1 && t0.elapsed() < grace {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || old.close()).await;
+        });
+        Ok(true)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -110,7 +154,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
-    store: Arc<dyn Store>,
+    reload: Option<ConfigSource>,
 }
 
 impl Application {
@@ -134,12 +178,13 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
-            store: store.clone(),
+            store_config: Mutex::new(StoreSettings::of(&config)),
+            store: RwLock::new(store),
             config: config.clone(),
         }));
         let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let router = Self::router(&config, state.clone());
-        Ok(Application { listener, router, state, store })
+        Ok(Application { listener, router, state, reload: None })
     }
 
     fn router(config: &Config, state: AppState) -> Router {
@@ -160,6 +205,12 @@ impl Application {
             .with_state(state)
     }
 
+    /// Re-read the configuration from `source` on SIGHUP and apply a changed storage topology.
+    pub fn reload_on_sighup(mut self, source: ConfigSource) -> Application {
+        self.reload = Some(source);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
     }
@@ -171,7 +222,8 @@ impl Application {
     /// Serves until `shutdown` resolves: readiness turns false, new connections stop after the
     /// drain delay, in-flight requests finish (bounded by the grace period), queued writes commit.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, router, state, store } = self;
+        let Application { listener, router, state, reload } = self;
+        let reloader = reload.map(|source| tokio::spawn(reload_on_hangup(state.clone(), source)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx));
         state.set_ready(true);
@@ -206,11 +258,35 @@ impl Application {
         }
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        if let Some(r) = reloader {
+            r.abort();
+        }
+        let store = state.store();
         tokio::task::spawn_blocking(move || store.close()).await?;
         tracing::info!("vitrina stopped");
         Ok(())
     }
 }
+
+#[cfg(unix)]
+async fn reload_on_hangup(state: AppState, source: ConfigSource) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: re-reading the configuration");
+        let result = match source() {
+            Ok(config) => state.reload_store(&config).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("storage configuration unchanged"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the current store"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_state: AppState, _source: ConfigSource) {}
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

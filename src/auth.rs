@@ -30,7 +30,7 @@ pub async fn require_shop_key(state: &AppState, headers: &HeaderMap, shop: &Shop
 }
 
 pub async fn load_shop(state: &AppState, shop: &ShopId) -> Result<ShopRecord, ApiError> {
-    state.store.get_shop(shop).await?.ok_or_else(|| ApiError::NotFound(format!("shop {shop}")))
+    state.store().get_shop(shop).await?.ok_or_else(|| ApiError::NotFound(format!("shop {shop}")))
 }
 
 /// A shop id from the path; one that could never exist is simply not found.

@@ -48,6 +48,11 @@ pub fn run() -> anyhow::Result<()> {
     // VITRINA_CONFIG is read by clap; keep it out of the environment layer.
     let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
     let config = Config::from_layers(cli.config.as_deref(), &env, &flags)?;
+    let file = cli.config.clone();
+    let source: crate::app::ConfigSource = std::sync::Arc::new(move || {
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
+        Config::from_layers(file.as_deref(), &env, &flags)
+    });
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config => {
             print!("{}", config.redacted_toml());
@@ -56,7 +61,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init_logs(&config.log_format, &config.log_level);
             runtime()?.block_on(async {
-                let app = Application::build(config).await?;
+                let app = Application::build(config).await?.reload_on_sighup(source);
                 app.run_until_stopped(shutdown_signal()).await
             })
         }

@@ -36,7 +36,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthReport>
             Json(HealthReport { status: "draining".into(), reason: Some("shutting down".into()) }),
         );
     }
-    match state.store.ping().await {
+    match state.store().ping().await {
         Ok(()) => (StatusCode::OK, Json(HealthReport { status: "ready".into(), reason: None })),
         Err(e) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(HealthReport { status: "unavailable".into(), reason: Some(e.to_string()) }))

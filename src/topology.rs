@@ -24,7 +24,7 @@ pub struct Topology {
 
 pub async fn describe(state: &AppState) -> Topology {
     Topology {
-        store: state.store.report().await,
+        store: state.store().report().await,
         cache: CacheReport { tiers: vec!["l1-memory".into()], users_ttl_secs: state.config.cache.users_ttl_secs },
         version: env!("CARGO_PKG_VERSION").into(),
         ready: state.is_ready(),

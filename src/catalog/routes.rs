@@ -36,7 +36,7 @@ async fn put_product(
     let shop = auth::shop_id(&shop)?;
     let record = auth::require_shop_key(&state, &headers, &shop).await?;
     let input = body.validate(&sku, record.shop.currency)?;
-    let (product, upserted) = state.store.upsert_product(&shop, input, state.clock.now()).await?;
+    let (product, upserted) = state.store().upsert_product(&shop, input, state.clock.now()).await?;
     let status = if upserted == Upserted::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, &product))
 }
@@ -71,7 +71,7 @@ async fn find(state: &AppState, shop: &crate::shops::ShopId, sku: &str) -> ApiRe
     if validate::sku(sku).is_err() {
         return Err(ApiError::NotFound(format!("product {sku}")));
     }
-    match state.store.get_product(shop, sku).await? {
+    match state.store().get_product(shop, sku).await? {
         Some(p) => Ok(p),
         None => {
             auth::load_shop(state, shop).await?;
@@ -103,7 +103,7 @@ async fn delete_product(
     if validate::sku(&sku).is_err() {
         return Err(ApiError::NotFound(format!("product {sku}")));
     }
-    state.store.delete_product(&shop, &sku).await?;
+    state.store().delete_product(&shop, &sku).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,7 +133,7 @@ async fn list_products(
         return Err(ApiError::bad_request("invalid_category", "category must be at most 100 characters"));
     }
     auth::load_shop(&state, &shop).await?;
-    let rows = state.store.list_products(&shop, ProductQuery { category: q.category, after, limit }).await?;
+    let rows = state.store().list_products(&shop, ProductQuery { category: q.category, after, limit }).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |p| p.sku.clone());
     Ok(Json(ProductPage { items, next_cursor }))
 }

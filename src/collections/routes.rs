@@ -139,7 +139,7 @@ fn read_preference(topology: &Topology, state: &AppState) -> String {
 #[utoipa::path(get, path = "/", tag = "seed",
     responses((status = 200, body = RootReport), (status = 503, description = "The store is unavailable")))]
 async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedError> {
-    let counts = state.store.collection_counts().await?;
+    let counts = state.store().collection_counts().await?;
     let mut collections: BTreeMap<String, CollectionReport> = BTreeMap::new();
     for c in counts.value {
         let entry = collections
@@ -201,7 +201,7 @@ pub struct CountReport {
     responses((status = 200, body = CountReport)))]
 async fn count(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Json<CountReport>, SeedError> {
     check_collection(&collection)?;
-    let count = state.store.count_users(&collection).await?;
+    let count = state.store().count_users(&collection).await?;
     Ok(Json(CountReport {
         status: "OK".into(),
         mongo_db: state.config.mongo_db.clone(),
@@ -233,7 +233,7 @@ enum ListLoad {
     responses((status = 200, body = UserList)))]
 async fn list_users(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Response, SeedError> {
     check_collection(&collection)?;
-    let store = state.store.clone();
+    let store = state.store();
     let name = collection.clone();
     let loaded = state
         .users_cache
@@ -271,7 +271,7 @@ async fn get_user(
     Path((collection, name)): Path<(String, String)>,
 ) -> Result<Json<UserDoc>, SeedError> {
     check_collection(&collection)?;
-    match state.store.find_user(&collection, &name).await? {
+    match state.store().find_user(&collection, &name).await? {
         Some(u) => Ok(Json(u)),
         None => Err(SeedError::NotFound(format!("User {name} not found"))),
     }
@@ -301,7 +301,7 @@ async fn create_user(
         }])
     })?;
     let doc = parse_user(value).map_err(SeedError::Invalid)?;
-    state.store.insert_users(&collection, vec![doc.clone()]).await?;
+    state.store().insert_users(&collection, vec![doc.clone()]).await?;
     state.users_cache.invalidate(&collection);
     Ok((StatusCode::CREATED, Json(doc)))
 }

@@ -36,7 +36,7 @@ async fn set_stock(
     if !valid_on_hand(body.on_hand) {
         return Err(ApiError::field("on_hand", &format!("must be an integer from 0 to {MAX_QUANTITY}")));
     }
-    Ok(Json(state.store.set_stock(&shop, &sku, body.on_hand, state.clock.now()).await?))
+    Ok(Json(state.store().set_stock(&shop, &sku, body.on_hand, state.clock.now()).await?))
 }
 
 /// Receive (positive) or write off (negative) stock. Never below what is reserved (409).
@@ -57,7 +57,7 @@ async fn adjust_stock(
     if !valid_delta(body.delta) {
         return Err(ApiError::field("delta", &format!("must be a non-zero integer within ±{MAX_QUANTITY}")));
     }
-    Ok(Json(state.store.adjust_stock(&shop, &sku, body.delta, state.clock.now()).await?))
+    Ok(Json(state.store().adjust_stock(&shop, &sku, body.delta, state.clock.now()).await?))
 }
 
 /// Stock of a product: on hand, reserved by open orders, and available.
@@ -67,7 +67,7 @@ async fn adjust_stock(
 async fn get_stock(State(state): State<AppState>, Path((shop, sku)): Path<(String, String)>) -> ApiResult<Json<Stock>> {
     let shop = auth::shop_id(&shop)?;
     sku_or_404(&sku)?;
-    match state.store.get_stock(&shop, &sku).await? {
+    match state.store().get_stock(&shop, &sku).await? {
         Some(s) => Ok(Json(s)),
         None => {
             auth::load_shop(&state, &shop).await?;

@@ -69,7 +69,7 @@ async fn place_order(
         now,
         expires_at: now + hold,
     };
-    let outcome = state.store.place_order(&shop, place).await;
+    let outcome = state.store().place_order(&shop, place).await;
     let label = match &outcome {
         Ok(PlaceOutcome::Created(_)) => "placed",
         Ok(PlaceOutcome::Replayed { .. }) => "replayed",
@@ -105,7 +105,7 @@ async fn get_order(
 ) -> ApiResult<Json<Order>> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
-    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store.get_order(&shop, &id).await? } else { None };
+    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store().get_order(&shop, &id).await? } else { None };
     order.map(Json).ok_or_else(|| ApiError::NotFound(format!("order {id}")))
 }
 
@@ -138,7 +138,7 @@ async fn list_orders(
             Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?)
         }
     };
-    let rows = state.store.list_orders(&shop, OrderQuery { status, before, limit }).await?;
+    let rows = state.store().list_orders(&shop, OrderQuery { status, before, limit }).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |o| o.id.clone());
     Ok(Json(OrderPage { items, next_cursor }))
 }
@@ -161,5 +161,5 @@ async fn transition(
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::NotFound(format!("order {id}")));
     }
-    Ok(Json(state.store.transition_order(&shop, &id, action, state.clock.now()).await?))
+    Ok(Json(state.store().transition_order(&shop, &id, action, state.clock.now()).await?))
 }

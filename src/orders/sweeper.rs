@@ -32,10 +32,10 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
     let mut cancelled = 0;
     loop {
         let now = state.clock.now();
-        let due = state.store.expired_orders(now, BATCH).await?;
+        let due = state.store().expired_orders(now, BATCH).await?;
         let n = due.len();
         for (shop, id) in due {
-            match state.store.transition_order(&shop, &id, Action::Expire, now).await {
+            match state.store().transition_order(&shop, &id, Action::Expire, now).await {
                 Ok(_) => {
                     cancelled += 1;
                     metrics::counter!("vitrina_orders_expired_total").increment(1);

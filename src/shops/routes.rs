@@ -37,7 +37,7 @@ async fn create_shop(
     auth::require_admin(&state, &headers)?;
     let api_key = generate_api_key();
     let new = body.validate(hash_secret(&api_key), state.clock.now())?;
-    let shop = state.store.create_shop(new).await?;
+    let shop = state.store().create_shop(new).await?;
     tracing::info!(shop = %shop.id, "shop created");
     Ok((StatusCode::CREATED, Json(CreatedShop { shop, api_key })))
 }

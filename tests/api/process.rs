@@ -1,4 +1,5 @@
-//! Acknowledged writes survive the process being killed (SIGKILL, no shutdown at all).
+//! The real binary as a process: acknowledged writes survive SIGKILL, and SIGHUP reloads the
+//! storage configuration without a restart.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,9 +10,13 @@ use serde_json::{json, Value};
 use crate::helpers::ADMIN;
 
 fn start(dir: &std::path::Path, port: u16) -> Child {
+    start_with(port, &["--data-dir", dir.to_str().unwrap()])
+}
+
+fn start_with(port: u16, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vitrina"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("VITRINA_ADMIN_TOKEN", ADMIN)
         .env("VITRINA_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
@@ -103,6 +108,52 @@ async fn acknowledged_orders_survive_a_kill() {
     }
     let stock: Value = client.get(format!("{base}/shops/acme/stock/A")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stock["reserved"], 60);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_storage_configuration() {
+    if crate::backend::skip_unless_sqlite("reloading between two embedded data dirs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vitrina.toml");
+    let write_config =
+        |data: &str| std::fs::write(&config, format!("data_dir = \"{}\"\n", dir.path().join(data).display())).unwrap();
+    write_config("first");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_with(port, &["--config", config.to_str().unwrap()]);
+    wait_ready(&client, &base).await;
+    let create = |id: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/shops"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"id": id, "name": id, "currency": "USD"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(create("alpha").await, StatusCode::CREATED);
+
+    // The configuration now names another store; SIGHUP makes the running process switch to it.
+    write_config("second");
+    let st = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let t0 = Instant::now();
+    while client.get(format!("{base}/shops/alpha")).send().await.unwrap().status() != StatusCode::NOT_FOUND {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the reload took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(create("beta").await, StatusCode::CREATED);
+    assert!(dir.path().join("second/vitrina.db").exists());
+    assert_eq!(client.get(format!("{base}/health/ready")).send().await.unwrap().status(), StatusCode::OK);
     child.kill().unwrap();
     child.wait().unwrap();
 }
