@@ -4,16 +4,18 @@
 //! `cargo bench --bench pg_compare` (env: VITRINA_BENCH_PG_URL, default
 //! postgres://postgres@127.0.0.1:5432/postgres; SECONDS per phase, default 10; CLIENTS, default 16).
 
+mod common;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bench_shop, ADMIN};
 use serde_json::json;
 use vitrina::app::Application;
 use vitrina::config::{Config, ShardConfig, StoreKind};
 
-const ADMIN: &str = "bench-admin-token-0123456789";
 const DB: &str = "vitrina_bench";
 const PRODUCTS: usize = 100;
 
@@ -134,34 +136,7 @@ fn main() {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
-        let shop: serde_json::Value = client
-            .post(format!("{base}/shops"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"id": "bench", "name": "Bench", "currency": "USD"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let key = shop["api_key"].as_str().unwrap().to_owned();
-        for i in 1..=PRODUCTS {
-            let r = client
-                .put(format!("{base}/shops/bench/products/SKU-{i}"))
-                .bearer_auth(&key)
-                .json(&json!({"name": "Widget", "category": "c", "price": {"amount": 999, "currency": "USD"}}))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-            client
-                .put(format!("{base}/shops/bench/stock/SKU-{i}"))
-                .bearer_auth(&key)
-                .json(&json!({"on_hand": 1_000_000_000}))
-                .send()
-                .await
-                .unwrap();
-        }
+        let key = bench_shop(&client, &base, PRODUCTS).await;
 
         println!("one PostgreSQL shard, {clients} concurrent clients, {secs} s per phase");
         println!("{:<16} {:>12} {:>12} {:>8}", "operation", "vitrina/s", "pgbench/s", "ratio");

@@ -4,17 +4,18 @@
 //!
 //! `cargo bench --bench place_orders` (env: ORDERS, CONCURRENCY, STARTS to resize).
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bench_shop, ADMIN};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use vitrina::app::Application;
 use vitrina::config::{Config, Synchronous};
-
-const ADMIN: &str = "bench-admin-token-0123456789";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -43,32 +44,7 @@ async fn through_http(sync: Synchronous, orders: usize, concurrency: usize) -> f
         let _ = stopped.await;
     }));
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
-    let shop: serde_json::Value = client
-        .post(format!("{base}/shops"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id": "bench", "name": "Bench", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = shop["api_key"].as_str().unwrap().to_owned();
-    let r = client
-        .put(format!("{base}/shops/bench/products/SKU-1"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Widget", "category": "c", "price": {"amount": 999, "currency": "USD"}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    client
-        .put(format!("{base}/shops/bench/stock/SKU-1"))
-        .bearer_auth(&key)
-        .json(&json!({"on_hand": 1_000_000_000}))
-        .send()
-        .await
-        .unwrap();
+    let key = bench_shop(&client, &base, 1).await;
 
     let body = json!({"customer_id": "c-1", "lines": [{"sku": "SKU-1", "qty": 1}]});
     let run = |n: usize, prefix: &'static str| {

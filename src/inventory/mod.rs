@@ -6,6 +6,8 @@ pub mod routes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::store::StoreError;
+
 /// Bound on any stock figure or adjustment; far above real shelves, far below overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
 
@@ -38,10 +40,56 @@ pub struct AdjustStock {
     pub delta: i64,
 }
 
+/// The on-hand figure a set leaves, or `None` when it is unchanged (nothing to write).
+/// Never below what open orders have reserved.
+pub fn plan_set(current: &Stock, on_hand: i64) -> Result<Option<i64>, StoreError> {
+    if on_hand < current.reserved {
+        return Err(StoreError::conflict(
+            "below_reserved",
+            format!("on_hand {on_hand} is below the {} units reserved for {}", current.reserved, current.sku),
+        ));
+    }
+    Ok((on_hand != current.on_hand).then_some(on_hand))
+}
+
+/// The on-hand figure an adjustment leaves: never below what is reserved, never above the bound.
+pub fn plan_adjust(current: &Stock, delta: i64) -> Result<i64, StoreError> {
+    let on_hand = current.on_hand + delta;
+    if on_hand < current.reserved {
+        return Err(StoreError::conflict(
+            "below_reserved",
+            format!(
+                "adjusting {} by {delta} would leave {on_hand} on hand, below the {} reserved",
+                current.sku, current.reserved
+            ),
+        ));
+    }
+    if on_hand > MAX_QUANTITY {
+        return Err(StoreError::invalid("quantity_too_large", format!("on_hand would exceed {MAX_QUANTITY}")));
+    }
+    Ok(on_hand)
+}
+
 pub fn valid_on_hand(n: i64) -> bool {
     (0..=MAX_QUANTITY).contains(&n)
 }
 
 pub fn valid_delta(d: i64) -> bool {
     d != 0 && (-MAX_QUANTITY..=MAX_QUANTITY).contains(&d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_and_adjustments_never_go_below_reserved() {
+        let s = Stock::new("A".into(), 10, 4);
+        assert_eq!(plan_set(&s, 10), Ok(None), "unchanged: nothing to write");
+        assert_eq!(plan_set(&s, 4), Ok(Some(4)));
+        assert!(matches!(plan_set(&s, 3), Err(StoreError::Conflict { code: "below_reserved", .. })));
+        assert_eq!(plan_adjust(&s, -6), Ok(4));
+        assert!(plan_adjust(&s, -7).is_err());
+        assert!(matches!(plan_adjust(&s, MAX_QUANTITY), Err(StoreError::Invalid { .. })));
+    }
 }

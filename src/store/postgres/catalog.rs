@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::ingest::FeedOp;
-use crate::inventory::{Stock, MAX_QUANTITY};
+use crate::inventory::{plan_adjust, plan_set, Stock};
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
 use crate::store::{micros, StoreError, StoreResult, Upserted};
@@ -145,13 +145,7 @@ async fn write_on_hand(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand
 
 pub async fn set_stock(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
     let current = lock_stock(c, shop, sku, now).await?;
-    if on_hand < current.reserved {
-        return Err(StoreError::conflict(
-            "below_reserved",
-            format!("on_hand {on_hand} is below the {} units reserved for {sku}", current.reserved),
-        ));
-    }
-    if on_hand != current.on_hand {
+    if let Some(on_hand) = plan_set(&current, on_hand)? {
         write_on_hand(c, shop, sku, on_hand, now).await?;
     }
     Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
@@ -165,16 +159,7 @@ pub async fn adjust_stock(
     now: DateTime<Utc>,
 ) -> StoreResult<Stock> {
     let current = lock_stock(c, shop, sku, now).await?;
-    let on_hand = current.on_hand + delta;
-    if on_hand < current.reserved {
-        return Err(StoreError::conflict(
-            "below_reserved",
-            format!("adjusting {sku} by {delta} would leave {on_hand} on hand, below the {} reserved", current.reserved),
-        ));
-    }
-    if on_hand > MAX_QUANTITY {
-        return Err(StoreError::invalid("quantity_too_large", format!("on_hand would exceed {MAX_QUANTITY}")));
-    }
+    let on_hand = plan_adjust(&current, delta)?;
     write_on_hand(c, shop, sku, on_hand, now).await?;
     Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
 }
