@@ -194,7 +194,7 @@ impl Store for PgStore {
     }
 
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
-        self.replicas.wrote(shop.id.as_str());
+        let _mark = self.replicas.writing(shop.id.as_str());
         shops::create(&self.client().await?, &shop).await
     }
 
@@ -203,7 +203,7 @@ impl Store for PgStore {
     }
 
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let out = catalog::upsert_product(&tx, shop, &input, now).await?;
@@ -220,7 +220,7 @@ impl Store for PgStore {
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         catalog::delete_product(&tx, shop, sku).await?;
@@ -229,7 +229,7 @@ impl Store for PgStore {
     }
 
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stock = catalog::set_stock(&tx, shop, sku, on_hand, now).await?;
@@ -238,7 +238,7 @@ impl Store for PgStore {
     }
 
     async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stock = catalog::adjust_stock(&tx, shop, sku, delta, now).await?;
@@ -251,7 +251,7 @@ impl Store for PgStore {
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let mut tx = client.transaction().await?;
         let results = catalog::apply_feed(&mut tx, shop, ops, now).await?;
@@ -260,7 +260,7 @@ impl Store for PgStore {
     }
 
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let outcome = orders::place(&tx, shop, &order).await?;
@@ -277,7 +277,7 @@ impl Store for PgStore {
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
-        self.replicas.wrote(shop.as_str());
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let order = orders::transition(&tx, shop, id, action, now).await?;
@@ -290,8 +290,8 @@ impl Store for PgStore {
     }
 
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
-        self.replicas.wrote(&seed_key(collection));
-        self.replicas.wrote(ANY_SEED_WRITE);
+        let _mark = self.replicas.writing(&seed_key(collection));
+        let _any = self.replicas.writing(ANY_SEED_WRITE);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         collections::insert(&tx, collection, &docs).await?;

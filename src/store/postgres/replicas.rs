@@ -76,6 +76,13 @@ impl Replicas {
         w.insert(key.to_owned(), Instant::now());
     }
 
+    /// Marks `key` written now and again when the returned guard drops, after the write's
+    /// transaction has ended: the window counts from the end of the write, however long it took.
+    pub fn writing<'a>(&'a self, key: &str) -> WriteMark<'a> {
+        self.wrote(key);
+        WriteMark { replicas: self, key: key.to_owned() }
+    }
+
     pub fn wrote_everything(&self) {
         *self.global_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -171,4 +178,15 @@ async fn probe(pool: &Pool) -> Option<i64> {
         .await
         .ok()?;
     Some(row.get::<_, i64>(0).max(0))
+}
+
+pub struct WriteMark<'a> {
+    replicas: &'a Replicas,
+    key: String,
+}
+
+impl Drop for WriteMark<'_> {
+    fn drop(&mut self) {
+        self.replicas.wrote(&self.key);
+    }
 }
