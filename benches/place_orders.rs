@@ -7,11 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_shop, ADMIN};
+use common::{bench_shop, run_n, ADMIN};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use vitrina::app::Application;
@@ -47,36 +46,23 @@ async fn through_http(sync: Synchronous, orders: usize, concurrency: usize) -> f
     let key = bench_shop(&client, &base, 1).await;
 
     let body = json!({"customer_id": "c-1", "lines": [{"sku": "SKU-1", "qty": 1}]});
+    let url = format!("{base}/shops/bench/orders");
     let run = |n: usize, prefix: &'static str| {
-        let next = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (client, url, key, body, next) =
-                    (client.clone(), format!("{base}/shops/bench/orders"), key.clone(), body.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            return;
-                        }
-                        let r = client
-                            .post(&url)
-                            .bearer_auth(&key)
-                            .header("idempotency-key", format!("{prefix}-{i}"))
-                            .json(&body)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
-                    }
-                })
-            })
-            .collect();
-        async move {
-            for t in tasks {
-                t.await.unwrap();
+        let (client, url, key, body) = (client.clone(), url.clone(), key.clone(), body.clone());
+        run_n(concurrency, n, move |i| {
+            let (client, url, key, body) = (client.clone(), url.clone(), key.clone(), body.clone());
+            async move {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("idempotency-key", format!("{prefix}-{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), reqwest::StatusCode::CREATED);
             }
-        }
+        })
     };
     run(orders / 10, "warm").await;
     let t0 = Instant::now();
@@ -123,37 +109,24 @@ async fn through_store(sync: Synchronous, orders: usize, concurrency: usize) -> 
     store.set_stock(&shop, "SKU-1", 1_000_000_000, now).await.unwrap();
 
     let run = |n: usize, prefix: &'static str| {
-        let next = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (store, shop, next) = (store.clone(), shop.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            return;
-                        }
-                        let now = chrono::Utc::now();
-                        let order = PlaceOrder {
-                            id: uuid::Uuid::now_v7().to_string(),
-                            customer_id: "c-1".into(),
-                            currency: usd,
-                            lines: vec![WantedLine { sku: "SKU-1".into(), qty: 1 }],
-                            idempotency_key: format!("{prefix}-{i}"),
-                            fingerprint: [0; 32],
-                            now,
-                            expires_at: now,
-                        };
-                        assert!(matches!(store.place_order(&shop, order).await.unwrap(), PlaceOutcome::Created(_)));
-                    }
-                })
-            })
-            .collect();
-        async move {
-            for t in tasks {
-                t.await.unwrap();
+        let (store, shop) = (store.clone(), shop.clone());
+        run_n(concurrency, n, move |i| {
+            let (store, shop) = (store.clone(), shop.clone());
+            async move {
+                let now = chrono::Utc::now();
+                let order = PlaceOrder {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    customer_id: "c-1".into(),
+                    currency: usd,
+                    lines: vec![WantedLine { sku: "SKU-1".into(), qty: 1 }],
+                    idempotency_key: format!("{prefix}-{i}"),
+                    fingerprint: [0; 32],
+                    now,
+                    expires_at: now,
+                };
+                assert!(matches!(store.place_order(&shop, order).await.unwrap(), PlaceOutcome::Created(_)));
             }
-        }
+        })
     };
     run(orders / 10, "warm").await;
     let t0 = Instant::now();

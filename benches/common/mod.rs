@@ -1,4 +1,10 @@
 //! Set-up shared by the benchmarks: a shop with products and plenty of stock, through the API.
+// Each benchmark compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -37,4 +43,31 @@ pub async fn bench_shop(client: &reqwest::Client, base: &str, products: usize) -
         assert!(r.status().is_success());
     }
     key
+}
+
+/// Runs `request(i)` for i in 0..n from `concurrency` tasks, each taking the next i.
+pub async fn run_n<F, Fut>(concurrency: usize, n: usize, request: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let request = Arc::new(request);
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (request, next) = (request.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    request(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }

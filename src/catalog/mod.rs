@@ -107,6 +107,30 @@ impl ProductBody {
     }
 }
 
+impl ProductInput {
+    /// Whether writing this would change `current` (an identical re-send must not bump the version).
+    pub fn changes(&self, current: &Product) -> bool {
+        !(current.name == self.name
+            && current.category == self.category
+            && current.price == self.price
+            && current.attributes == self.attributes)
+    }
+
+    /// The product as stored by this write.
+    pub fn stored(&self, shop: &ShopId, version: i64, updated_at: DateTime<Utc>) -> Product {
+        Product {
+            shop: shop.clone(),
+            sku: self.sku.clone(),
+            name: self.name.clone(),
+            category: self.category.clone(),
+            price: self.price,
+            attributes: self.attributes.clone(),
+            version,
+            updated_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProductQuery {
     pub category: Option<String>,

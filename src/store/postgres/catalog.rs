@@ -44,10 +44,8 @@ pub async fn upsert_product(
 ) -> StoreResult<(Product, Upserted)> {
     let stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1 AND sku = $2 FOR UPDATE")).await?;
     let existing = c.query_opt(&stmt, &[&shop.as_str(), &p.sku]).await?.as_ref().map(product_row).transpose()?;
-    if let Some(old) = &existing {
-        if old.name == p.name && old.category == p.category && old.price == p.price && old.attributes == p.attributes {
-            return Ok((old.clone(), Upserted::Unchanged));
-        }
+    if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
+        return Ok((old.clone(), Upserted::Unchanged));
     }
     let now = micros(now);
     // Two first inserts may race past the lock (no row to lock yet): the conflict clause turns the
@@ -69,17 +67,7 @@ pub async fn upsert_product(
         )
         .await?;
     let version: i64 = row.get(0);
-    let product = Product {
-        shop: shop.clone(),
-        sku: p.sku.clone(),
-        name: p.name.clone(),
-        category: p.category.clone(),
-        price: p.price,
-        attributes: p.attributes.clone(),
-        version,
-        updated_at: now,
-    };
-    Ok((product, if version == 1 { Upserted::Created } else { Upserted::Updated }))
+    Ok((p.stored(shop, version, now), if version == 1 { Upserted::Created } else { Upserted::Updated }))
 }
 
 pub async fn list_products(c: &impl GenericClient, shop: &ShopId, q: &ProductQuery) -> StoreResult<Vec<Product>> {

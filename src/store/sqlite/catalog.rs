@@ -38,11 +38,8 @@ pub fn get_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Opti
 
 pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
     let existing = get_product(c, shop, &p.sku)?;
-    if let Some(old) = &existing {
-        let same = old.name == p.name && old.category == p.category && old.price == p.price && old.attributes == p.attributes;
-        if same {
-            return Ok((old.clone(), Upserted::Unchanged));
-        }
+    if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
+        return Ok((old.clone(), Upserted::Unchanged));
     }
     let version = existing.as_ref().map_or(1, |o| o.version + 1);
     let attributes = serde_json::to_string(&p.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -64,17 +61,8 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
         version,
         ts(now)
     ])?;
-    let product = Product {
-        shop: shop.clone(),
-        sku: p.sku.clone(),
-        name: p.name.clone(),
-        category: p.category.clone(),
-        price: p.price,
-        attributes: p.attributes.clone(),
-        version,
-        updated_at: micros(now),
-    };
-    Ok((product, if existing.is_some() { Upserted::Updated } else { Upserted::Created }))
+    let upserted = if existing.is_some() { Upserted::Updated } else { Upserted::Created };
+    Ok((p.stored(shop, version, micros(now)), upserted))
 }
 
 pub fn list_products(c: &Connection, shop: &ShopId, q: &ProductQuery) -> StoreResult<Vec<Product>> {
