@@ -67,11 +67,13 @@ pub struct RoutingConfig {
     pub vnodes: usize,
     /// Per-shard bound on a read gathered from every shard; a slower shard is reported, not awaited.
     pub gather_timeout_ms: u64,
+    /// How often the directory of moved shops is re-read (a stale one is corrected on the spot).
+    pub directory_refresh_ms: u64,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { vnodes: crate::routing::ring::DEFAULT_VNODES, gather_timeout_ms: 2_000 }
+        RoutingConfig { vnodes: crate::routing::ring::DEFAULT_VNODES, gather_timeout_ms: 2_000, directory_refresh_ms: 1_000 }
     }
 }
 

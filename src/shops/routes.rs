@@ -12,7 +12,7 @@ use crate::error::{ApiResult, Problem};
 use crate::extract::ApiJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_shop)).routes(routes!(get_shop))
+    OpenApiRouter::new().routes(routes!(create_shop)).routes(routes!(get_shop)).routes(routes!(move_shop))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -49,4 +49,32 @@ async fn create_shop(
 async fn get_shop(State(state): State<AppState>, Path(shop): Path<String>) -> ApiResult<Json<Shop>> {
     let id = auth::shop_id(&shop)?;
     Ok(Json(auth::load_shop(&state, &id).await?.shop))
+}
+
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveShop {
+    /// Name of the shard to move the shop to.
+    #[schema(example = "shard2")]
+    pub to: String,
+}
+
+/// Move a shop's data to another shard (admin token required): its writes are held briefly
+/// (503 + Retry-After), its rows are copied and verified, the directory is flipped.
+#[utoipa::path(post, path = "/shops/{shop}/move", tag = "shops", request_body = MoveShop,
+    params(("shop" = String, Path, description = "Shop id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = crate::store::moving::MoveReport),
+        (status = 401, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn move_shop(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<MoveShop>,
+) -> ApiResult<Json<crate::store::moving::MoveReport>> {
+    auth::require_admin(&state, &headers)?;
+    let id = auth::shop_id(&shop)?;
+    auth::load_shop(&state, &id).await?;
+    Ok(Json(state.store().move_shop(&id, &body.to, state.clock.now()).await?))
 }

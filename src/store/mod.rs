@@ -6,6 +6,8 @@
 //! picking a shard per call. Every business write is one store transaction, so the outbox row
 //! of a later issue joins the same transaction without changing this interface.
 
+pub mod dump;
+pub mod moving;
 pub mod postgres;
 pub mod sharded;
 pub mod sqlite;
@@ -38,6 +40,21 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store failure: {0}")]
     Backend(String),
+    /// The shop's data lives on another shard now; the router follows it.
+    #[error("shop moved to shard {shard}")]
+    Moved { shard: String },
+}
+
+/// `shops.moved_to` while a shop's rows are being copied: its writes wait for the move.
+pub const MOVING: &str = "moving";
+
+/// Whether writes for a shop may proceed on this shard, from its `moved_to` mark.
+pub fn home_check(shop: &ShopId, moved_to: Option<String>) -> StoreResult<()> {
+    match moved_to {
+        None => Ok(()),
+        Some(m) if m == MOVING => Err(StoreError::Unavailable(format!("shop {shop} is being moved; retry shortly"))),
+        Some(shard) => Err(StoreError::Moved { shard }),
+    }
 }
 
 impl StoreError {
@@ -56,6 +73,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Opens the configured backend, migrated and ready.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let mut shards = open_shards(config).await?;
+    if shards.len() == 1 {
+        return Ok(shards.pop().map(|(_, s)| s).expect("one shard"));
+    }
+    let timeout = std::time::Duration::from_millis(config.routing.gather_timeout_ms);
+    let router = std::sync::Arc::new(sharded::ShardedStore::new(shards, config.routing.vnodes, timeout));
+    router.refresh_directory().await?;
+    router.refresh_every(std::time::Duration::from_millis(config.routing.directory_refresh_ms.max(50)));
+    Ok(router)
+}
+
+/// Every configured shard, opened and migrated, by name in configuration order.
+pub async fn open_shards(config: &crate::config::Config) -> anyhow::Result<Vec<(String, std::sync::Arc<dyn Store>)>> {
     use std::sync::Arc;
 
     use crate::config::StoreKind;
@@ -85,11 +115,7 @@ pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::A
             }
         }
     }
-    if shards.len() == 1 {
-        return Ok(shards.pop().map(|(_, s)| s).expect("one shard"));
-    }
-    let timeout = std::time::Duration::from_millis(config.routing.gather_timeout_ms);
-    Ok(Arc::new(sharded::ShardedStore::new(shards, config.routing.vnodes, timeout)))
+    Ok(shards)
 }
 
 /// Time as every backend stores it: whole microseconds, so what a write returns equals what a
@@ -181,6 +207,24 @@ pub trait Store: Send + Sync + 'static {
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>>;
     /// Every collection with its document count per shard.
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>>;
+
+    /// Shops pinned to a shard other than their ring owner (kept on the first shard).
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>>;
+    /// Pins `shop` to `shard`, or removes its pin with `None`.
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Marks a shop on this shard: [`MOVING`] holds its writes, a shard name redirects them,
+    /// `None` clears the mark.
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()>;
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<dump::ShopDump>;
+    /// Writes a shop's rows as exported, in one transaction. Rows a shop left behind here when it
+    /// moved away earlier (a tombstone) are replaced; a shop living here is refused.
+    async fn import_shop(&self, dump: dump::ShopDump) -> StoreResult<()>;
+
+    /// Moves a shop's data to another shard; only a sharded store can.
+    async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<moving::MoveReport> {
+        let _ = (shop, to, now);
+        Err(StoreError::invalid("not_sharded", "this store has a single shard: there is nowhere to move a shop"))
+    }
 }
 
 /// A read gathered from every shard. Shards that did not answer in time are named here

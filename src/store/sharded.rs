@@ -3,13 +3,15 @@
 //! Reads that span shards (seed lists and counts, the expiry sweep, reports) ask every shard at
 //! once, each under a timeout, and name the shards that did not answer instead of failing.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 
+use super::dump::ShopDump;
 use super::{CollectionCount, Gathered, Store, StoreError, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
@@ -23,20 +25,93 @@ pub struct ShardedStore {
     ring: Ring,
     shards: Vec<Arc<dyn Store>>,
     gather_timeout: Duration,
+    /// Shops moved off their ring owner, from the directory on the first shard.
+    pins: RwLock<HashMap<ShopId, usize>>,
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ShardedStore {
     pub fn new(shards: Vec<(String, Arc<dyn Store>)>, vnodes: usize, gather_timeout: Duration) -> ShardedStore {
         let names: Vec<String> = shards.iter().map(|(n, _)| n.clone()).collect();
-        ShardedStore { ring: Ring::new(&names, vnodes), shards: shards.into_iter().map(|(_, s)| s).collect(), gather_timeout }
+        ShardedStore {
+            ring: Ring::new(&names, vnodes),
+            shards: shards.into_iter().map(|(_, s)| s).collect(),
+            gather_timeout,
+            pins: RwLock::new(HashMap::new()),
+            refresher: Mutex::new(None),
+        }
     }
 
     pub fn ring(&self) -> &Ring {
         &self.ring
     }
 
+    fn index_of(&self, shard: &str) -> Option<usize> {
+        self.ring.shards().iter().position(|n| n == shard)
+    }
+
+    /// The shard holding a shop: its pin if it was moved, else its ring owner.
+    pub fn home(&self, shop: &ShopId) -> usize {
+        let pinned = self.pins.read().unwrap_or_else(|p| p.into_inner()).get(shop).copied();
+        pinned.unwrap_or_else(|| self.ring.owner_index(shop.as_str()))
+    }
+
+    pub fn shard(&self, index: usize) -> &dyn Store {
+        self.shards[index].as_ref()
+    }
+
     fn for_shop(&self, shop: &ShopId) -> &dyn Store {
-        self.shards[self.ring.owner_index(shop.as_str())].as_ref()
+        self.shards[self.home(shop)].as_ref()
+    }
+
+    /// Re-reads the directory of pinned shops from the first shard.
+    pub async fn refresh_directory(&self) -> StoreResult<()> {
+        let rows = self.shards[0].directory().await?;
+        let mut pins = HashMap::with_capacity(rows.len());
+        for (shop, shard) in rows {
+            match self.index_of(&shard) {
+                Some(i) => {
+                    pins.insert(shop, i);
+                }
+                None => tracing::warn!(shop = %shop, shard = %shard, "directory pins a shop to an unknown shard"),
+            }
+        }
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        Ok(())
+    }
+
+    /// Keeps the directory fresh; a stale one is also corrected on the spot by `Moved`.
+    pub fn refresh_every(self: &Arc<Self>, every: Duration) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.refresh_directory().await {
+                    tracing::warn!(error = %e, "directory refresh failed");
+                }
+            }
+        });
+        *self.refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    /// Runs a shop's operation on its shard; if the shop has moved meanwhile (this instance's
+    /// directory was stale), follows it once to the shard that now holds it.
+    async fn on_shop<'a, T, F, Fut>(&'a self, shop: &ShopId, op: F) -> StoreResult<T>
+    where
+        F: Fn(&'a dyn Store) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        match op(self.shards[self.home(shop)].as_ref()).await {
+            Err(StoreError::Moved { shard }) => {
+                let i = self
+                    .index_of(&shard)
+                    .ok_or_else(|| StoreError::Backend(format!("shop {shop} moved to unknown shard {shard}")))?;
+                self.pins.write().unwrap_or_else(|p| p.into_inner()).insert(shop.clone(), i);
+                op(self.shards[i].as_ref()).await
+            }
+            other => other,
+        }
     }
 
     fn for_doc(&self, name: &str) -> usize {
@@ -76,6 +151,9 @@ impl ShardedStore {
 #[async_trait]
 impl Store for ShardedStore {
     fn close(&self) {
+        if let Some(t) = self.refresher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
         for s in &self.shards {
             s.close();
         }
@@ -104,7 +182,7 @@ impl Store for ShardedStore {
     }
 
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
-        self.for_shop(shop).upsert_product(shop, input, now).await
+        self.on_shop(shop, |s| s.upsert_product(shop, input.clone(), now)).await
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
@@ -116,15 +194,15 @@ impl Store for ShardedStore {
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
-        self.for_shop(shop).delete_product(shop, sku).await
+        self.on_shop(shop, |s| s.delete_product(shop, sku)).await
     }
 
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        self.for_shop(shop).set_stock(shop, sku, on_hand, now).await
+        self.on_shop(shop, |s| s.set_stock(shop, sku, on_hand, now)).await
     }
 
     async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        self.for_shop(shop).adjust_stock(shop, sku, delta, now).await
+        self.on_shop(shop, |s| s.adjust_stock(shop, sku, delta, now)).await
     }
 
     async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
@@ -132,11 +210,11 @@ impl Store for ShardedStore {
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
-        self.for_shop(shop).apply_feed(shop, ops, now).await
+        self.on_shop(shop, |s| s.apply_feed(shop, ops.clone(), now)).await
     }
 
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
-        self.for_shop(shop).place_order(shop, order).await
+        self.on_shop(shop, |s| s.place_order(shop, order.clone())).await
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
@@ -148,7 +226,7 @@ impl Store for ShardedStore {
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
-        self.for_shop(shop).transition_order(shop, id, action, now).await
+        self.on_shop(shop, |s| s.transition_order(shop, id, action, now)).await
     }
 
     /// Expired orders from every shard that answers; the rest are swept on a later pass.
@@ -209,6 +287,31 @@ impl Store for ShardedStore {
             total += part.value;
         }
         Ok(Gathered { value: total, unavailable })
+    }
+
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
+        self.shards[0].directory().await
+    }
+
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        self.shards[0].set_pin(shop, shard, now).await?;
+        self.refresh_directory().await
+    }
+
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+        self.for_shop(shop).mark_shop(shop, moved_to).await
+    }
+
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
+        self.for_shop(shop).export_shop(shop).await
+    }
+
+    async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
+        self.for_shop(&dump.shop.shop.id).import_shop(dump.clone()).await
+    }
+
+    async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<super::moving::MoveReport> {
+        ShardedStore::move_shop(self, shop, to, now).await
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {

@@ -9,7 +9,7 @@ use vitrina::config::ShardConfig;
 use vitrina::routing::{ring::DEFAULT_VNODES, Ring};
 
 use crate::backend::{backend, fresh_database, url_for, Backend};
-use crate::helpers::{one_line, spawn_with, TestApp};
+use crate::helpers::{one_line, problem, spawn_with, start, TestApp, ADMIN};
 
 async fn sharded(n: usize) -> TestApp {
     match backend() {
@@ -133,4 +133,114 @@ async fn a_dead_shard_is_reported_and_fails_only_its_own_shops_fast() {
     let r = app.order(&doomed, "k1", &one_line("A", 1)).await;
     assert!(r.status().is_server_error(), "{}", r.status());
     assert!(t0.elapsed() < Duration::from_secs(10), "fails within the timeouts, took {:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_shop_keeps_its_data_and_its_writes_follow_it() {
+    let app = sharded(2).await;
+    let ring = Ring::new(&shard_names(2), DEFAULT_VNODES);
+    let id = (0..).map(|i| format!("mover-{i}")).find(|id| ring.owner_index(id) == 0).unwrap();
+    let shop = app.shop_with_stock(&id, "A", 10).await;
+    let first: Value = app.order(&shop, "k1", &one_line("A", 2)).await.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/shops/{id}/orders/{first_id}/pay")).bearer_auth(&shop.key).send().await.unwrap();
+
+    // A second instance that learnt the directory before the move and will not re-read it soon.
+    let stale = match backend() {
+        Backend::Postgres => {
+            let mut config = app.state.config.clone();
+            config.listen = "127.0.0.1:0".into();
+            config.routing.directory_refresh_ms = 600_000;
+            Some(start(config).await)
+        }
+        // One process per embedded data dir: a second instance cannot open it.
+        Backend::Sqlite => None,
+    };
+
+    let refused = app.post(&format!("/shops/{id}/move")).json(&serde_json::json!({"to": "shard2"})).send().await.unwrap();
+    assert_eq!(problem(refused).await.0, StatusCode::UNAUTHORIZED);
+    let moved = app
+        .post(&format!("/shops/{id}/move"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"to": "shard2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let report: Value = moved.json().await.unwrap();
+    assert_eq!(
+        (report["from"].as_str(), report["to"].as_str(), report["orders"].as_i64()),
+        (Some("shard1"), Some("shard2"), Some(1))
+    );
+
+    // The rows live on shard 2 now; shard 1 keeps a forwarding mark.
+    assert_eq!(count_on_shard(&app, 1, "SELECT count(*) FROM orders WHERE id = $1", &first_id).await, 1);
+    assert_eq!(count_on_shard(&app, 0, "SELECT count(*) FROM shops WHERE id = $1 AND moved_to = 'shard2'", &id).await, 1);
+
+    // The shop carries on: stock, order history, idempotent replays, new orders.
+    assert_eq!(app.stock(&shop, "A").await, (10, 2, 8));
+    assert_eq!(app.get_json_as(&format!("/shops/{id}/orders/{first_id}"), &shop.key).await["status"], "paid");
+    let replay = app.order(&shop, "k1", &one_line("A", 2)).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let second: Value = app.order(&shop, "k2", &one_line("A", 3)).await.json().await.unwrap();
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    assert_eq!(count_on_shard(&app, 1, "SELECT count(*) FROM orders WHERE id = $1", &second_id).await, 1);
+    assert_eq!(count_on_shard(&app, 0, "SELECT count(*) FROM orders WHERE id = $1", &second_id).await, 0);
+
+    if let Some(stale) = &stale {
+        // Its directory still says shard 1: the forwarding mark sends the write to shard 2.
+        let r = stale.order(&shop, "k3", &one_line("A", 1)).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(stale.stock(&shop, "A").await.1, 6);
+    }
+
+    let same = app
+        .post(&format!("/shops/{id}/move"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"to": "shard2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(same).await.0, StatusCode::CONFLICT);
+    let nowhere = app
+        .post(&format!("/shops/{id}/move"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"to": "shard9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(nowhere).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // And back again: the rows left on shard 1 are replaced by the current ones.
+    let back = app
+        .post(&format!("/shops/{id}/move"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"to": "shard1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert_eq!(count_on_shard(&app, 0, "SELECT count(*) FROM orders WHERE id = $1", &second_id).await, 1);
+    let reserved = if stale.is_some() { 6 } else { 5 };
+    assert_eq!(app.stock(&shop, "A").await, (10, reserved, 10 - reserved));
+    let root = app.get_json("/").await;
+    let shops: i64 = root["topology"]["store"]["shards"].as_array().unwrap().iter().map(|s| s["shops"].as_i64().unwrap()).sum();
+    assert_eq!(shops, 2, "the shop is counted once, where it lives, beside the demo shop");
+}
+
+#[tokio::test]
+async fn a_fenced_shop_answers_retry_later_and_loses_nothing() {
+    let app = sharded(2).await;
+    let shop = app.shop_with_stock("fenced", "A", 10).await;
+    let id = vitrina::shops::ShopId::parse("fenced").unwrap();
+    app.state.store().mark_shop(&id, Some(vitrina::store::MOVING)).await.unwrap();
+    let r = app.order(&shop, "k1", &one_line("A", 1)).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(problem(r).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let r =
+        app.put("/shops/fenced/stock/A").bearer_auth(&shop.key).json(&serde_json::json!({"on_hand": 3})).send().await.unwrap();
+    assert_eq!(problem(r).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.stock(&shop, "A").await, (10, 0, 10), "reads go on, nothing was written");
+    app.state.store().mark_shop(&id, None).await.unwrap();
+    assert_eq!(app.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 
+use super::moves::check_home;
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::ingest::FeedOp;
 use crate::inventory::{plan_adjust, plan_set, Stock};
@@ -42,6 +43,7 @@ pub async fn upsert_product(
     p: &ProductInput,
     now: DateTime<Utc>,
 ) -> StoreResult<(Product, Upserted)> {
+    check_home(c, shop).await?;
     let stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1 AND sku = $2 FOR UPDATE")).await?;
     let existing = c.query_opt(&stmt, &[&shop.as_str(), &p.sku]).await?.as_ref().map(product_row).transpose()?;
     if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
@@ -70,6 +72,12 @@ pub async fn upsert_product(
     Ok((p.stored(shop, version, now), if version == 1 { Upserted::Created } else { Upserted::Updated }))
 }
 
+/// Every product of a shop, by SKU.
+pub async fn all_products(c: &impl GenericClient, shop: &ShopId) -> StoreResult<Vec<Product>> {
+    let stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1 ORDER BY sku")).await?;
+    c.query(&stmt, &[&shop.as_str()]).await?.iter().map(product_row).collect()
+}
+
 pub async fn list_products(c: &impl GenericClient, shop: &ShopId, q: &ProductQuery) -> StoreResult<Vec<Product>> {
     let stmt = c
         .prepare_cached(&format!(
@@ -83,6 +91,7 @@ pub async fn list_products(c: &impl GenericClient, shop: &ShopId, q: &ProductQue
 }
 
 pub async fn delete_product(c: &impl GenericClient, shop: &ShopId, sku: &str) -> StoreResult<()> {
+    check_home(c, shop).await?;
     let stmt = c.prepare_cached("SELECT reserved FROM stock WHERE shop = $1 AND sku = $2 FOR UPDATE").await?;
     let reserved: i64 = c.query_opt(&stmt, &[&shop.as_str(), &sku]).await?.map_or(0, |r| r.get(0));
     if reserved > 0 {
@@ -132,6 +141,7 @@ async fn write_on_hand(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand
 }
 
 pub async fn set_stock(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+    check_home(c, shop).await?;
     let current = lock_stock(c, shop, sku, now).await?;
     if let Some(on_hand) = plan_set(&current, on_hand)? {
         write_on_hand(c, shop, sku, on_hand, now).await?;
@@ -146,6 +156,7 @@ pub async fn adjust_stock(
     delta: i64,
     now: DateTime<Utc>,
 ) -> StoreResult<Stock> {
+    check_home(c, shop).await?;
     let current = lock_stock(c, shop, sku, now).await?;
     let on_hand = plan_adjust(&current, delta)?;
     write_on_hand(c, shop, sku, on_hand, now).await?;
@@ -159,6 +170,8 @@ pub async fn apply_feed(
     ops: Vec<FeedOp>,
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<StoreResult<()>>> {
+    // A moved shop fails the whole batch (the router follows it), not line by line.
+    check_home(&*tx, shop).await?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         let sp = tx.savepoint("feed_line").await?;

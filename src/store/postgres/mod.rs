@@ -5,6 +5,7 @@
 
 mod catalog;
 mod collections;
+mod moves;
 mod orders;
 mod replicas;
 mod schema;
@@ -18,7 +19,8 @@ use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, R
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use super::dump::ShopDump;
+use super::{micros, CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::config::PostgresConfig;
@@ -163,7 +165,7 @@ impl Store for PgStore {
         // Which host of the primary URL is the primary now (it changes after a promotion).
         let probe = match self.client().await {
             Ok(c) => c
-                .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port(), (SELECT count(*) FROM shops)", &[])
+                .query_one("SELECT host(inet_server_addr()) || ':' || inet_server_port(), (SELECT count(*) FROM shops WHERE moved_to IS NULL)", &[])
                 .await
                 .ok()
                 .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, i64>(1) as u64)),
@@ -309,6 +311,32 @@ impl Store for PgStore {
 
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
         replica_first!(self, &seed_key(collection), |c| collections::count(&c, collection)).map(Gathered::complete)
+    }
+
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
+        moves::directory(&self.client().await?).await
+    }
+
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        moves::set_pin(&self.client().await?, shop, shard, micros(now)).await
+    }
+
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+        let _mark = self.replicas.writing(shop.as_str());
+        moves::mark_shop(&self.client().await?, shop, moved_to).await
+    }
+
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
+        moves::export_shop(&self.client().await?, shop).await
+    }
+
+    async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
+        let _mark = self.replicas.writing(dump.shop.shop.id.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        moves::import_shop(&tx, &dump).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
+use super::moves::check_home;
 use crate::money::{Currency, Money};
 use crate::orders::{
     price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
@@ -15,6 +16,7 @@ use crate::shops::ShopId;
 use crate::store::{micros, StoreError, StoreResult};
 
 pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
+    check_home(c, shop).await?;
     let stmt = c.prepare_cached("SELECT pg_try_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text, 0))").await?;
     let free: bool = c.query_one(&stmt, &[&shop.as_str(), &p.idempotency_key]).await?.get(0);
     if !free {
@@ -128,6 +130,7 @@ pub async fn transition(
     action: Action,
     now: DateTime<Utc>,
 ) -> StoreResult<Order> {
+    check_home(c, shop).await?;
     let stmt = c.prepare_cached("SELECT status FROM orders WHERE id = $1 AND shop = $2 FOR UPDATE").await?;
     let row = c.query_opt(&stmt, &[&id, &shop.as_str()]).await?.ok_or_else(|| StoreError::not_found("order", id))?;
     let status: String = row.get(0);

@@ -10,10 +10,11 @@ const MIGRATION_LOCK: i64 = 0x0076_6974_7269_6e61;
 
 /// Append only, like the SQLite list; same tables, PostgreSQL types. Keys that are paged over
 /// sort bytewise (`COLLATE "C"`), as SQLite does, so cursors mean the same on both.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "shops, catalog, stock, orders, idempotency, seed collections",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "shops, catalog, stock, orders, idempotency, seed collections",
+        r#"
 CREATE TABLE shops (
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -103,7 +104,20 @@ CREATE TABLE seed_docs (
 CREATE INDEX seed_docs_by_collection ON seed_docs (collection, seq);
 CREATE INDEX seed_docs_by_name ON seed_docs (collection, name, seq);
 "#,
-)];
+    ),
+    (
+        2,
+        "shop moves: where a shop went, and the directory of pinned shops",
+        r#"
+ALTER TABLE shops ADD COLUMN moved_to TEXT;
+CREATE TABLE shop_directory (
+    shop      TEXT PRIMARY KEY,
+    shard     TEXT NOT NULL,
+    pinned_at TIMESTAMPTZ NOT NULL
+);
+"#,
+    ),
+];
 
 pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {
     let tx = client.transaction().await?;

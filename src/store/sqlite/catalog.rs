@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::moves::check_home;
 use super::{parse_ts, ts};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::ingest::FeedOp;
@@ -37,6 +38,7 @@ pub fn get_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Opti
 }
 
 pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+    check_home(c, shop)?;
     let existing = get_product(c, shop, &p.sku)?;
     if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
         return Ok((old.clone(), Upserted::Unchanged));
@@ -65,6 +67,13 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
     Ok((p.stored(shop, version, micros(now)), upserted))
 }
 
+/// Every product of a shop, by SKU.
+pub fn all_products(c: &Connection, shop: &ShopId) -> StoreResult<Vec<Product>> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = ?1 ORDER BY sku"))?;
+    let rows = stmt.query_map([shop.as_str()], product_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 pub fn list_products(c: &Connection, shop: &ShopId, q: &ProductQuery) -> StoreResult<Vec<Product>> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {PRODUCT_COLS} FROM products
@@ -76,6 +85,7 @@ pub fn list_products(c: &Connection, shop: &ShopId, q: &ProductQuery) -> StoreRe
 }
 
 pub fn delete_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<()> {
+    check_home(c, shop)?;
     let reserved: Option<i64> = c
         .prepare_cached("SELECT reserved FROM stock WHERE shop = ?1 AND sku = ?2")?
         .query_row(params![shop.as_str(), sku], |r| r.get(0))
@@ -105,6 +115,7 @@ pub fn get_stock(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Option
 }
 
 pub fn set_stock(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+    check_home(c, shop)?;
     let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
     if let Some(on_hand) = plan_set(&current, on_hand)? {
         write_on_hand(c, shop, sku, on_hand, now)?;
@@ -113,6 +124,7 @@ pub fn set_stock(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: Da
 }
 
 pub fn adjust_stock(c: &Connection, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+    check_home(c, shop)?;
     let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
     let on_hand = plan_adjust(&current, delta)?;
     write_on_hand(c, shop, sku, on_hand, now)?;
@@ -130,6 +142,8 @@ fn write_on_hand(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: Da
 
 /// Each line in its own nested savepoint: a refused line leaves no trace, its neighbours stay.
 pub fn apply_feed(c: &Connection, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+    // A moved shop fails the whole batch (the router follows it), not line by line.
+    check_home(c, shop)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         c.execute_batch("SAVEPOINT feed_line")?;

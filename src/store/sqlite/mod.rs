@@ -3,6 +3,7 @@
 
 mod catalog;
 mod collections;
+mod moves;
 mod orders;
 mod readers;
 mod schema;
@@ -19,6 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::readers::Readers;
 use self::writer::{Writer, WriterThread};
+use super::dump::ShopDump;
 use super::{CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
@@ -154,7 +156,10 @@ impl Store for SqliteStore {
     }
 
     async fn report(&self) -> StoreReport {
-        let shops = self.read(|c| Ok(c.query_row("SELECT count(*) FROM shops", [], |r| r.get::<_, i64>(0))? as u64)).await.ok();
+        let shops = self
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM shops WHERE moved_to IS NULL", [], |r| r.get::<_, i64>(0))? as u64))
+            .await
+            .ok();
         StoreReport {
             kind: "sqlite".into(),
             durability: format!("synchronous={}, group commit", self.synchronous.pragma()),
@@ -272,6 +277,30 @@ impl Store for SqliteStore {
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
         let collection = collection.to_owned();
         self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
+    }
+
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
+        self.read(moves::directory).await
+    }
+
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        let (shop, shard) = (shop.clone(), shard.map(str::to_owned));
+        self.write(move |c| moves::set_pin(c, &shop, shard.as_deref(), now)).await
+    }
+
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+        let (shop, moved_to) = (shop.clone(), moved_to.map(str::to_owned));
+        self.write(move |c| moves::mark_shop(c, &shop, moved_to.as_deref())).await
+    }
+
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
+        let shop = shop.clone();
+        // Through the writer: the export sees every write acknowledged before it.
+        self.write(move |c| moves::export_shop(c, &shop)).await
+    }
+
+    async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
+        self.write(move |c| moves::import_shop(c, &dump)).await
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::moves::check_home;
 use super::{parse_ts, ts};
 use crate::money::{Currency, Money};
 use crate::orders::{
@@ -14,6 +15,7 @@ use crate::shops::ShopId;
 use crate::store::{StoreError, StoreResult};
 
 pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
+    check_home(c, shop)?;
     let previous = c
         .prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
         .query_row(params![shop.as_str(), p.idempotency_key], |r| {
@@ -85,6 +87,7 @@ fn append_history(c: &Connection, id: &str, seq: i64, status: OrderStatus, at: &
 }
 
 pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+    check_home(c, shop)?;
     let status: Option<String> = c
         .prepare_cached("SELECT status FROM orders WHERE id = ?1 AND shop = ?2")?
         .query_row(params![id, shop.as_str()], |r| r.get(0))

@@ -3,10 +3,11 @@
 use rusqlite::Connection;
 
 /// Append only: a released migration is never edited, a change is a new entry.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "shops, catalog, stock, orders, idempotency, seed collections",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "shops, catalog, stock, orders, idempotency, seed collections",
+        r#"
 CREATE TABLE shops (
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -95,7 +96,20 @@ CREATE TABLE seed_docs (
 CREATE INDEX seed_docs_by_collection ON seed_docs (collection, seq);
 CREATE INDEX seed_docs_by_name ON seed_docs (collection, name, seq);
 "#,
-)];
+    ),
+    (
+        2,
+        "shop moves: where a shop went, and the directory of pinned shops",
+        r#"
+ALTER TABLE shops ADD COLUMN moved_to TEXT;
+CREATE TABLE shop_directory (
+    shop      TEXT PRIMARY KEY,
+    shard     TEXT NOT NULL,
+    pinned_at TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+    ),
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {
     conn.execute_batch(
