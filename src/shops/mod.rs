@@ -77,6 +77,8 @@ pub struct Shop {
 pub struct ShopRecord {
     pub shop: Shop,
     pub api_key_hash: [u8; 32],
+    /// Set on a shard the shop has left (or is leaving): where its data lives now.
+    pub moved_to: Option<String>,
 }
 
 impl CreateShop {

@@ -12,7 +12,11 @@ use crate::error::{ApiResult, Problem};
 use crate::extract::ApiJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_shop)).routes(routes!(get_shop)).routes(routes!(move_shop))
+    OpenApiRouter::new()
+        .routes(routes!(create_shop))
+        .routes(routes!(get_shop))
+        .routes(routes!(move_shop))
+        .routes(routes!(rebalance))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -77,4 +81,14 @@ async fn move_shop(
     let id = auth::shop_id(&shop)?;
     auth::load_shop(&state, &id).await?;
     Ok(Json(state.store().move_shop(&id, &body.to, state.clock.now()).await?))
+}
+
+/// Move every shop that lives off its ring owner to it, one at a time (admin token required):
+/// after a shard is added, this moves exactly the shops whose owner changed.
+#[utoipa::path(post, path = "/shards/rebalance", tag = "shops",
+    security(("bearer" = [])),
+    responses((status = 200, body = crate::store::moving::RebalanceReport), (status = 401, body = Problem)))]
+async fn rebalance(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<crate::store::moving::RebalanceReport>> {
+    auth::require_admin(&state, &headers)?;
+    Ok(Json(state.store().rebalance(state.clock.now()).await?))
 }

@@ -208,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every collection with its document count per shard.
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>>;
 
+    /// Ids of the shops whose data lives here (forwarding marks excluded).
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>>;
     /// Shops pinned to a shard other than their ring owner (kept on the first shard).
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>>;
     /// Pins `shop` to `shard`, or removes its pin with `None`.
@@ -224,6 +226,12 @@ pub trait Store: Send + Sync + 'static {
     async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<moving::MoveReport> {
         let _ = (shop, to, now);
         Err(StoreError::invalid("not_sharded", "this store has a single shard: there is nowhere to move a shop"))
+    }
+
+    /// Moves every shop living off its ring owner to it; only a sharded store has any.
+    async fn rebalance(&self, now: DateTime<Utc>) -> StoreResult<moving::RebalanceReport> {
+        let _ = now;
+        Ok(moving::RebalanceReport { moved: Vec::new(), failed: Vec::new() })
     }
 }
 

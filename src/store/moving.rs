@@ -23,13 +23,48 @@ pub struct MoveReport {
     pub fenced_ms: u64,
 }
 
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RebalanceReport {
+    pub moved: Vec<MoveReport>,
+    /// Shops that could not be moved this time, with why; a later run retries them.
+    pub failed: Vec<MoveFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MoveFailure {
+    pub shop: String,
+    pub to: String,
+    pub error: String,
+}
+
 impl ShardedStore {
+    /// Moves every shop living off its ring owner (left behind when a shard was added, or moved
+    /// by hand) to its owner, one at a time, so each is fenced only for its own copy.
+    pub async fn rebalance(&self, now: DateTime<Utc>) -> StoreResult<RebalanceReport> {
+        let mut report = RebalanceReport { moved: Vec::new(), failed: Vec::new() };
+        for (i, name) in self.ring().shards().iter().enumerate() {
+            for shop in self.shard(i).shop_ids().await? {
+                let owner = self.ring().owner(shop.as_str()).to_owned();
+                if &owner == name {
+                    continue;
+                }
+                match self.move_shop(&shop, &owner, now).await {
+                    Ok(r) => report.moved.push(r),
+                    Err(e) => report.failed.push(MoveFailure { shop: shop.to_string(), to: owner, error: e.to_string() }),
+                }
+            }
+        }
+        Ok(report)
+    }
+
     pub async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<MoveReport> {
         let names = self.ring().shards();
         let to_index = names
             .iter()
             .position(|n| n == to)
             .ok_or_else(|| StoreError::invalid("unknown_shard", format!("no shard named {to}; shards are {names:?}")))?;
+        // Finds (and pins) a shop left off its ring owner, so `home` names where it really is.
+        self.get_shop(shop).await?.ok_or_else(|| StoreError::not_found("shop", shop.as_str()))?;
         let from_index = self.home(shop);
         if from_index == to_index {
             return Err(StoreError::conflict("already_there", format!("shop {shop} already lives on {to}")));

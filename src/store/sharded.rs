@@ -95,6 +95,46 @@ impl ShardedStore {
         *self.refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
 
+    /// A shop missing from its ring owner may still live elsewhere: after a shard was added to
+    /// the ring, shops whose owner changed stay where they are until moved. Found there, it is
+    /// pinned in the directory so every instance routes to it directly from then on.
+    async fn find_misplaced(&self, id: &ShopId, skip: usize) -> StoreResult<Option<ShopRecord>> {
+        let lookups =
+            (0..self.shards.len()).filter(|i| *i != skip).map(|i| async move { (i, self.shards[i].get_shop(id).await) });
+        for (i, found) in join_all(lookups).await {
+            let Ok(Some(record)) = found else { continue };
+            if record.moved_to.is_some() {
+                continue; // a forwarding mark, not the shop's home
+            }
+            let shard = self.ring.shards()[i].clone();
+            tracing::warn!(shop = %id, shard = %shard, "shop found off its ring owner; pinning it where it lives");
+            self.pins.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), i);
+            if let Err(e) = self.shards[0].set_pin(id, Some(&shard), chrono::Utc::now()).await {
+                tracing::warn!(shop = %id, error = %e, "could not record the pin in the directory");
+            }
+            return Ok(Some(record));
+        }
+        Ok(None)
+    }
+
+    /// A read of a shop's data; when it finds nothing and the shop does not live on the shard
+    /// asked, the shop may be one left off its ring owner: found, it is read where it lives.
+    async fn read_shop<'a, T, F, Fut>(&'a self, shop: &ShopId, op: F, missing: fn(&T) -> bool) -> StoreResult<T>
+    where
+        F: Fn(&'a dyn Store) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let home = self.home(shop);
+        let found = op(self.shards[home].as_ref()).await?;
+        if !missing(&found) || self.shards[home].get_shop(shop).await?.is_some() {
+            return Ok(found);
+        }
+        match self.find_misplaced(shop, home).await? {
+            Some(_) => op(self.shards[self.home(shop)].as_ref()).await,
+            None => Ok(found),
+        }
+    }
+
     /// Runs a shop's operation on its shard; if the shop has moved meanwhile (this instance's
     /// directory was stale), follows it once to the shard that now holds it.
     async fn on_shop<'a, T, F, Fut>(&'a self, shop: &ShopId, op: F) -> StoreResult<T>
@@ -173,12 +213,21 @@ impl Store for ShardedStore {
         self.gather(|s| s.ping()).await.map(|_| ())
     }
 
+    /// A shop that lives on another shard (moved, or left behind when a shard was added) is not
+    /// created a second time.
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        if self.get_shop(&shop.id).await?.is_some() {
+            return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", shop.id)));
+        }
         self.for_shop(&shop.id).create_shop(shop.clone()).await
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
-        self.for_shop(id).get_shop(id).await
+        let home = self.home(id);
+        if let Some(found) = self.shards[home].get_shop(id).await? {
+            return Ok(Some(found));
+        }
+        self.find_misplaced(id, home).await
     }
 
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
@@ -186,11 +235,11 @@ impl Store for ShardedStore {
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
-        self.for_shop(shop).get_product(shop, sku).await
+        self.read_shop(shop, |s| s.get_product(shop, sku), Option::is_none).await
     }
 
     async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
-        self.for_shop(shop).list_products(shop, query).await
+        self.read_shop(shop, |s| s.list_products(shop, query.clone()), Vec::is_empty).await
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
@@ -206,7 +255,7 @@ impl Store for ShardedStore {
     }
 
     async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
-        self.for_shop(shop).get_stock(shop, sku).await
+        self.read_shop(shop, |s| s.get_stock(shop, sku), Option::is_none).await
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
@@ -218,11 +267,11 @@ impl Store for ShardedStore {
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
-        self.for_shop(shop).get_order(shop, id).await
+        self.read_shop(shop, |s| s.get_order(shop, id), Option::is_none).await
     }
 
     async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
-        self.for_shop(shop).list_orders(shop, query).await
+        self.read_shop(shop, |s| s.list_orders(shop, query.clone()), Vec::is_empty).await
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
@@ -289,6 +338,14 @@ impl Store for ShardedStore {
         Ok(Gathered { value: total, unavailable })
     }
 
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        let mut all = Vec::new();
+        for s in &self.shards {
+            all.extend(s.shop_ids().await?);
+        }
+        Ok(all)
+    }
+
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
         self.shards[0].directory().await
     }
@@ -312,6 +369,10 @@ impl Store for ShardedStore {
 
     async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<super::moving::MoveReport> {
         ShardedStore::move_shop(self, shop, to, now).await
+    }
+
+    async fn rebalance(&self, now: DateTime<Utc>) -> StoreResult<super::moving::RebalanceReport> {
+        ShardedStore::rebalance(self, now).await
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {

@@ -244,3 +244,66 @@ async fn a_fenced_shop_answers_retry_later_and_loses_nothing() {
     app.state.store().mark_shop(&id, None).await.unwrap();
     assert_eq!(app.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shard_keeps_every_shop_reachable_until_rebalance_moves_the_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two shards first: a SQLite data dir with two files, or two PostgreSQL databases.
+    let first = match backend() {
+        Backend::Sqlite => crate::helpers::spawn_in(dir.path(), |c| c.sqlite.shards = 2).await,
+        Backend::Postgres => sharded(2).await,
+    };
+    let mut shops = Vec::new();
+    for i in 0..12 {
+        let shop = first.shop_with_stock(&format!("grow-{i}"), "A", 10).await;
+        assert_eq!(first.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
+        shops.push(shop);
+    }
+    // Then three: the new deployment's ring names another owner for about a third of the shops.
+    // The first instance stays up on PostgreSQL (it owns the databases); SQLite allows one.
+    let (grown, _first) = match backend() {
+        Backend::Sqlite => {
+            first.stop().await.unwrap();
+            (crate::helpers::spawn_in(dir.path(), |c| c.sqlite.shards = 3).await, None)
+        }
+        Backend::Postgres => {
+            let db = fresh_database().await;
+            let mut config = first.state.config.clone();
+            config.listen = "127.0.0.1:0".into();
+            config.postgres.shards.push(ShardConfig { name: "shard3".into(), primary: url_for(&db), replicas: Vec::new() });
+            let mut first = first;
+            first.databases.push(db);
+            (start(config).await, Some(first))
+        }
+    };
+    let before = Ring::new(&shard_names(2), DEFAULT_VNODES);
+    let after = Ring::new(&shard_names(3), DEFAULT_VNODES);
+    let changed: Vec<&str> =
+        shops.iter().map(|s| s.id.as_str()).filter(|id| before.owner_index(id) != after.owner_index(id)).collect();
+    assert!(!changed.is_empty(), "some shops change owner");
+
+    // Every shop is still served, where it lives, with its data.
+    for shop in &shops {
+        assert_eq!(grown.stock(shop, "A").await, (10, 1, 9), "{}", shop.id);
+        assert_eq!(grown.order(shop, "k2", &one_line("A", 1)).await.status(), StatusCode::CREATED);
+    }
+    let rebalanced = grown.post("/shards/rebalance").bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(rebalanced.status(), StatusCode::OK);
+    let report: Value = rebalanced.json().await.unwrap();
+    let mut moved: Vec<&str> = report["moved"].as_array().unwrap().iter().map(|m| m["shop"].as_str().unwrap()).collect();
+    moved.sort();
+    let mut expected = changed.clone();
+    expected.sort();
+    assert_eq!(moved, expected, "exactly the shops whose owner changed: {report}");
+    assert!(report["failed"].as_array().unwrap().is_empty());
+    for shop in &shops {
+        assert_eq!(grown.stock(shop, "A").await, (10, 2, 8), "{}", shop.id);
+        let owner = after.owner_index(&shop.id);
+        assert_eq!(
+            count_on_shard(&grown, owner, "SELECT count(*) FROM shops WHERE id = $1 AND moved_to IS NULL", &shop.id).await,
+            1
+        );
+    }
+    let again: Value = grown.post("/shards/rebalance").bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert!(again["moved"].as_array().unwrap().is_empty(), "a second run has nothing to do");
+}

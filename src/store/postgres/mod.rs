@@ -313,6 +313,10 @@ impl Store for PgStore {
         replica_first!(self, &seed_key(collection), |c| collections::count(&c, collection)).map(Gathered::complete)
     }
 
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        shops::live_ids(&self.client().await?).await
+    }
+
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
         moves::directory(&self.client().await?).await
     }

@@ -20,12 +20,21 @@ pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
 }
 
 pub async fn get(c: &impl GenericClient, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
-    let stmt = c.prepare_cached("SELECT name, currency, api_key_hash, created_at FROM shops WHERE id = $1").await?;
+    let stmt = c.prepare_cached("SELECT name, currency, api_key_hash, created_at, moved_to FROM shops WHERE id = $1").await?;
     let Some(row) = c.query_opt(&stmt, &[&id.as_str()]).await? else { return Ok(None) };
     let currency: String = row.get(1);
     let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("shop {id} has bad currency")))?;
     let hash: Vec<u8> = row.get(2);
     let api_key_hash: [u8; 32] =
         hash.try_into().map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
-    Ok(Some(ShopRecord { shop: Shop { id: id.clone(), name: row.get(0), currency, created_at: row.get(3) }, api_key_hash }))
+    Ok(Some(ShopRecord {
+        shop: Shop { id: id.clone(), name: row.get(0), currency, created_at: row.get(3) },
+        api_key_hash,
+        moved_to: row.get(4),
+    }))
+}
+
+pub async fn live_ids(c: &impl GenericClient) -> StoreResult<Vec<ShopId>> {
+    let stmt = c.prepare_cached("SELECT id FROM shops WHERE moved_to IS NULL ORDER BY id").await?;
+    Ok(c.query(&stmt, &[]).await?.iter().map(|r| ShopId::trusted(r.get(0))).collect())
 }

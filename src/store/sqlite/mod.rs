@@ -279,6 +279,10 @@ impl Store for SqliteStore {
         self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
     }
 
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        self.read(shops::live_ids).await
+    }
+
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
         self.read(moves::directory).await
     }

@@ -19,14 +19,30 @@ pub fn create(c: &Connection, s: &NewShop) -> StoreResult<Shop> {
 
 pub fn get(c: &Connection, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
     let row = c
-        .prepare_cached("SELECT name, currency, api_key_hash, created_at FROM shops WHERE id = ?1")?
+        .prepare_cached("SELECT name, currency, api_key_hash, created_at, moved_to FROM shops WHERE id = ?1")?
         .query_row([id.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
         })
         .optional()?;
-    let Some((name, currency, hash, created_at)) = row else { return Ok(None) };
+    let Some((name, currency, hash, created_at, moved_to)) = row else { return Ok(None) };
     let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("shop {id} has bad currency")))?;
     let api_key_hash: [u8; 32] =
         hash.try_into().map_err(|_| StoreError::Backend(format!("shop {id} has a malformed key hash")))?;
-    Ok(Some(ShopRecord { shop: Shop { id: id.clone(), name, currency, created_at: parse_ts(&created_at)? }, api_key_hash }))
+    Ok(Some(ShopRecord {
+        shop: Shop { id: id.clone(), name, currency, created_at: parse_ts(&created_at)? },
+        api_key_hash,
+        moved_to,
+    }))
+}
+
+pub fn live_ids(c: &Connection) -> StoreResult<Vec<ShopId>> {
+    Ok(c.prepare_cached("SELECT id FROM shops WHERE moved_to IS NULL ORDER BY id")?
+        .query_map([], |r| Ok(ShopId::trusted(r.get(0)?)))?
+        .collect::<rusqlite::Result<_>>()?)
 }
