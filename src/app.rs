@@ -193,6 +193,7 @@ impl Application {
         router
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
             .fallback(telemetry::not_found)
+            .layer(axum::middleware::from_fn(crate::consistency::track))
             .layer(axum::middleware::from_fn(telemetry::track))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

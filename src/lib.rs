@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cluster;
 pub mod collections;
 pub mod config;
+pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod health;

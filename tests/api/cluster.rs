@@ -115,15 +115,28 @@ async fn failover_drill_on_a_local_cluster() {
     assert_eq!(p["name"], "fresh", "a lagging replica is skipped");
 
     // Read-your-writes: freeze shard 2's replica (its measured lag is still fresh and small),
-    // write through vitrina, and the writes are read back at once, twice in a row.
+    // write through vitrina, and the writes are read back at once, twice in a row. A second
+    // instance with a generous lag budget reads the frozen replica, unless the client brings
+    // the token its write answered with.
+    let mut other_config = app.state.config.clone();
+    other_config.listen = "127.0.0.1:0".into();
+    other_config.postgres.replica_lag_budget_ms = 600_000;
+    let other = start(other_config).await;
     exec(r2, "SELECT pg_wal_replay_pause()").await;
     let path = format!("/shops/{}/products/A", two.id);
     let mut body = serde_json::json!({"name": "renamed", "category": "c", "price": {"amount": 500, "currency": "USD"}});
     assert_eq!(app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(app.get_json(&path).await["name"], "renamed");
     body["name"] = "renamed again".into();
-    assert_eq!(app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap().status(), StatusCode::OK);
+    let put = app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let token = put.headers()["vitrina-written-at"].to_str().unwrap().to_owned();
     assert_eq!(app.get_json(&path).await["name"], "renamed again");
+    tokio::time::sleep(Duration::from_millis(600)).await; // the other instance probes its replicas
+    assert_eq!(other.get_json(&path).await["name"], "Product A", "without the token: the frozen replica");
+    let fresh: Value = other.get(&path).header("vitrina-read-after", &token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fresh["name"], "renamed again", "with the token: fresh");
+    other.stop().await.unwrap();
     exec(r2, "SELECT pg_wal_replay_resume()").await;
     exec(r1, "SELECT pg_wal_replay_resume()").await;
 

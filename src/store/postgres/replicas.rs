@@ -22,6 +22,8 @@ struct Replica {
     pool: Pool,
     /// Replay lag in ms as last measured; `UNREACHABLE` when the probe failed.
     lag_ms: AtomicI64,
+    /// Wall-clock ms up to which this replica had replayed at the last probe.
+    replayed_until_ms: AtomicI64,
 }
 
 pub struct Replicas {
@@ -40,7 +42,12 @@ impl Replicas {
         let mut nodes = Vec::new();
         for url in urls {
             let (pool, address) = build_pool(shard, url, cfg)?;
-            nodes.push(Arc::new(Replica { address, pool, lag_ms: AtomicI64::new(UNREACHABLE) }));
+            nodes.push(Arc::new(Replica {
+                address,
+                pool,
+                lag_ms: AtomicI64::new(UNREACHABLE),
+                replayed_until_ms: AtomicI64::new(0),
+            }));
         }
         let replicas = Replicas {
             shard: shard.to_owned(),
@@ -99,11 +106,15 @@ impl Replicas {
             return None;
         }
         let budget = self.budget.as_millis() as i64;
+        // A client that wrote elsewhere says when (a consistency token): only a replica that had
+        // replayed past that moment may answer it.
+        let read_after = crate::consistency::read_after_ms();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.nodes.len() {
             let r = &self.nodes[(start + i) % self.nodes.len()];
             let lag = r.lag_ms.load(Ordering::Relaxed);
-            if (0..=budget).contains(&lag) {
+            let fresh_enough = read_after.is_none_or(|t| r.replayed_until_ms.load(Ordering::Relaxed) >= t);
+            if (0..=budget).contains(&lag) && fresh_enough {
                 if let Ok(c) = r.pool.get().await {
                     metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => "replica").increment(1);
                     return Some(c);
@@ -148,7 +159,11 @@ impl Drop for Replicas {
 async fn monitor(shard: String, nodes: Vec<Arc<Replica>>) {
     loop {
         for r in &nodes {
+            let probed_at = chrono::Utc::now().timestamp_millis();
             let lag = probe(&r.pool).await.unwrap_or(UNREACHABLE);
+            if lag >= 0 {
+                r.replayed_until_ms.store(probed_at - lag, Ordering::Relaxed);
+            }
             let before = r.lag_ms.swap(lag, Ordering::Relaxed);
             if (before >= 0) != (lag >= 0) {
                 tracing::warn!(shard = %shard, replica = %r.address, reachable = lag >= 0, "replica reachability changed");
