@@ -170,5 +170,14 @@ async fn failover_drill_on_a_local_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(app.stock(&two, "A").await, (10, 2, 8));
+
+    // A replica dies: its shard's reads go to the primary, and GET / says the replica is down.
+    cluster(dir.path(), &["kill", "shard1-2"]);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(app.get(&format!("/shops/{}/products/A", one.id)).send().await.unwrap().status(), StatusCode::OK);
+    let root = app.get_json("/").await;
+    let shard1 = root["topology"]["store"]["shards"].as_array().unwrap().iter().find(|s| s["name"] == "shard1").unwrap().clone();
+    let replica = shard1["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "replica").unwrap().clone();
+    assert_eq!(replica["reachable"], false, "{shard1}");
     app.stop().await.unwrap();
 }
