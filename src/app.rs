@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::orders::idempotency::InFlight;
 use crate::shops::hash_secret;
 use crate::store::Store;
-use crate::{catalog, collections, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
+use crate::{catalog, collections, events, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
 
 /// Shared by every request handler; cheap to clone.
 #[derive(Clone)]
@@ -113,7 +113,7 @@ impl AppState {
     modifiers(&BearerAuth),
     tags(
         (name = "seed", description = "The original pymongo-api contract, unchanged"),
-        (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "ingest"), (name = "operations"))
+        (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "events"), (name = "ingest"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -134,6 +134,7 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(catalog::routes::router())
         .merge(inventory::routes::router())
         .merge(orders::routes::router())
+        .merge(events::routes::router())
         .merge(health::router())
         .merge(telemetry::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))

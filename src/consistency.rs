@@ -12,19 +12,38 @@ use axum::response::Response;
 pub const WRITTEN_AT: &str = "vitrina-written-at";
 pub const READ_AFTER: &str = "vitrina-read-after";
 
+/// What a request carries down to the store without threading it through every call.
+#[derive(Clone, Default)]
+struct Context {
+    read_after_ms: Option<i64>,
+    traceparent: Option<String>,
+}
+
 tokio::task_local! {
-    static READ_AFTER_MS: Option<i64>;
+    static CONTEXT: Context;
 }
 
 /// The token of the request being served, if it carried one.
 pub fn read_after_ms() -> Option<i64> {
-    READ_AFTER_MS.try_with(|t| *t).ok().flatten()
+    CONTEXT.try_with(|c| c.read_after_ms).ok().flatten()
+}
+
+/// The request's W3C `traceparent`, recorded on the events it causes.
+pub fn traceparent() -> Option<String> {
+    CONTEXT.try_with(|c| c.traceparent.clone()).ok().flatten()
 }
 
 pub async fn track(req: Request, next: Next) -> Response {
-    let token = req.headers().get(READ_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+    // In a block: a borrow of the request (its body is not Sync) must not live across the await.
+    let context = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        Context {
+            read_after_ms: header(READ_AFTER).and_then(|v| v.parse::<i64>().ok()),
+            traceparent: header("traceparent").filter(|t| crate::events::valid_traceparent(t)).map(str::to_owned),
+        }
+    };
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut resp = READ_AFTER_MS.scope(token, next.run(req)).await;
+    let mut resp = CONTEXT.scope(context, next.run(req)).await;
     if writes && resp.status().is_success() {
         let now = chrono::Utc::now().timestamp_millis();
         if let Ok(v) = HeaderValue::from_str(&now.to_string()) {

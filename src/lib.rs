@@ -14,6 +14,7 @@ pub mod collections;
 pub mod config;
 pub mod consistency;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod ingest;

@@ -208,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every collection with its document count per shard.
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>>;
 
+    /// A shop's events after `after` (a position this feed issued), in commit order.
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage>;
     /// Ids of the shops whose data lives here (forwarding marks excluded).
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>>;
     /// Shops pinned to a shard other than their ring owner (kept on the first shard).
@@ -233,6 +235,16 @@ pub trait Store: Send + Sync + 'static {
         let _ = now;
         Ok(moving::RebalanceReport { moved: Vec::new(), failed: Vec::new() })
     }
+}
+
+/// Events of one shop in feed order, and the position to continue after.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    /// CloudEvents 1.0 envelopes.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after` to continue; the same as the request's `after` when nothing new arrived.
+    pub next: Option<String>,
 }
 
 /// A read gathered from every shard. Shards that did not answer in time are named here

@@ -338,6 +338,10 @@ impl Store for ShardedStore {
         Ok(Gathered { value: total, unavailable })
     }
 
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<super::EventPage> {
+        self.for_shop(shop).events_after(shop, after, limit).await
+    }
+
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
         let mut all = Vec::new();
         for s in &self.shards {

@@ -8,6 +8,7 @@ mod bad_input;
 mod catalog;
 mod cluster;
 mod concurrency;
+mod events;
 mod feed;
 mod inventory;
 mod isolation;

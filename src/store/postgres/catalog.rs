@@ -6,7 +6,9 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 
 use super::moves::check_home;
+use super::outbox::emit;
 use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::events;
 use crate::ingest::FeedOp;
 use crate::inventory::{plan_adjust, plan_set, Stock};
 use crate::money::{Currency, Money};
@@ -69,7 +71,9 @@ pub async fn upsert_product(
         )
         .await?;
     let version: i64 = row.get(0);
-    Ok((p.stored(shop, version, now), if version == 1 { Upserted::Created } else { Upserted::Updated }))
+    let product = p.stored(shop, version, now);
+    emit(c, events::product_upserted(&product), now).await?;
+    Ok((product, if version == 1 { Upserted::Created } else { Upserted::Updated }))
 }
 
 /// Every product of a shop, by SKU.
@@ -106,7 +110,7 @@ pub async fn delete_product(c: &impl GenericClient, shop: &ShopId, sku: &str) ->
     if c.execute(&stmt, &[&shop.as_str(), &sku]).await? == 0 {
         return Err(StoreError::not_found("product", sku));
     }
-    Ok(())
+    emit(c, events::product_deleted(shop, sku), chrono::Utc::now()).await
 }
 
 pub async fn get_stock(c: &impl GenericClient, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
@@ -143,10 +147,12 @@ async fn write_on_hand(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand
 pub async fn set_stock(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
     check_home(c, shop).await?;
     let current = lock_stock(c, shop, sku, now).await?;
+    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
     if let Some(on_hand) = plan_set(&current, on_hand)? {
         write_on_hand(c, shop, sku, on_hand, now).await?;
+        emit(c, events::stock_changed(shop, &stock), now).await?;
     }
-    Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
+    Ok(stock)
 }
 
 pub async fn adjust_stock(
@@ -160,7 +166,9 @@ pub async fn adjust_stock(
     let current = lock_stock(c, shop, sku, now).await?;
     let on_hand = plan_adjust(&current, delta)?;
     write_on_hand(c, shop, sku, on_hand, now).await?;
-    Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
+    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
+    emit(c, events::stock_changed(shop, &stock), now).await?;
+    Ok(stock)
 }
 
 /// Each line in its own savepoint: a refused line leaves no trace, its neighbours stay.

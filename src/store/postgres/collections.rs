@@ -29,7 +29,8 @@ pub async fn insert(c: &impl GenericClient, collection: &str, docs: &[UserDoc]) 
     let ages: Vec<i64> = docs.iter().map(|d| d.age).collect();
     let extras: Vec<serde_json::Value> = docs.iter().map(|d| serde_json::Value::Object(d.extra.clone())).collect();
     c.execute(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?;
-    Ok(())
+    let events = docs.iter().map(|d| crate::events::user_created(collection, d)).collect();
+    super::outbox::emit_all(c, events, chrono::Utc::now()).await
 }
 
 pub async fn find(c: &impl GenericClient, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {

@@ -7,6 +7,7 @@ mod catalog;
 mod collections;
 mod moves;
 mod orders;
+mod outbox;
 mod replicas;
 mod schema;
 mod shops;
@@ -20,7 +21,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::dump::ShopDump;
-use super::{micros, CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use super::{
+    micros, CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted,
+};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::config::PostgresConfig;
@@ -311,6 +314,10 @@ impl Store for PgStore {
 
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
         replica_first!(self, &seed_key(collection), |c| collections::count(&c, collection)).map(Gathered::complete)
+    }
+
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+        outbox::events_after(&self.client().await?, shop, after, limit).await
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

@@ -106,6 +106,7 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
         )
         .await?;
     c.execute(&stmt, &[&shop.as_str(), &p.idempotency_key, &&p.fingerprint[..], &body, &now]).await?;
+    super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
     Ok(PlaceOutcome::Created(order))
 }
 
@@ -166,7 +167,9 @@ pub async fn transition(
     let stmt = c.prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = $1").await?;
     let seq: i32 = c.query_one(&stmt, &[&id]).await?.get(0);
     append_history(c, id, seq, to, now, action.reason()).await?;
-    load(c, shop, id).await?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))
+    let order = load(c, shop, id).await?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
+    super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
+    Ok(order)
 }
 
 pub async fn load(c: &impl GenericClient, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

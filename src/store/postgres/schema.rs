@@ -117,6 +117,29 @@ CREATE TABLE shop_directory (
 );
 "#,
     ),
+    (
+        3,
+        "transactional outbox and per-aggregate sequences",
+        r#"
+CREATE TABLE aggregate_sequences (
+    aggregate TEXT PRIMARY KEY,
+    seq       BIGINT NOT NULL
+);
+CREATE TABLE outbox (
+    position   BIGSERIAL PRIMARY KEY,
+    txid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id         TEXT NOT NULL UNIQUE,
+    shop       TEXT,
+    aggregate  TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    sequence   BIGINT NOT NULL,
+    envelope   TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    status     TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX outbox_by_shop ON outbox (shop, txid, position);
+"#,
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {

@@ -16,7 +16,9 @@ pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
     if n == 0 {
         return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
     }
-    Ok(Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at })
+    let shop = Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at };
+    super::outbox::emit(c, crate::events::shop_created(&shop), created_at).await?;
+    Ok(shop)
 }
 
 pub async fn get(c: &impl GenericClient, id: &ShopId) -> StoreResult<Option<ShopRecord>> {

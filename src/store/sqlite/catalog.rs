@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::moves::check_home;
+use super::outbox::emit;
 use super::{parse_ts, ts};
 use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::events;
 use crate::ingest::FeedOp;
 use crate::inventory::{plan_adjust, plan_set, Stock};
 use crate::money::{Currency, Money};
@@ -64,7 +66,9 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
         ts(now)
     ])?;
     let upserted = if existing.is_some() { Upserted::Updated } else { Upserted::Created };
-    Ok((p.stored(shop, version, micros(now)), upserted))
+    let product = p.stored(shop, version, micros(now));
+    emit(c, events::product_upserted(&product), now)?;
+    Ok((product, upserted))
 }
 
 /// Every product of a shop, by SKU.
@@ -101,7 +105,7 @@ pub fn delete_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<(
     if n == 0 {
         return Err(StoreError::not_found("product", sku));
     }
-    Ok(())
+    emit(c, events::product_deleted(shop, sku), chrono::Utc::now())
 }
 
 /// Stock of a known product; a product never stocked has zero on hand.
@@ -117,10 +121,12 @@ pub fn get_stock(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Option
 pub fn set_stock(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
     check_home(c, shop)?;
     let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
+    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
     if let Some(on_hand) = plan_set(&current, on_hand)? {
         write_on_hand(c, shop, sku, on_hand, now)?;
+        emit(c, events::stock_changed(shop, &stock), now)?;
     }
-    Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
+    Ok(stock)
 }
 
 pub fn adjust_stock(c: &Connection, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
@@ -128,7 +134,9 @@ pub fn adjust_stock(c: &Connection, shop: &ShopId, sku: &str, delta: i64, now: D
     let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
     let on_hand = plan_adjust(&current, delta)?;
     write_on_hand(c, shop, sku, on_hand, now)?;
-    Ok(Stock::new(sku.to_owned(), on_hand, current.reserved))
+    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
+    emit(c, events::stock_changed(shop, &stock), now)?;
+    Ok(stock)
 }
 
 fn write_on_hand(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<()> {

@@ -19,6 +19,7 @@ pub fn insert(c: &Connection, collection: &str, docs: &[UserDoc]) -> StoreResult
     for d in docs {
         let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
         stmt.execute(params![d.id, collection, d.name, d.age, extra])?;
+        super::outbox::emit(c, crate::events::user_created(collection, d), chrono::Utc::now())?;
     }
     Ok(())
 }

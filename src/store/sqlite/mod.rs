@@ -5,6 +5,7 @@ mod catalog;
 mod collections;
 mod moves;
 mod orders;
+mod outbox;
 mod readers;
 mod schema;
 mod shops;
@@ -21,7 +22,9 @@ use rusqlite::{Connection, OpenFlags};
 use self::readers::Readers;
 use self::writer::{Writer, WriterThread};
 use super::dump::ShopDump;
-use super::{CollectionCount, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted};
+use super::{
+    CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted,
+};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::config::{SqliteConfig, Synchronous};
@@ -277,6 +280,11 @@ impl Store for SqliteStore {
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
         let collection = collection.to_owned();
         self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
+    }
+
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+        let (shop, after) = (shop.clone(), after.map(str::to_owned));
+        self.read(move |c| outbox::events_after(c, &shop, after.as_deref(), limit)).await
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

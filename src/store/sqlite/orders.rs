@@ -77,6 +77,7 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
         "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES (?1, ?2, ?3, 201, ?4, ?5)",
     )?
     .execute(params![shop.as_str(), p.idempotency_key, &p.fingerprint[..], body, now])?;
+    super::outbox::emit(c, crate::events::order_changed(&order), p.now)?;
     Ok(PlaceOutcome::Created(order))
 }
 
@@ -128,7 +129,9 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
     ])?;
     let seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1", [id], |r| r.get(0))?;
     append_history(c, id, seq, to, &now_s, action.reason())?;
-    load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))
+    let order = load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
+    super::outbox::emit(c, crate::events::order_changed(&order), now)?;
+    Ok(order)
 }
 
 pub fn load(c: &Connection, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

@@ -109,6 +109,28 @@ CREATE TABLE shop_directory (
 ) WITHOUT ROWID;
 "#,
     ),
+    (
+        3,
+        "transactional outbox and per-aggregate sequences",
+        r#"
+CREATE TABLE aggregate_sequences (
+    aggregate TEXT PRIMARY KEY,
+    seq       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    position   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    shop       TEXT,
+    aggregate  TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    sequence   INTEGER NOT NULL,
+    envelope   TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    status     TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX outbox_by_shop ON outbox (shop, position);
+"#,
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {

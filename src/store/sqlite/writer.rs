@@ -20,6 +20,8 @@ trait Pending: Send {
 
 struct PendingOp<T, F> {
     op: Option<F>,
+    /// The request's traceparent, handed to the writer thread for the events the op records.
+    traceparent: Option<String>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
@@ -31,7 +33,7 @@ where
 {
     fn execute(&mut self, conn: &Connection) -> bool {
         let Some(op) = self.op.take() else { return false };
-        let result = op(conn);
+        let result = super::outbox::with_traceparent(self.traceparent.take(), || op(conn));
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -88,7 +90,8 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(PendingOp { op: Some(op), result: None, reply });
+        let traceparent = crate::consistency::traceparent();
+        let job: Job = Box::new(PendingOp { op: Some(op), traceparent, result: None, reply });
         self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
     }

@@ -1,0 +1,105 @@
+//! The outbox on PostgreSQL. Events are inserted by the business write's own transaction; the
+//! per-aggregate sequence is an upsert that holds the aggregate's row lock until commit. The
+//! feed orders by (transaction id, position) and serves only transactions older than every one
+//! still running (`pg_snapshot_xmin`), so a transaction that commits late is never skipped.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+
+use crate::events::{envelope, NewEvent};
+use crate::shops::ShopId;
+use crate::store::{EventPage, StoreError, StoreResult};
+
+pub async fn emit(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO aggregate_sequences (aggregate, seq) VALUES ($1, 1)
+             ON CONFLICT (aggregate) DO UPDATE SET seq = aggregate_sequences.seq + 1 RETURNING seq",
+        )
+        .await?;
+    let seq: i64 = c.query_one(&stmt, &[&e.aggregate]).await?.get(0);
+    let id = uuid::Uuid::now_v7().to_string();
+    let env = envelope(&id, &e, seq, now, crate::consistency::traceparent().as_deref());
+    let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?;
+    c.execute(&stmt, &[&id, &e.shop, &e.aggregate, &e.kind, &seq, &text, &crate::store::micros(now)]).await?;
+    Ok(())
+}
+
+/// Many events in two round trips (the seed's 1000 documents, a feed batch).
+pub async fn emit_all(c: &impl GenericClient, events: Vec<NewEvent>, now: DateTime<Utc>) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate.as_str()).collect();
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO aggregate_sequences (aggregate, seq) SELECT a, count(*) FROM unnest($1::text[]) AS a GROUP BY a
+             ON CONFLICT (aggregate) DO UPDATE SET seq = aggregate_sequences.seq + excluded.seq RETURNING aggregate, seq",
+        )
+        .await?;
+    // The last sequence per aggregate; events of one aggregate in this batch count up to it.
+    let mut last: std::collections::HashMap<String, i64> =
+        c.query(&stmt, &[&aggregates]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut seqs = vec![0i64; events.len()];
+    for (i, e) in events.iter().enumerate().rev() {
+        let s = last.get_mut(&e.aggregate).ok_or_else(|| StoreError::Backend("sequence missing".into()))?;
+        seqs[i] = *s;
+        *s -= 1;
+    }
+    let tp = crate::consistency::traceparent();
+    let (mut ids, mut shops, mut kinds, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (e, seq) in events.iter().zip(&seqs) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let env = envelope(&id, e, *seq, now, tp.as_deref());
+        texts.push(serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?);
+        ids.push(id);
+        shops.push(e.shop.clone());
+        kinds.push(e.kind);
+    }
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at)
+             SELECT id, shop, aggregate, type, sequence, envelope, $7
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[]) WITH ORDINALITY
+               AS e (id, shop, aggregate, type, sequence, envelope, n) ORDER BY n",
+        )
+        .await?;
+    c.execute(&stmt, &[&ids, &shops, &aggregates, &kinds, &seqs, &texts, &crate::store::micros(now)]).await?;
+    Ok(())
+}
+
+/// Positions are `<transaction id>.<row position>`.
+fn parse_position(p: &str) -> Option<(String, i64)> {
+    let (txid, pos) = p.split_once('.')?;
+    txid.parse::<u64>().ok()?;
+    Some((txid.to_owned(), pos.parse().ok()?))
+}
+
+pub async fn events_after(c: &impl GenericClient, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+    let (txid, pos) = match after {
+        None => ("0".to_owned(), 0),
+        Some(p) => parse_position(p)
+            .ok_or_else(|| StoreError::invalid("invalid_position", format!("{p:?} is not a position of this feed")))?,
+    };
+    let stmt = c
+        .prepare_cached(
+            "SELECT txid::text, position, envelope FROM outbox
+             WHERE shop = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())
+               AND (txid, position) > ($2::text::xid8, $3)
+             ORDER BY txid, position LIMIT $4",
+        )
+        .await?;
+    let rows = c.query(&stmt, &[&shop.as_str(), &txid, &pos, &(limit as i64)]).await?;
+    let next =
+        rows.last().map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1))).or_else(|| after.map(str::to_owned));
+    let events = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(2)).map_err(|e| StoreError::Backend(format!("outbox envelope: {e}"))))
+        .collect::<StoreResult<_>>()?;
+    Ok(EventPage { events, next })
+}

@@ -1,0 +1,63 @@
+//! The outbox on SQLite: events written by the same transaction as the business write, with a
+//! per-aggregate sequence taken under the writer's lock. One writer means commit order is
+//! insertion order, so the feed's position never skips a late commit.
+
+use std::cell::RefCell;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+
+use super::ts;
+use crate::events::{envelope, NewEvent};
+use crate::shops::ShopId;
+use crate::store::{EventPage, StoreError, StoreResult};
+
+thread_local! {
+    /// The traceparent of the request whose operation the writer thread is running.
+    static TRACEPARENT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the request's traceparent visible to [`emit`] on this thread.
+pub fn with_traceparent<T>(tp: Option<String>, f: impl FnOnce() -> T) -> T {
+    TRACEPARENT.with(|t| *t.borrow_mut() = tp);
+    let out = f();
+    TRACEPARENT.with(|t| *t.borrow_mut() = None);
+    out
+}
+
+pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+    let seq: i64 = c
+        .prepare_cached(
+            "INSERT INTO aggregate_sequences (aggregate, seq) VALUES (?1, 1)
+             ON CONFLICT (aggregate) DO UPDATE SET seq = seq + 1 RETURNING seq",
+        )?
+        .query_row([&e.aggregate], |r| r.get(0))?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let tp = TRACEPARENT.with(|t| t.borrow().clone());
+    let env = envelope(&id, &e, seq, now, tp.as_deref());
+    let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
+    c.prepare_cached(
+        "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, e.shop, e.aggregate, e.kind, seq, text, ts(now)])?;
+    Ok(())
+}
+
+pub fn events_after(c: &Connection, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+    let after_pos: i64 = match after {
+        None => 0,
+        Some(p) => {
+            p.parse().map_err(|_| StoreError::invalid("invalid_position", format!("{p:?} is not a position of this feed")))?
+        }
+    };
+    let rows: Vec<(i64, String)> = c
+        .prepare_cached("SELECT position, envelope FROM outbox WHERE shop = ?1 AND position > ?2 ORDER BY position LIMIT ?3")?
+        .query_map(params![shop.as_str(), after_pos, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let next = rows.last().map(|(p, _)| p.to_string()).or_else(|| after.map(str::to_owned));
+    let events = rows
+        .into_iter()
+        .map(|(_, text)| serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("outbox envelope: {e}"))))
+        .collect::<StoreResult<_>>()?;
+    Ok(EventPage { events, next })
+}

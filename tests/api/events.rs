@@ -1,0 +1,109 @@
+//! Every business write records its event in the same transaction; the pull feed serves a
+//! shop's events in order. A write that is refused records nothing.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{one_line, problem, spawn, Shop, TestApp};
+
+async fn feed(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize) -> Value {
+    let mut path = format!("/shops/{}/events?limit={limit}", shop.id);
+    if let Some(a) = after {
+        path.push_str(&format!("&after={a}"));
+    }
+    app.get_json_as(&path, &shop.key).await
+}
+
+/// The feed from `after`, once it holds at least `want` events: on PostgreSQL an event shows
+/// only when every transaction older than it has ended, anywhere on the server.
+async fn feed_at_least(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize, want: usize) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let page = feed(app, shop, after, limit).await;
+        if page["events"].as_array().unwrap().len() >= want || t0.elapsed() > std::time::Duration::from_secs(10) {
+            return page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_events(app: &TestApp, shop: &Shop, want: usize) -> Vec<Value> {
+    feed_at_least(app, shop, None, 1000, want).await["events"].as_array().unwrap().clone()
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn each_write_records_one_cloudevent_and_refusals_record_none() {
+    let app = spawn().await;
+    let shop = app.shop_with_stock("acme", "A", 10).await;
+    app.put_product(&shop, "A", 500).await; // unchanged: no event
+    let order: Value = app.order(&shop, "k1", &one_line("A", 2)).await.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    app.order(&shop, "k1", &one_line("A", 2)).await; // a replay: no event
+    let refused = app.order(&shop, "k2", &one_line("A", 50)).await; // insufficient stock: rolled back
+    assert_eq!(problem(refused).await.0, StatusCode::CONFLICT);
+    app.post(&format!("/shops/acme/orders/{id}/pay")).bearer_auth(&shop.key).send().await.unwrap();
+    app.post(&format!("/shops/acme/orders/{id}/ship")).bearer_auth(&shop.key).send().await.unwrap();
+
+    let events = all_events(&app, &shop, 6).await;
+    assert_eq!(
+        types(&events),
+        [
+            "vitrina.shop.created",
+            "vitrina.product.upserted",
+            "vitrina.stock.changed",
+            "vitrina.order.placed",
+            "vitrina.order.paid",
+            "vitrina.order.shipped"
+        ]
+    );
+    let placed = &events[3];
+    assert_eq!(placed["specversion"], "1.0");
+    assert_eq!(placed["source"], "/shops/acme");
+    assert_eq!(placed["shop"], "acme");
+    assert_eq!(placed["subject"], format!("acme/orders/{id}"));
+    assert_eq!(placed["data"]["id"], id);
+    assert!(uuid::Uuid::parse_str(placed["id"].as_str().unwrap()).is_ok());
+    let order_seqs: Vec<i64> = events[3..].iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    assert_eq!(order_seqs, [1, 2, 3], "per-aggregate sequence, strictly increasing");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len());
+}
+
+#[tokio::test]
+async fn the_feed_pages_by_position_and_carries_the_traceparent() {
+    let app = spawn().await;
+    let shop = app.create_shop("acme").await;
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for i in 0..5 {
+        let r = app
+            .put(&format!("/shops/acme/products/P{i}"))
+            .bearer_auth(&shop.key)
+            .header("traceparent", tp)
+            .json(&json!({"name": "p", "category": "c", "price": {"amount": 1, "currency": "USD"}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("vitrina-written-at"));
+    }
+    let first = feed_at_least(&app, &shop, None, 2, 2).await;
+    assert_eq!(types(first["events"].as_array().unwrap()), ["vitrina.shop.created", "vitrina.product.upserted"]);
+    let next = first["next"].as_str().unwrap().to_owned();
+    let rest = feed_at_least(&app, &shop, Some(&next), 100, 4).await;
+    let rest_events = rest["events"].as_array().unwrap();
+    assert_eq!(rest_events.len(), 4);
+    assert!(rest_events.iter().all(|e| e["traceparent"] == tp));
+    let tail = rest["next"].as_str().unwrap().to_owned();
+    let empty = feed(&app, &shop, Some(&tail), 100).await;
+    assert_eq!(empty, json!({"events": [], "next": tail}), "nothing new: keep the same position");
+
+    let bad = app.get("/shops/acme/events?after=nonsense").bearer_auth(&shop.key).send().await.unwrap();
+    assert_eq!(problem(bad).await.0, StatusCode::BAD_REQUEST);
+    let other = app.create_shop("other").await;
+    let foreign = app.get("/shops/acme/events").bearer_auth(&other.key).send().await.unwrap();
+    assert_eq!(problem(foreign).await.0, StatusCode::UNAUTHORIZED);
+}
