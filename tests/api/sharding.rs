@@ -31,6 +31,10 @@ async fn sharded(n: usize) -> TestApp {
     }
 }
 
+async fn move_to(app: &TestApp, shop: &str, to: &str) -> reqwest::Response {
+    app.post(&format!("/shops/{shop}/move")).bearer_auth(ADMIN).json(&serde_json::json!({ "to": to })).send().await.unwrap()
+}
+
 fn shard_names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("shard{i}")).collect()
 }
@@ -159,13 +163,7 @@ async fn a_moved_shop_keeps_its_data_and_its_writes_follow_it() {
 
     let refused = app.post(&format!("/shops/{id}/move")).json(&serde_json::json!({"to": "shard2"})).send().await.unwrap();
     assert_eq!(problem(refused).await.0, StatusCode::UNAUTHORIZED);
-    let moved = app
-        .post(&format!("/shops/{id}/move"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"to": "shard2"}))
-        .send()
-        .await
-        .unwrap();
+    let moved = move_to(&app, &id, "shard2").await;
     assert_eq!(moved.status(), StatusCode::OK);
     let report: Value = moved.json().await.unwrap();
     assert_eq!(
@@ -194,31 +192,13 @@ async fn a_moved_shop_keeps_its_data_and_its_writes_follow_it() {
         assert_eq!(stale.stock(&shop, "A").await.1, 6);
     }
 
-    let same = app
-        .post(&format!("/shops/{id}/move"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"to": "shard2"}))
-        .send()
-        .await
-        .unwrap();
+    let same = move_to(&app, &id, "shard2").await;
     assert_eq!(problem(same).await.0, StatusCode::CONFLICT);
-    let nowhere = app
-        .post(&format!("/shops/{id}/move"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"to": "shard9"}))
-        .send()
-        .await
-        .unwrap();
+    let nowhere = move_to(&app, &id, "shard9").await;
     assert_eq!(problem(nowhere).await.0, StatusCode::UNPROCESSABLE_ENTITY);
 
     // And back again: the rows left on shard 1 are replaced by the current ones.
-    let back = app
-        .post(&format!("/shops/{id}/move"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"to": "shard1"}))
-        .send()
-        .await
-        .unwrap();
+    let back = move_to(&app, &id, "shard1").await;
     assert_eq!(back.status(), StatusCode::OK);
     assert_eq!(count_on_shard(&app, 0, "SELECT count(*) FROM orders WHERE id = $1", &second_id).await, 1);
     let reserved = if stale.is_some() { 6 } else { 5 };

@@ -39,13 +39,8 @@ pub fn get_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Opti
         .optional()?)
 }
 
-pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
-    check_home(c, shop)?;
-    let existing = get_product(c, shop, &p.sku)?;
-    if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
-        return Ok((old.clone(), Upserted::Unchanged));
-    }
-    let version = existing.as_ref().map_or(1, |o| o.version + 1);
+/// Writes a product row as given (version and time included).
+pub fn write_product(c: &Connection, p: &Product) -> StoreResult<()> {
     let attributes = serde_json::to_string(&p.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
     c.prepare_cached(
         "INSERT INTO products (shop, sku, name, category, price_amount, currency, attributes, version, updated_at)
@@ -55,18 +50,29 @@ pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: Date
            attributes = excluded.attributes, version = excluded.version, updated_at = excluded.updated_at",
     )?
     .execute(params![
-        shop.as_str(),
+        p.shop.as_str(),
         p.sku,
         p.name,
         p.category,
         p.price.amount,
         p.price.currency.as_str(),
         attributes,
-        version,
-        ts(now)
+        p.version,
+        ts(p.updated_at)
     ])?;
-    let upserted = if existing.is_some() { Upserted::Updated } else { Upserted::Created };
+    Ok(())
+}
+
+pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+    check_home(c, shop)?;
+    let existing = get_product(c, shop, &p.sku)?;
+    if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
+        return Ok((old.clone(), Upserted::Unchanged));
+    }
+    let version = existing.as_ref().map_or(1, |o| o.version + 1);
     let product = p.stored(shop, version, micros(now));
+    write_product(c, &product)?;
+    let upserted = if existing.is_some() { Upserted::Updated } else { Upserted::Created };
     emit(c, events::product_upserted(&product), now)?;
     Ok((product, upserted))
 }

@@ -107,22 +107,7 @@ pub fn import_shop(c: &Connection, d: &ShopDump) -> StoreResult<()> {
         params![s.id.as_str(), s.name, s.currency.as_str(), &d.shop.api_key_hash[..], ts(s.created_at)],
     )?;
     for p in &d.products {
-        let attributes = serde_json::to_string(&p.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
-        c.prepare_cached(
-            "INSERT INTO products (shop, sku, name, category, price_amount, currency, attributes, version, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            shop.as_str(),
-            p.sku,
-            p.name,
-            p.category,
-            p.price.amount,
-            p.price.currency.as_str(),
-            attributes,
-            p.version,
-            ts(p.updated_at)
-        ])?;
+        catalog::write_product(c, p)?;
     }
     for st in &d.stock {
         c.prepare_cached("INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
