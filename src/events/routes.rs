@@ -1,6 +1,10 @@
+use std::convert::Infallible;
+
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
+use futures::Stream;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -14,8 +18,11 @@ use crate::store::EventPage;
 pub const MAX_EVENTS: i64 = 1000;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_events))
+    OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(stream_events))
 }
+
+/// How often an idle stream looks for new events.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -53,4 +60,80 @@ async fn list_events(
         other => other.into(),
     })?;
     Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Start after this position (a reconnecting client sends `Last-Event-ID` instead).
+    after: Option<String>,
+}
+
+/// The same feed as Server-Sent Events: each event's `event:` is its type, `data:` the
+/// CloudEvent; the last event of each batch carries the position as `id:`, so a client that
+/// reconnects with `Last-Event-ID` continues from there (at least once: dedupe by event id).
+#[utoipa::path(get, path = "/shops/{shop}/events/stream", tag = "events",
+    params(("shop" = String, Path), StreamParams),
+    security(("bearer" = [])),
+    responses((status = 200, content_type = "text/event-stream", description = "CloudEvents as SSE"),
+        (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn stream_events(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut after = resume.or(q.after).filter(|a| a.len() <= 64);
+    // Validate the position once, up front, so a bad one is a 400 rather than a silent stream.
+    state.store().events_after(&shop, after.as_deref(), 1).await.map_err(|e| match e {
+        crate::store::StoreError::Invalid { code, detail } => ApiError::BadRequest { code, detail },
+        other => other.into(),
+    })?;
+    let stream = event_stream(state, shop, after.take());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn event_stream(
+    state: AppState,
+    shop: crate::shops::ShopId,
+    after: Option<String>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(
+        (state, shop, after, std::collections::VecDeque::<Event>::new()),
+        |(state, shop, mut after, mut queue)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok(ev), (state, shop, after, queue)));
+                }
+                // A draining instance ends its streams, so shutdown is not held up by them.
+                if !state.is_ready() {
+                    return None;
+                }
+                match state.store().events_after(&shop, after.as_deref(), 100).await {
+                    Ok(page) if !page.events.is_empty() => {
+                        let n = page.events.len();
+                        for (i, e) in page.events.into_iter().enumerate() {
+                            let kind = e["type"].as_str().unwrap_or("event").to_owned();
+                            let mut ev = Event::default().event(kind).data(e.to_string());
+                            if i + 1 == n {
+                                if let Some(next) = &page.next {
+                                    ev = ev.id(next.clone());
+                                }
+                            }
+                            queue.push_back(ev);
+                        }
+                        after = page.next;
+                    }
+                    Ok(_) => tokio::time::sleep(STREAM_POLL).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream read failed; retrying");
+                        tokio::time::sleep(STREAM_POLL * 4).await;
+                    }
+                }
+            }
+        },
+    )
 }

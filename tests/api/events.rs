@@ -107,3 +107,54 @@ async fn the_feed_pages_by_position_and_carries_the_traceparent() {
     let foreign = app.get("/shops/acme/events").bearer_auth(&other.key).send().await.unwrap();
     assert_eq!(problem(foreign).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// Reads Server-Sent Events until `want` events arrived (bounded by time); returns (type, id) pairs.
+async fn read_sse(resp: &mut reqwest::Response, want: usize) -> Vec<(String, Option<String>)> {
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events: Vec<(String, Option<String>)> = text
+            .split("\n\n")
+            .filter(|block| block.lines().any(|l| l.starts_with("event:")))
+            .map(|block| {
+                let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()));
+                (field("event:").unwrap_or_default(), field("id:"))
+            })
+            .collect();
+        if events.len() >= want || std::time::Instant::now() > deadline {
+            return events;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(1), resp.chunk()).await {
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(_) => return events,
+            Err(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_serves_the_feed_live_and_resumes_from_last_event_id() {
+    let app = spawn().await;
+    let shop = app.shop_with_stock("acme", "A", 10).await;
+    let mut stream = app.get("/shops/acme/events/stream").bearer_auth(&shop.key).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let first = read_sse(&mut stream, 3).await;
+    let kinds: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["vitrina.shop.created", "vitrina.product.upserted", "vitrina.stock.changed"]);
+    let last_id = first.iter().rev().find_map(|(_, id)| id.clone()).expect("a batch ends with its position");
+
+    // Live: a new write shows up on the open stream.
+    assert_eq!(app.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
+    let live = read_sse(&mut stream, 1).await;
+    assert_eq!(live.last().map(|(k, _)| k.as_str()), Some("vitrina.order.placed"));
+    drop(stream);
+
+    // Resuming from the position seen before the order serves only what came after it.
+    let mut resumed =
+        app.get("/shops/acme/events/stream").bearer_auth(&shop.key).header("last-event-id", &last_id).send().await.unwrap();
+    let again = read_sse(&mut resumed, 1).await;
+    assert_eq!(again.first().map(|(k, _)| k.as_str()), Some("vitrina.order.placed"));
+    let bad = app.get("/shops/acme/events/stream?after=nonsense").bearer_auth(&shop.key).send().await.unwrap();
+    assert_eq!(problem(bad).await.0, StatusCode::BAD_REQUEST);
+}
