@@ -89,7 +89,8 @@ const READ_SCRIPT: &str = "\\set n random(1, 100)
 SELECT shop, sku, name, category, price_amount, currency, attributes, version, updated_at FROM products WHERE shop = 'bench' AND sku = 'SKU-' || :n;
 ";
 
-/// pgbench's version of one order: the statements `orders::place` runs, in one transaction.
+/// pgbench's version of one order: the statements `orders::place` runs, in one transaction,
+/// including the home check and the outbox row.
 const ORDER_SCRIPT: &str = "\\set n random(1, 100)
 \\set k random(1, 1000000000000)
 BEGIN;
@@ -104,6 +105,9 @@ SELECT customer_id, status, total_amount, currency, created_at, updated_at, expi
 SELECT sku, name, qty, unit_price, line_total FROM order_lines WHERE order_id = 'pgb-' || :client_id || '-' || :k ORDER BY line_no;
 SELECT status, at, reason FROM order_history WHERE order_id = 'pgb-' || :client_id || '-' || :k ORDER BY seq;
 INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES ('bench', 'pgb-' || :client_id || '-' || :k, '\\x00', 201, '{}', now());
+SELECT moved_to FROM shops WHERE id = 'bench' FOR SHARE;
+INSERT INTO aggregate_sequences (aggregate, seq) VALUES ('bench/orders/pgb-' || :client_id || '-' || :k, 1) ON CONFLICT (aggregate) DO UPDATE SET seq = aggregate_sequences.seq + 1 RETURNING seq;
+INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at) VALUES (md5(random()::text), 'bench', 'bench/orders/pgb-' || :client_id || '-' || :k, 'vitrina.order.placed', 1, '{}', now());
 COMMIT;
 ";
 

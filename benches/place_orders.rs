@@ -148,7 +148,11 @@ fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
     c.pragma_update(None, "synchronous", sync.pragma()).unwrap();
     c.pragma_update(None, "foreign_keys", "ON").unwrap();
     let now = "2026-11-21T00:00:00.000000Z";
-    c.execute("INSERT INTO shops VALUES ('bench', 'Bench', 'USD', x'00', ?1)", [now]).unwrap();
+    c.execute(
+        "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ('bench', 'Bench', 'USD', x'00', ?1)",
+        [now],
+    )
+    .unwrap();
     c.execute("INSERT INTO products VALUES ('bench', 'SKU-1', 'Widget', 'c', 999, 'USD', '{}', 1, ?1)", [now]).unwrap();
     c.execute("INSERT INTO stock VALUES ('bench', 'SKU-1', 1000000000, 0, ?1)", [now]).unwrap();
 
@@ -194,6 +198,28 @@ fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
             .unwrap()
             .execute(params!["bench", key, response, now])
             .unwrap();
+        let moved: Option<String> =
+            c.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1").unwrap().query_row(["bench"], |r| r.get(0)).unwrap();
+        assert!(moved.is_none());
+        let aggregate = format!("bench/orders/{id}");
+        let seq: i64 = c
+            .prepare_cached(
+                "INSERT INTO aggregate_sequences (aggregate, seq) VALUES (?1, 1)
+                 ON CONFLICT (aggregate) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            )
+            .unwrap()
+            .query_row([&aggregate], |r| r.get(0))
+            .unwrap();
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let envelope = json!({"specversion": "1.0", "id": event_id, "source": "/shops/bench", "type": "vitrina.order.placed",
+            "subject": aggregate, "time": now, "sequence": seq, "data": response})
+        .to_string();
+        c.prepare_cached(
+            "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .unwrap()
+        .execute(params![event_id, "bench", aggregate, "vitrina.order.placed", seq, envelope, now])
+        .unwrap();
         c.execute_batch("COMMIT").unwrap();
     };
     for i in 0..orders / 10 {
