@@ -4,12 +4,12 @@
 
 use crate::catalog::{PriceBody, ProductBody};
 use crate::clock::Clock;
-use crate::collections::{object_id, UserDoc};
+use crate::collections::UserDoc;
 use crate::config::Config;
 use crate::money::Currency;
 use crate::secrets::write_private;
 use crate::shops::{generate_api_key, hash_secret, NewShop, ShopId};
-use crate::store::{Store, Upserted};
+use crate::store::{Store, StoreError, Upserted};
 
 pub const HELLO_COLLECTION: &str = "helloDoc";
 pub const HELLO_USERS: i64 = 1000;
@@ -46,6 +46,12 @@ pub struct SeedReport {
     pub demo_shop_key: Option<String>,
 }
 
+/// Fixed ids for the seed documents: instances seeding an empty store at the same moment insert
+/// each document once (the store skips an id it already has).
+fn seed_id(i: i64) -> String {
+    format!("5eed0000{i:016x}")
+}
+
 /// Runs at start when configured: fills only what is missing.
 pub async fn seed_if_empty(store: &dyn Store, config: &Config, clock: &Clock) -> anyhow::Result<()> {
     let report = seed(store, config, clock, &|_, _| {}).await?;
@@ -72,7 +78,7 @@ pub async fn seed(
     }
     if existing.value == 0 {
         let docs = (0..HELLO_USERS)
-            .map(|i| UserDoc { id: object_id(), name: format!("ly{i}"), age: i, extra: Default::default() })
+            .map(|i| UserDoc { id: seed_id(i), name: format!("ly{i}"), age: i, extra: Default::default() })
             .collect();
         // One transaction: the collection is either fully seeded or not at all.
         store.insert_users(HELLO_COLLECTION, docs).await?;
@@ -84,7 +90,7 @@ pub async fn seed(
     let usd = Currency::parse("USD").expect("USD is ISO 4217");
     if store.get_shop(&shop).await?.is_none() {
         let key = generate_api_key();
-        store
+        let created = store
             .create_shop(NewShop {
                 id: shop.clone(),
                 name: "Demo Shop".into(),
@@ -92,11 +98,18 @@ pub async fn seed(
                 api_key_hash: hash_secret(&key),
                 created_at: clock.now(),
             })
-            .await?;
-        let path = config.data_dir.join(DEMO_KEY_FILE);
-        write_private(&path, &key)?;
-        println!("Demo shop '{DEMO_SHOP}' created; its API key is in {}", path.display());
-        report.demo_shop_key = Some(key);
+            .await;
+        match created {
+            Ok(_) => {
+                let path = config.data_dir.join(DEMO_KEY_FILE);
+                write_private(&path, &key)?;
+                println!("Demo shop '{DEMO_SHOP}' created; its API key is in {}", path.display());
+                report.demo_shop_key = Some(key);
+            }
+            // Another instance seeding at the same moment created it first.
+            Err(StoreError::Conflict { code: "shop_exists", .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     for (i, (sku, name, category, cents, on_hand)) in DEMO_PRODUCTS.iter().enumerate() {
         let body = ProductBody {

@@ -69,3 +69,25 @@ async fn a_data_dir_serves_one_process_at_a_time() {
     assert!(err.to_string().contains("in use"), "{err:#}");
     first.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_seed_once() {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        eprintln!("skipped on Sqlite: one process per embedded data dir");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::backend::fresh_database().await;
+    let config = || {
+        let mut c = crate::helpers::test_config(dir.path());
+        crate::backend::use_database(&mut c, &db);
+        c
+    };
+    let (a, b) = tokio::join!(crate::helpers::start(config()), crate::helpers::start(config()));
+    assert_eq!(a.get_json("/helloDoc/count").await["items_count"], 1000);
+    assert_eq!(b.get_json("/helloDoc/count").await["items_count"], 1000);
+    let demo = a.get_json("/shops/demo/products?limit=100").await;
+    assert_eq!(demo["items"].as_array().unwrap().len(), 20);
+    drop((a, b));
+    crate::backend::drop_database(db);
+}

@@ -21,15 +21,19 @@ pub async fn insert(c: &impl GenericClient, collection: &str, docs: &[UserDoc]) 
         .prepare_cached(
             "INSERT INTO seed_docs (id, collection, name, age, extra)
              SELECT id, $1, name, age, extra FROM unnest($2::text[], $3::text[], $4::bigint[], $5::jsonb[])
-               WITH ORDINALITY AS d (id, name, age, extra, n) ORDER BY n",
+               WITH ORDINALITY AS d (id, name, age, extra, n) ORDER BY n
+             ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .await?;
     let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
     let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
     let ages: Vec<i64> = docs.iter().map(|d| d.age).collect();
     let extras: Vec<serde_json::Value> = docs.iter().map(|d| serde_json::Value::Object(d.extra.clone())).collect();
-    c.execute(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?;
-    let events = docs.iter().map(|d| crate::events::user_created(collection, d)).collect();
+    // An id already stored is skipped (and records no event): seeding is idempotent, also when
+    // instances race.
+    let inserted: std::collections::HashSet<String> =
+        c.query(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?.iter().map(|r| r.get(0)).collect();
+    let events = docs.iter().filter(|d| inserted.contains(&d.id)).map(|d| crate::events::user_created(collection, d)).collect();
     super::outbox::emit_all(c, events, chrono::Utc::now()).await
 }
 

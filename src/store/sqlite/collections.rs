@@ -15,11 +15,15 @@ fn to_doc((id, name, age, extra): (String, String, i64, String)) -> StoreResult<
 }
 
 pub fn insert(c: &Connection, collection: &str, docs: &[UserDoc]) -> StoreResult<()> {
-    let mut stmt = c.prepare_cached("INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    // An id already stored is skipped: seeding is idempotent, also when instances race.
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+    )?;
     for d in docs {
         let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
-        stmt.execute(params![d.id, collection, d.name, d.age, extra])?;
-        super::outbox::emit(c, crate::events::user_created(collection, d), chrono::Utc::now())?;
+        if stmt.execute(params![d.id, collection, d.name, d.age, extra])? == 1 {
+            super::outbox::emit(c, crate::events::user_created(collection, d), chrono::Utc::now())?;
+        }
     }
     Ok(())
 }
