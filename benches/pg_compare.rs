@@ -105,7 +105,8 @@ SELECT customer_id, status, total_amount, currency, created_at, updated_at, expi
 SELECT sku, name, qty, unit_price, line_total FROM order_lines WHERE order_id = 'pgb-' || :client_id || '-' || :k ORDER BY line_no;
 SELECT status, at, reason FROM order_history WHERE order_id = 'pgb-' || :client_id || '-' || :k ORDER BY seq;
 INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES ('bench', 'pgb-' || :client_id || '-' || :k, '\\x00', 201, '{}', now());
-SELECT moved_to FROM shops WHERE id = 'bench' FOR SHARE;
+SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || 'bench', 0));
+SELECT moved_to FROM shops WHERE id = 'bench';
 INSERT INTO aggregate_sequences (aggregate, seq) VALUES ('bench/orders/pgb-' || :client_id || '-' || :k, 1) ON CONFLICT (aggregate) DO UPDATE SET seq = aggregate_sequences.seq + 1 RETURNING seq;
 INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at) VALUES (md5(random()::text), 'bench', 'bench/orders/pgb-' || :client_id || '-' || :k, 'vitrina.order.placed', 1, '{}', now());
 COMMIT;

@@ -334,7 +334,11 @@ impl Store for PgStore {
 
     async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
         let _mark = self.replicas.writing(shop.as_str());
-        moves::mark_shop(&self.client().await?, shop, moved_to).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        moves::mark_shop(&tx, shop, moved_to).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {

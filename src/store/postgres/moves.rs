@@ -9,10 +9,16 @@ use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
 use crate::store::{home_check, StoreError, StoreResult};
 
-/// Refuses a shop's write on a shard it has left (or is leaving). `FOR SHARE` makes the move's
-/// mark wait for writes already running, and writes that start later see the mark.
+/// Refuses a shop's write on a shard it has left (or is leaving). Writers hold the shop's fence
+/// lock shared until they commit; a move takes it exclusively to set its mark, so it waits for
+/// writes already running, and writes that start later wait for the mark and then see it.
+/// An advisory lock rather than `FOR SHARE` on the shop row: a hot shop's concurrent orders
+/// would otherwise pile up as a multixact on that one row.
 pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
-    let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1 FOR SHARE").await?;
+    let stmt = c.prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || $1::text, 0))").await?;
+    c.execute(&stmt, &[&shop.as_str()]).await?;
+    // A statement of its own: its snapshot must be taken after the lock was granted.
+    let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
     let moved: Option<String> = c.query_opt(&stmt, &[&shop.as_str()]).await?.and_then(|r| r.get(0));
     home_check(shop, moved)
 }
@@ -38,7 +44,9 @@ pub async fn set_pin(c: &impl GenericClient, shop: &ShopId, shard: Option<&str>,
     Ok(())
 }
 
+/// Run inside a transaction: the exclusive fence lock is held until it commits.
 pub async fn mark_shop(c: &impl GenericClient, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+    c.execute("SELECT pg_advisory_xact_lock(hashtextextended('fence/' || $1::text, 0))", &[&shop.as_str()]).await?;
     let n = c.execute("UPDATE shops SET moved_to = $2 WHERE id = $1", &[&shop.as_str(), &moved_to]).await?;
     if n == 0 {
         return Err(StoreError::not_found("shop", shop.as_str()));
