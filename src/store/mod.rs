@@ -48,6 +48,25 @@ pub enum StoreError {
 /// `shops.moved_to` while a shop's rows are being copied: its writes wait for the move.
 pub const MOVING: &str = "moving";
 
+/// The mark a shop must carry for `next` to be set: a fence goes up on a live shop, and only a
+/// fenced shop is released or sent on. Two moves of one shop can therefore never interleave.
+pub fn mark_precondition(next: Option<&str>) -> Option<&'static str> {
+    match next {
+        Some(m) if m == MOVING => None,
+        _ => Some(MOVING),
+    }
+}
+
+/// Refusal when a shop's mark was not the one a step of a move expects.
+pub fn mark_refused(shop: &ShopId, next: Option<&str>) -> StoreError {
+    match next {
+        Some(m) if m == MOVING => {
+            StoreError::conflict("move_in_progress", format!("shop {shop} is being moved or has moved already"))
+        }
+        _ => StoreError::conflict("not_fenced", format!("shop {shop} is not fenced for a move")),
+    }
+}
+
 /// Whether writes for a shop may proceed on this shard, from its `moved_to` mark.
 pub fn home_check(shop: &ShopId, moved_to: Option<String>) -> StoreResult<()> {
     match moved_to {
@@ -266,4 +285,20 @@ pub struct CollectionCount {
     pub collection: String,
     pub shard: String,
     pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_goes_live_then_fenced_then_released_or_sent_on() {
+        assert_eq!(mark_precondition(Some(MOVING)), None, "a fence goes up on a live shop");
+        assert_eq!(mark_precondition(None), Some(MOVING), "only a fenced shop is released");
+        assert_eq!(mark_precondition(Some("shard2")), Some(MOVING), "only a fenced shop is sent on");
+        let shop = ShopId::parse("acme").unwrap();
+        assert!(matches!(home_check(&shop, None), Ok(())));
+        assert!(matches!(home_check(&shop, Some(MOVING.into())), Err(StoreError::Unavailable(_))));
+        assert!(matches!(home_check(&shop, Some("shard2".into())), Err(StoreError::Moved { .. })));
+    }
 }

@@ -221,6 +221,15 @@ async fn a_fenced_shop_answers_retry_later_and_loses_nothing() {
         app.put("/shops/fenced/stock/A").bearer_auth(&shop.key).json(&serde_json::json!({"on_hand": 3})).send().await.unwrap();
     assert_eq!(problem(r).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.stock(&shop, "A").await, (10, 0, 10), "reads go on, nothing was written");
+    // A second move cannot start on a fenced shop, and does not lift the first one's fence.
+    let home = app.get_json("/").await;
+    let names: Vec<String> =
+        home["topology"]["store"]["shards"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    for to in &names {
+        let r = move_to(&app, "fenced", to).await;
+        assert_eq!(problem(r).await.0, StatusCode::CONFLICT);
+    }
+    assert_eq!(problem(app.order(&shop, "k1", &one_line("A", 1)).await).await.0, StatusCode::SERVICE_UNAVAILABLE);
     app.state.store().mark_shop(&id, None).await.unwrap();
     assert_eq!(app.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
 }

@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use super::{catalog, orders, shops};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{home_check, StoreError, StoreResult};
+use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
 
 /// Refuses a shop's write on a shard it has left (or is leaving). Writers hold the shop's fence
 /// lock shared until they commit; a move takes it exclusively to set its mark, so it waits for
@@ -47,9 +47,18 @@ pub async fn set_pin(c: &impl GenericClient, shop: &ShopId, shard: Option<&str>,
 /// Run inside a transaction: the exclusive fence lock is held until it commits.
 pub async fn mark_shop(c: &impl GenericClient, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
     c.execute("SELECT pg_advisory_xact_lock(hashtextextended('fence/' || $1::text, 0))", &[&shop.as_str()]).await?;
-    let n = c.execute("UPDATE shops SET moved_to = $2 WHERE id = $1", &[&shop.as_str(), &moved_to]).await?;
+    let expected = mark_precondition(moved_to);
+    let n = c
+        .execute(
+            "UPDATE shops SET moved_to = $2 WHERE id = $1 AND moved_to IS NOT DISTINCT FROM $3",
+            &[&shop.as_str(), &moved_to, &expected],
+        )
+        .await?;
     if n == 0 {
-        return Err(StoreError::not_found("shop", shop.as_str()));
+        return Err(match shops::get(c, shop).await? {
+            None => StoreError::not_found("shop", shop.as_str()),
+            Some(_) => mark_refused(shop, moved_to),
+        });
     }
     Ok(())
 }

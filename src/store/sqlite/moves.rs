@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{catalog, orders, parse_ts, shops, ts};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{home_check, StoreError, StoreResult};
+use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
 
 /// Refuses a shop's write on a shard it has left (or is leaving). Runs inside the write's own
 /// transaction, and the single writer orders it against the move's mark.
@@ -37,9 +37,17 @@ pub fn set_pin(c: &Connection, shop: &ShopId, shard: Option<&str>, now: DateTime
 }
 
 pub fn mark_shop(c: &Connection, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
-    let n = c.prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1")?.execute(params![shop.as_str(), moved_to])?;
+    let expected = mark_precondition(moved_to);
+    let n = c.prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1 AND moved_to IS ?3")?.execute(params![
+        shop.as_str(),
+        moved_to,
+        expected
+    ])?;
     if n == 0 {
-        return Err(StoreError::not_found("shop", shop.as_str()));
+        return Err(match shops::get(c, shop)? {
+            None => StoreError::not_found("shop", shop.as_str()),
+            Some(_) => mark_refused(shop, moved_to),
+        });
     }
     Ok(())
 }
