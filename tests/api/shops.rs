@@ -21,6 +21,7 @@ async fn creating_a_shop_needs_the_admin_token_and_shows_the_key_once() {
 
     let fetched: Value = app.get_json("/shops/acme").await;
     assert_eq!(fetched["name"], "ACME");
+    assert_eq!(fetched["created_at"], created["created_at"], "what creation answered is what is stored");
     assert!(fetched.get("api_key").is_none(), "the key is never shown again");
 
     let r = app.post("/shops").bearer_auth(ADMIN).json(&body).send().await.unwrap();
