@@ -13,9 +13,18 @@ use crate::app::AppState;
 use crate::auth;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
-use crate::store::EventPage;
+use crate::pagination;
+use crate::store::{EventPage, StoreError};
 
-pub const MAX_EVENTS: i64 = 1000;
+pub const MAX_EVENTS: usize = 1000;
+
+/// A position the feed did not issue is the caller's mistake: 400, not 422.
+fn position_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid { code, detail } => ApiError::BadRequest { code, detail },
+        other => other.into(),
+    }
+}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(stream_events))
@@ -47,18 +56,12 @@ async fn list_events(
 ) -> ApiResult<Json<EventPage>> {
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
-    let limit = match q.limit {
-        None => 100,
-        Some(n) if (1..=MAX_EVENTS).contains(&n) => n as usize,
-        Some(_) => return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_EVENTS}"))),
-    };
+    let limit = pagination::limit(q.limit, 100, MAX_EVENTS)
+        .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_EVENTS}")))?;
     if q.after.as_ref().is_some_and(|a| a.len() > 64) {
         return Err(ApiError::bad_request("invalid_position", "after is not a position of this feed"));
     }
-    let page = state.store().events_after(&shop, q.after.as_deref(), limit).await.map_err(|e| match e {
-        crate::store::StoreError::Invalid { code, detail } => ApiError::BadRequest { code, detail },
-        other => other.into(),
-    })?;
+    let page = state.store().events_after(&shop, q.after.as_deref(), limit).await.map_err(position_error)?;
     Ok(Json(page))
 }
 
@@ -86,13 +89,10 @@ async fn stream_events(
     let shop = auth::shop_id(&shop)?;
     auth::require_shop_key(&state, &headers, &shop).await?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mut after = resume.or(q.after).filter(|a| a.len() <= 64);
+    let after = resume.or(q.after).filter(|a| a.len() <= 64);
     // Validate the position once, up front, so a bad one is a 400 rather than a silent stream.
-    state.store().events_after(&shop, after.as_deref(), 1).await.map_err(|e| match e {
-        crate::store::StoreError::Invalid { code, detail } => ApiError::BadRequest { code, detail },
-        other => other.into(),
-    })?;
-    let stream = event_stream(state, shop, after.take());
+    state.store().events_after(&shop, after.as_deref(), 1).await.map_err(position_error)?;
+    let stream = event_stream(state, shop, after);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
