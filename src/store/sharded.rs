@@ -219,7 +219,7 @@ impl Store for ShardedStore {
         if self.get_shop(&shop.id).await?.is_some() {
             return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", shop.id)));
         }
-        self.for_shop(&shop.id).create_shop(shop.clone()).await
+        self.for_shop(&shop.id).create_shop(shop).await
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
