@@ -47,6 +47,13 @@ pub struct Inner {
     pub started: Instant,
     ready: AtomicBool,
     store_config: Mutex<StoreSettings>,
+    /// Bumped when the store is swapped, so background tasks reattach to the new one.
+    store_generation: watch::Sender<u64>,
+    /// Every committed event of every shard, for this instance's own subscribers.
+    pub bus: events::bus::Bus,
+    pub relay_status: Arc<events::relay::RelayStatus>,
+    /// This instance's relay, when `events.relay` is on.
+    relay: Option<Arc<events::relay::Relay>>,
 }
 
 /// The part of the configuration that a reload may change: where the data lives.
@@ -87,6 +94,7 @@ impl AppState {
         let fresh = crate::store::open(config).await?;
         let old = std::mem::replace(&mut *self.store.write().unwrap_or_else(|p| p.into_inner()), fresh);
         *self.store_config.lock().unwrap_or_else(|p| p.into_inner()) = StoreSettings::of(config);
+        self.store_generation.send_modify(|g| *g += 1);
         tracing::info!("storage configuration reloaded");
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         tokio::spawn(async move {
@@ -135,6 +143,7 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(inventory::routes::router())
         .merge(orders::routes::router())
         .merge(events::routes::router())
+        .merge(events::webhooks::router())
         .merge(health::router())
         .merge(telemetry::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
@@ -171,7 +180,16 @@ impl Application {
         if config.seed_on_start {
             seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
         }
+        let relay_status = Arc::new(events::relay::RelayStatus::default());
+        let relay = match config.events.relay {
+            true => Some(Arc::new(events::relay::Relay::new(&config.events, relay_status.clone())?)),
+            false => None,
+        };
         let state = AppState(Arc::new(Inner {
+            store_generation: watch::channel(0).0,
+            bus: events::bus::Bus::new(4096),
+            relay_status,
+            relay,
             users_cache: UsersCache::new(Duration::from_secs(config.cache.users_ttl_secs), config.cache.max_entries),
             in_flight: InFlight::default(),
             clock,
@@ -227,7 +245,8 @@ impl Application {
         let Application { listener, router, state, reload } = self;
         let reloader = reload.map(|source| tokio::spawn(reload_on_hangup(state.clone(), source)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx));
+        let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx.clone()));
+        let events = tokio::spawn(run_events(state.clone(), stop_rx));
         state.set_ready(true);
         tracing::info!(addr = %listener.local_addr()?, "vitrina is ready");
 
@@ -260,6 +279,7 @@ impl Application {
         }
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        let _ = events.await;
         if let Some(r) = reloader {
             r.abort();
         }
@@ -267,6 +287,35 @@ impl Application {
         tokio::task::spawn_blocking(move || store.close()).await?;
         tracing::info!("vitrina stopped");
         Ok(())
+    }
+}
+
+/// The bus tails, the relay (when on) and its status, attached to the store in force and
+/// restarted on the new one when the store is swapped.
+async fn run_events(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut generation = state.store_generation.subscribe();
+    loop {
+        let outboxes = state.store().outboxes();
+        let (inner_tx, inner_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let poll = Duration::from_millis(state.config.events.poll_ms);
+        for outbox in &outboxes {
+            tasks.spawn(state.bus.clone().tail(outbox.clone(), poll, inner_rx.clone()));
+        }
+        let status = state.relay_status.clone();
+        tasks.spawn(events::relay::watch_status(outboxes.clone(), state.config.events.clone(), status, inner_rx.clone()));
+        if let Some(relay) = &state.relay {
+            tasks.spawn(relay.clone().run(outboxes, inner_rx));
+        }
+        let stopping = tokio::select! {
+            _ = stop.wait_for(|s| *s) => true,
+            _ = generation.changed() => false,
+        };
+        let _ = inner_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        if stopping {
+            return;
+        }
     }
 }
 

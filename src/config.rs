@@ -32,6 +32,7 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub limits: LimitsConfig,
     pub cache: CacheConfig,
+    pub events: crate::events::config::EventsConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// How long `/health/ready` reports not-ready before the listener closes, so balancers
@@ -179,6 +180,7 @@ impl Default for Config {
             sqlite: SqliteConfig::default(),
             limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
+            events: Default::default(),
             shutdown_grace_secs: 30,
             shutdown_drain_secs: 0,
         }
@@ -285,6 +287,7 @@ impl Config {
                 bail!("postgres shard names must be unique and non-empty");
             }
         }
+        self.events.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");
@@ -298,6 +301,11 @@ impl Config {
         let mut shown = self.clone();
         if shown.admin_token.is_some() {
             shown.admin_token = Some("<set>".into());
+        }
+        shown.events = self.events.redacted();
+        for shard in &mut shown.postgres.shards {
+            shard.primary = crate::secrets::mask_url_password(&shard.primary);
+            shard.replicas = shard.replicas.iter().map(|r| crate::secrets::mask_url_password(r)).collect();
         }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }

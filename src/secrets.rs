@@ -41,3 +41,33 @@ pub fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<(
     f.write_all(b"\n")?;
     f.sync_all()
 }
+
+/// A URL fit to print: the password of `scheme://user:password@host` (or a `password=` setting)
+/// replaced by `***`.
+pub fn mask_url_password(url: &str) -> String {
+    if let Some(start) = url.find("://").map(|i| i + 3) {
+        let authority_end = url[start..].find(['/', '?']).map_or(url.len(), |i| start + i);
+        if let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) {
+            if let Some(colon) = url[start..at].find(':').map(|i| start + i) {
+                return format!("{}***{}", &url[..=colon], &url[at..]);
+            }
+        }
+        return url.to_owned();
+    }
+    url.split(' ')
+        .map(|part| if part.starts_with("password=") { "password=***".to_owned() } else { part.to_owned() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn masks_passwords_in_urls() {
+        use super::mask_url_password as m;
+        assert_eq!(m("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(m("postgres://postgres@127.0.0.1/db"), "postgres://postgres@127.0.0.1/db");
+        assert_eq!(m("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(m("host=a user=b password=c"), "host=a user=b password=***");
+    }
+}

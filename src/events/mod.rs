@@ -1,11 +1,33 @@
 //! Events: every business write records what happened, in the same transaction, as a
-//! CloudEvents 1.0 envelope in its shard's outbox. The pull feed serves them per shop in order;
-//! relays and sinks (later) publish them downstream.
+//! CloudEvents 1.0 envelope in its shard's outbox. From there the pull feed serves them per shop
+//! in order (`routes`), the relay publishes them to brokers and webhooks (`relay`, `sinks`), and
+//! every instance's in-process bus hands them to local subscribers (`bus`). Consumers apply each
+//! at most once with the inbox (`inbox`).
 
+pub mod bus;
+pub mod config;
+pub mod inbox;
+pub mod relay;
 pub mod routes;
+pub mod sinks;
+pub mod webhooks;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
+
+/// Every type of event vitrina records.
+pub const EVENT_TYPES: &[&str] = &[
+    "vitrina.shop.created",
+    "vitrina.product.upserted",
+    "vitrina.product.deleted",
+    "vitrina.stock.changed",
+    "vitrina.order.placed",
+    "vitrina.order.paid",
+    "vitrina.order.shipped",
+    "vitrina.order.delivered",
+    "vitrina.order.cancelled",
+    "vitrina.user.created",
+];
 
 /// A fact to record: its type (`vitrina.order.placed`), the aggregate it is about, its data.
 #[derive(Debug, Clone)]

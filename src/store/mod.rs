@@ -8,6 +8,7 @@
 
 pub mod dump;
 pub mod moving;
+pub mod outbox;
 pub mod postgres;
 pub mod sharded;
 pub mod sqlite;
@@ -242,6 +243,27 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a shop's rows as exported, in one transaction. Rows a shop left behind here when it
     /// moved away earlier (a tombstone) are replaced; a shop living here is refused.
     async fn import_shop(&self, dump: dump::ShopDump) -> StoreResult<()>;
+
+    async fn create_webhook(&self, shop: &ShopId, hook: outbox::Webhook) -> StoreResult<outbox::Webhook>;
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<outbox::Webhook>>;
+    /// Removes a subscription with its delivery log.
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()>;
+    /// A subscription's delivery log, newest first, optionally of one status.
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<outbox::Delivery>>;
+    /// Puts a subscription's dead deliveries back in line until `deliver_by`; how many.
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Events of this shop that a sink gave up on.
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<outbox::DeadLetter>>;
+    /// Asks the relay to publish the shop's dead letters again (of one sink, or all); how many.
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64>;
+    /// The outbox of every shard, each for its own relay.
+    fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn outbox::Outbox>>;
 
     /// Moves a shop's data to another shard; only a sharded store can.
     async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<moving::MoveReport> {

@@ -20,6 +20,7 @@ use crate::inventory::Stock;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::routing::Ring;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
 
 pub struct ShardedStore {
     ring: Ring,
@@ -340,6 +341,44 @@ impl Store for ShardedStore {
 
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<super::EventPage> {
         self.for_shop(shop).events_after(shop, after, limit).await
+    }
+
+    async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
+        self.on_shop(shop, |s| s.create_webhook(shop, hook.clone())).await
+    }
+
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        self.read_shop(shop, |s| s.webhooks(shop), Vec::is_empty).await
+    }
+
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        self.on_shop(shop, |s| s.delete_webhook(shop, id)).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.for_shop(shop).webhook_deliveries(shop, id, status, limit).await
+    }
+
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.on_shop(shop, |s| s.replay_webhook(shop, id, deliver_by, now)).await
+    }
+
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        self.for_shop(shop).dead_letters(shop, limit).await
+    }
+
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        self.for_shop(shop).replay_dead_letters(shop, sink).await
+    }
+
+    fn outboxes(self: Arc<Self>) -> Vec<Arc<dyn Outbox>> {
+        self.shards.iter().flat_map(|s| Arc::clone(s).outboxes()).collect()
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

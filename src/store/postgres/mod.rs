@@ -8,9 +8,12 @@ mod collections;
 mod moves;
 mod orders;
 mod outbox;
+mod partitions;
+mod relay;
 mod replicas;
 mod schema;
 mod shops;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use crate::ingest::FeedOp;
 use crate::inventory::Stock;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
 
 pub struct PgStore {
     name: String,
@@ -318,6 +322,55 @@ impl Store for PgStore {
 
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
         outbox::events_after(&self.client().await?, shop, after, limit).await
+    }
+
+    async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        moves::check_home(&tx, shop).await?;
+        webhooks::create(&tx, &hook).await?;
+        tx.commit().await?;
+        Ok(hook)
+    }
+
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        webhooks::list(&self.client().await?, shop.as_str()).await
+    }
+
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        moves::check_home(&tx, shop).await?;
+        webhooks::delete(&tx, shop.as_str(), id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        webhooks::deliveries(&self.client().await?, shop.as_str(), id, status, limit).await
+    }
+
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        webhooks::replay(&self.client().await?, shop.as_str(), id, deliver_by, now).await
+    }
+
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        webhooks::dead_letters(&self.client().await?, shop.as_str(), limit).await
+    }
+
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        webhooks::replay_dead_letters(&self.client().await?, shop.as_str(), sink).await
+    }
+
+    fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn Outbox>> {
+        vec![self]
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

@@ -140,6 +140,108 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_by_shop ON outbox (shop, txid, position);
 "#,
     ),
+    (
+        4,
+        "relay progress per sink, dead letters, webhook subscriptions and deliveries, the inbox",
+        r#"
+CREATE TABLE relay_sinks (
+    sink          TEXT PRIMARY KEY,
+    cursor        TEXT,
+    head_attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    lease_until   TIMESTAMPTZ,
+    last_error    TEXT,
+    delivered     BIGINT NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE dead_letters (
+    sink       TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    position   TEXT NOT NULL,
+    shop       TEXT,
+    type       TEXT NOT NULL,
+    envelope   TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    error      TEXT NOT NULL,
+    dead_at    TIMESTAMPTZ NOT NULL,
+    replay     BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (sink, event_id)
+);
+CREATE INDEX dead_letters_by_shop ON dead_letters (shop, dead_at);
+CREATE TABLE webhooks (
+    id         TEXT PRIMARY KEY,
+    shop       TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    events     TEXT NOT NULL,
+    secret     TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX webhooks_by_shop ON webhooks (shop, created_at);
+CREATE TABLE webhook_deliveries (
+    id              BIGSERIAL PRIMARY KEY,
+    webhook         TEXT NOT NULL,
+    shop            TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    aggregate       TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    envelope        TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ NOT NULL,
+    deliver_by      TIMESTAMPTZ NOT NULL,
+    lease_owner     TEXT,
+    lease_until     TIMESTAMPTZ,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      TIMESTAMPTZ NOT NULL,
+    delivered_at    TIMESTAMPTZ,
+    UNIQUE (webhook, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook, id);
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (webhook, aggregate, id) WHERE status = 'pending';
+CREATE TABLE inbox (
+    consumer     TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+-- The outbox becomes partitioned by day so retention drops whole partitions. Days already holding
+-- events, and the next few, get their partition now; a default partition catches anything else.
+ALTER TABLE outbox RENAME TO outbox_unpartitioned;
+ALTER INDEX outbox_pkey RENAME TO outbox_unpartitioned_pkey;
+ALTER SEQUENCE outbox_position_seq OWNED BY NONE;
+CREATE TABLE outbox (
+    position   BIGINT NOT NULL DEFAULT nextval('outbox_position_seq'),
+    txid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id         TEXT NOT NULL,
+    shop       TEXT,
+    aggregate  TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    sequence   BIGINT NOT NULL,
+    envelope   TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (created_at, position)
+) PARTITION BY RANGE (created_at);
+CREATE TABLE outbox_default PARTITION OF outbox DEFAULT;
+DO $$
+DECLARE d date;
+BEGIN
+    FOR d IN SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date FROM outbox_unpartitioned
+             UNION SELECT (now() AT TIME ZONE 'UTC')::date + i FROM generate_series(0, 2) AS i
+    LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF outbox FOR VALUES FROM (%L) TO (%L)',
+            'outbox_' || to_char(d, 'YYYYMMDD'), d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+    END LOOP;
+END $$;
+INSERT INTO outbox (position, txid, id, shop, aggregate, type, sequence, envelope, created_at)
+    SELECT position, txid, id, shop, aggregate, type, sequence, envelope, created_at FROM outbox_unpartitioned;
+DROP TABLE outbox_unpartitioned;
+ALTER SEQUENCE outbox_position_seq OWNED BY outbox.position;
+CREATE INDEX outbox_in_feed_order ON outbox (txid, position);
+CREATE INDEX outbox_by_shop_in_feed_order ON outbox (shop, txid, position);
+"#,
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {

@@ -7,8 +7,10 @@ mod moves;
 mod orders;
 mod outbox;
 mod readers;
+mod relay;
 mod schema;
 mod shops;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::ingest::FeedOp;
 use crate::inventory::Stock;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
 
 /// The shard name of an unsharded embedded store.
 pub const SINGLE_SHARD: &str = "local";
@@ -46,6 +49,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<Writer>>,
     writer_thread: Mutex<Option<WriterThread>>,
     readers: Readers,
+    /// One relay leads this shard at a time within the process that owns the file.
+    relay_leader: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -77,6 +82,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             writer_thread: Mutex::new(Some(thread)),
             readers: Readers::new(readers),
+            relay_leader: Default::default(),
         })
     }
 
@@ -285,6 +291,67 @@ impl Store for SqliteStore {
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
         let (shop, after) = (shop.clone(), after.map(str::to_owned));
         self.read(move |c| outbox::events_after(c, &shop, after.as_deref(), limit)).await
+    }
+
+    async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
+        let shop = shop.clone();
+        self.write(move |c| {
+            moves::check_home(c, &shop)?;
+            webhooks::create(c, &hook)?;
+            Ok(hook)
+        })
+        .await
+    }
+
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        let shop = shop.clone();
+        self.read(move |c| webhooks::list(c, shop.as_str())).await
+    }
+
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| {
+            moves::check_home(c, &shop)?;
+            webhooks::delete(c, shop.as_str(), &id)
+        })
+        .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (shop, id, status) = (shop.clone(), id.to_owned(), status.map(str::to_owned));
+        self.read(move |c| webhooks::deliveries(c, shop.as_str(), &id, status.as_deref(), limit)).await
+    }
+
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| webhooks::replay(c, shop.as_str(), &id, deliver_by, now)).await
+    }
+
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        let shop = shop.clone();
+        self.read(move |c| relay::dead_letters(c, shop.as_str(), limit)).await
+    }
+
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        let (shop, sink) = (shop.clone(), sink.map(str::to_owned));
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE dead_letters SET replay = TRUE WHERE shop = ?1 AND (?2 IS NULL OR sink = ?2)",
+                rusqlite::params![shop.as_str(), sink],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn Outbox>> {
+        vec![self]
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

@@ -131,6 +131,75 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_by_shop ON outbox (shop, position);
 "#,
     ),
+    (
+        4,
+        "relay progress per sink, dead letters, webhook subscriptions and deliveries, the inbox",
+        r#"
+CREATE TABLE relay_sinks (
+    sink          TEXT PRIMARY KEY,
+    cursor        TEXT,
+    head_attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    lease_until   TEXT,
+    last_error    TEXT,
+    delivered     BIGINT NOT NULL DEFAULT 0,
+    updated_at    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE dead_letters (
+    sink       TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    position   TEXT NOT NULL,
+    shop       TEXT,
+    type       TEXT NOT NULL,
+    envelope   TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    error      TEXT NOT NULL,
+    dead_at    TEXT NOT NULL,
+    replay     BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (sink, event_id)
+) WITHOUT ROWID;
+CREATE INDEX dead_letters_by_shop ON dead_letters (shop, dead_at);
+CREATE TABLE webhooks (
+    id         TEXT PRIMARY KEY,
+    shop       TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    events     TEXT NOT NULL,
+    secret     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX webhooks_by_shop ON webhooks (shop, created_at);
+CREATE TABLE webhook_deliveries (
+    id              INTEGER PRIMARY KEY,
+    webhook         TEXT NOT NULL,
+    shop            TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    aggregate       TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    envelope        TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    deliver_by      TEXT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     TEXT,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT,
+    UNIQUE (webhook, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook, id);
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (webhook, aggregate, id) WHERE status = 'pending';
+CREATE TABLE inbox (
+    consumer     TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    processed_at TEXT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+ALTER TABLE outbox DROP COLUMN status;
+"#,
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {

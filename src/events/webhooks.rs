@@ -1,0 +1,235 @@
+//! A shop's webhook subscriptions, their delivery log and replays, and the shop's dead letters
+//! of the configured sinks. Deliveries themselves are the relay's work (`events::relay`).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::app::AppState;
+use crate::auth;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::pagination;
+use crate::store::outbox::{DeadLetter, Delivery, Webhook};
+use crate::validate::FieldError;
+
+/// Subscriptions one shop may hold.
+pub const MAX_WEBHOOKS: usize = 32;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(replay_webhook))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letters))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    /// `https://` (or `http://`) endpoint that receives one POST per event.
+    url: String,
+    /// Event types to deliver (`vitrina.order.placed`, ...), or `["*"]` for all.
+    events: Vec<String>,
+    /// Signing key, 16-256 characters; generated when omitted.
+    secret: Option<String>,
+}
+
+fn check(body: &NewWebhook) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    match reqwest::Url::parse(&body.url) {
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && body.url.len() <= 2048 => {}
+        _ => errors.push(FieldError::new("url", "must be an http(s) URL of at most 2048 characters")),
+    }
+    if body.events.is_empty() || body.events.len() > super::EVENT_TYPES.len() {
+        errors.push(FieldError::new("events", "must name 1 or more event types, or \"*\""));
+    }
+    for e in &body.events {
+        if e != "*" && !super::EVENT_TYPES.contains(&e.as_str()) {
+            errors.push(FieldError::new("events", format!("unknown event type {:?}", e.chars().take(64).collect::<String>())));
+        }
+    }
+    if let Some(s) = &body.secret {
+        crate::validate::text(&mut errors, "secret", s, 16, 256);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// Subscribes an endpoint to the shop's events. Each delivery is signed
+/// (`Vitrina-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`), retried with
+/// exponential backoff and jitter for up to 24 hours, and kept in the delivery log.
+#[utoipa::path(post, path = "/shops/{shop}/webhooks", tag = "events",
+    params(("shop" = String, Path)), request_body = NewWebhook, security(("bearer" = [])),
+    responses((status = 201, body = Webhook), (status = 401, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewWebhook>,
+) -> ApiResult<(StatusCode, Json<Webhook>)> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    check(&body)?;
+    let store = state.store();
+    if store.webhooks(&shop).await?.len() >= MAX_WEBHOOKS {
+        return Err(ApiError::Conflict { code: "too_many_webhooks", detail: format!("a shop may hold {MAX_WEBHOOKS} webhooks") });
+    }
+    let mut events = body.events;
+    events.sort_unstable();
+    events.dedup();
+    let hook = Webhook {
+        id: uuid::Uuid::now_v7().to_string(),
+        shop: shop.to_string(),
+        url: body.url,
+        events,
+        secret: body.secret.unwrap_or_else(|| format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()))),
+        created_at: crate::store::micros(state.clock.now()),
+    };
+    Ok((StatusCode::CREATED, Json(store.create_webhook(&shop, hook).await?)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    webhooks: Vec<Webhook>,
+}
+
+/// The shop's subscriptions.
+#[utoipa::path(get, path = "/shops/{shop}/webhooks", tag = "events",
+    params(("shop" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
+async fn list_webhooks(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<WebhookList>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    Ok(Json(WebhookList { webhooks: state.store().webhooks(&shop).await? }))
+}
+
+/// Unsubscribes: nothing more is sent, and the delivery log goes with it.
+#[utoipa::path(delete, path = "/shops/{shop}/webhooks/{id}", tag = "events",
+    params(("shop" = String, Path), ("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    Path((shop, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    state.store().delete_webhook(&shop, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryParams {
+    /// `pending`, `delivered` or `dead`.
+    status: Option<String>,
+    /// 1-1000, default 100.
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryLog {
+    deliveries: Vec<Delivery>,
+}
+
+/// The subscription's delivery log, newest first: attempts, last answer, next try.
+#[utoipa::path(get, path = "/shops/{shop}/webhooks/{id}/deliveries", tag = "events",
+    params(("shop" = String, Path), ("id" = String, Path), DeliveryParams), security(("bearer" = [])),
+    responses((status = 200, body = DeliveryLog), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Path((shop, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<DeliveryParams>,
+) -> ApiResult<Json<DeliveryLog>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    if q.status.as_deref().is_some_and(|s| !["pending", "delivered", "dead"].contains(&s)) {
+        return Err(ApiError::bad_request("invalid_status", "status must be pending, delivered or dead"));
+    }
+    let limit =
+        pagination::limit(q.limit, 100, 1000).ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be 1-1000"))?;
+    Ok(Json(DeliveryLog { deliveries: state.store().webhook_deliveries(&shop, &id, q.status.as_deref(), limit).await? }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    /// How many were put back in line.
+    replayed: u64,
+}
+
+/// Puts the subscription's dead deliveries back in line, with fresh attempts and a new 24-hour
+/// window; they go out in their original order.
+#[utoipa::path(post, path = "/shops/{shop}/webhooks/{id}/replay", tag = "events",
+    params(("shop" = String, Path), ("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 202, body = Replayed), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn replay_webhook(
+    State(state): State<AppState>,
+    Path((shop, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<Replayed>)> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let now = state.clock.now();
+    let deliver_by = now + chrono::Duration::seconds(state.config.events.webhooks.deliver_for_secs as i64);
+    let replayed = state.store().replay_webhook(&shop, &id, deliver_by, now).await?;
+    Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetters {
+    dead_letters: Vec<DeadLetter>,
+}
+
+/// Events of this shop that a configured sink (NATS, RabbitMQ, Kafka, webhook) gave up on
+/// after its attempts, newest first.
+#[utoipa::path(get, path = "/shops/{shop}/events/dead-letters", tag = "events",
+    params(("shop" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = DeadLetters), (status = 401, body = Problem)))]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<DeadLetters>> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    Ok(Json(DeadLetters { dead_letters: state.store().dead_letters(&shop, 1000).await? }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReplayParams {
+    /// Only this sink's dead letters; all sinks' when omitted.
+    sink: Option<String>,
+}
+
+/// Asks the relay to publish the shop's dead letters again; each leaves the list once its sink
+/// acknowledges it.
+#[utoipa::path(post, path = "/shops/{shop}/events/dead-letters/replay", tag = "events",
+    params(("shop" = String, Path), ReplayParams), security(("bearer" = [])),
+    responses((status = 202, body = Replayed), (status = 401, body = Problem)))]
+async fn replay_dead_letters(
+    State(state): State<AppState>,
+    Path(shop): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ReplayParams>,
+) -> ApiResult<(StatusCode, Json<Replayed>)> {
+    let shop = auth::shop_id(&shop)?;
+    auth::require_shop_key(&state, &headers, &shop).await?;
+    let replayed = state.store().replay_dead_letters(&shop, q.sink.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
+}

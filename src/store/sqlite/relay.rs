@@ -1,0 +1,376 @@
+//! The relay's seam on SQLite. The process owns the data file, so leadership is a lock in this
+//! process; positions are the outbox's integer keys, whose order is commit order because one
+//! writer assigns them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{parse_ts, ts, webhooks, SqliteStore};
+use crate::store::outbox::{Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook};
+use crate::store::{StoreError, StoreResult};
+
+fn position(p: Option<&str>) -> StoreResult<i64> {
+    match p {
+        None => Ok(0),
+        Some(p) => p.parse().map_err(|_| StoreError::Backend(format!("bad outbox position {p:?}"))),
+    }
+}
+
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
+}
+
+pub(super) fn read(c: &Connection, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+    let rows = c
+        .prepare_cached(
+            "SELECT position, id, shop, aggregate, type, sequence, envelope, created_at FROM outbox
+             WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )?
+        .query_map(params![position(after)?, limit as i64], |r| {
+            Ok(OutboxEvent {
+                position: r.get::<_, i64>(0)?.to_string(),
+                id: r.get(1)?,
+                shop: r.get(2)?,
+                aggregate: r.get(3)?,
+                kind: r.get(4)?,
+                sequence: r.get(5)?,
+                envelope: r.get(6)?,
+                created_at: parse_ts(&r.get::<_, String>(7)?)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+struct SinkRow {
+    cursor: Option<String>,
+    head_attempts: u32,
+    lease_owner: Option<String>,
+    lease_until: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    delivered: u64,
+}
+
+fn sink_row(c: &Connection, sink: &str) -> StoreResult<Option<SinkRow>> {
+    Ok(c.prepare_cached(
+        "SELECT cursor, head_attempts, lease_owner, lease_until, last_error, delivered FROM relay_sinks WHERE sink = ?1",
+    )?
+    .query_row([sink], |r| {
+        Ok(SinkRow {
+            cursor: r.get(0)?,
+            head_attempts: r.get(1)?,
+            lease_owner: r.get(2)?,
+            lease_until: r.get::<_, Option<String>>(3)?.map(|s| parse_ts(&s)).transpose()?,
+            last_error: r.get(4)?,
+            delivered: r.get::<_, i64>(5)? as u64,
+        })
+    })
+    .optional()?)
+}
+
+fn claim(
+    c: &Connection,
+    sink: &str,
+    owner: &str,
+    lease: Duration,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Claimed>> {
+    let row = match sink_row(c, sink)? {
+        Some(row) => row,
+        None => {
+            c.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES (?1, ?2)", params![sink, ts(now)])?;
+            sink_row(c, sink)?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
+        }
+    };
+    if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
+        return Ok(None);
+    }
+    let events = read(c, row.cursor.as_deref(), limit)?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let attempts = row.head_attempts + 1;
+    c.prepare_cached(
+        "UPDATE relay_sinks SET head_attempts = ?2, lease_owner = ?3, lease_until = ?4, updated_at = ?5 WHERE sink = ?1",
+    )?
+    .execute(params![sink, attempts, owner, ts(lease_end(now, lease)), ts(now)])?;
+    Ok(Some(Claimed { events, attempts }))
+}
+
+/// Moves `sink`'s cursor, if `owner` still holds its lease.
+fn advance(
+    c: &Connection,
+    sink: &str,
+    owner: &str,
+    upto: &str,
+    count: u64,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE relay_sinks SET cursor = ?3, head_attempts = 0, delivered = delivered + ?4, last_error = ?5,
+               lease_owner = NULL, lease_until = NULL, updated_at = ?6
+             WHERE sink = ?1 AND lease_owner = ?2",
+        )?
+        .execute(params![sink, owner, upto, count as i64, error, ts(now)])?;
+    Ok(n == 1)
+}
+
+fn bury(c: &Connection, sink: &str, owner: &str, e: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+    let attempts = sink_row(c, sink)?.map(|r| r.head_attempts).unwrap_or(0);
+    if !advance(c, sink, owner, &e.position, 0, Some(error), now)? {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (sink, event_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error,
+           dead_at = excluded.dead_at, replay = FALSE",
+    )?
+    .execute(params![sink, e.id, e.position, e.shop, e.kind, e.envelope, attempts, error, ts(now)])?;
+    Ok(true)
+}
+
+pub(super) fn dead_letter_row(r: &rusqlite::Row) -> rusqlite::Result<DeadLetter> {
+    let envelope: String = r.get(5)?;
+    Ok(DeadLetter {
+        sink: r.get(0)?,
+        event_id: r.get(1)?,
+        position: r.get(2)?,
+        shop: r.get(3)?,
+        kind: r.get(4)?,
+        event: serde_json::from_str(&envelope).unwrap_or(serde_json::Value::String(envelope)),
+        attempts: r.get(6)?,
+        error: r.get(7)?,
+        dead_at: parse_ts(&r.get::<_, String>(8)?)?,
+        replay: r.get(9)?,
+    })
+}
+
+pub(super) const DEAD_LETTER_COLUMNS: &str = "sink, event_id, position, shop, type, envelope, attempts, error, dead_at, replay";
+
+pub(super) fn dead_letters(c: &Connection, shop: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+    let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE shop = ?1 ORDER BY dead_at DESC LIMIT ?2");
+    Ok(c.prepare_cached(&sql)?.query_map(params![shop, limit as i64], dead_letter_row)?.collect::<rusqlite::Result<_>>()?)
+}
+
+fn sink_state(c: &Connection, sink: &str, now: DateTime<Utc>) -> StoreResult<SinkState> {
+    let row = sink_row(c, sink)?;
+    let cursor = row.as_ref().and_then(|r| r.cursor.clone());
+    let (backlog, oldest): (i64, Option<String>) = c
+        .prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE position > ?1")?
+        .query_row([position(cursor.as_deref())?], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let dead: i64 = c.prepare_cached("SELECT count(*) FROM dead_letters WHERE sink = ?1")?.query_row([sink], |r| r.get(0))?;
+    let oldest = oldest.map(|t| parse_ts(&t)).transpose()?;
+    Ok(SinkState {
+        sink: sink.to_owned(),
+        cursor,
+        backlog: backlog as u64,
+        oldest_pending_ms: oldest.map(|t| (now - t).num_milliseconds().max(0) as u64),
+        head_attempts: row.as_ref().map_or(0, |r| r.head_attempts),
+        delivered: row.as_ref().map_or(0, |r| r.delivered),
+        dead_letters: dead as u64,
+        lease_owner: row.as_ref().and_then(|r| r.lease_owner.clone()),
+        last_error: row.and_then(|r| r.last_error),
+    })
+}
+
+/// Deletes acknowledged events older than `before` in batches small enough not to hold the
+/// writer long; returns how many went in this batch.
+fn prune_batch(c: &Connection, before: DateTime<Utc>, upto: i64, batch: usize) -> StoreResult<u64> {
+    let n = c
+        .prepare_cached(
+            "DELETE FROM outbox WHERE position IN
+               (SELECT position FROM outbox WHERE position <= ?1 AND created_at < ?2 ORDER BY position LIMIT ?3)",
+        )?
+        .execute(params![upto, ts(before), batch as i64])?;
+    c.prepare_cached(
+        "DELETE FROM webhook_deliveries WHERE id IN
+           (SELECT id FROM webhook_deliveries WHERE status = 'delivered' AND created_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![ts(before), batch as i64])?;
+    c.prepare_cached(
+        "DELETE FROM inbox WHERE (consumer, event_id) IN
+           (SELECT consumer, event_id FROM inbox WHERE processed_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![ts(before), batch as i64])?;
+    Ok(n as u64)
+}
+
+/// Leadership within this process: the data-dir lock already keeps other processes out.
+struct LocalLeader(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+#[async_trait]
+impl Leadership for LocalLeader {
+    async fn holds(&mut self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    fn shard(&self) -> &str {
+        &self.name
+    }
+
+    async fn lead(&self) -> StoreResult<Option<Box<dyn Leadership>>> {
+        Ok(Arc::clone(&self.relay_leader).try_lock_owned().ok().map(|g| Box::new(LocalLeader(g)) as Box<dyn Leadership>))
+    }
+
+    async fn head(&self) -> StoreResult<Option<String>> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT max(position) FROM outbox", [], |r| r.get::<_, Option<i64>>(0))?.map(|p| p.to_string()))
+        })
+        .await
+    }
+
+    async fn read(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        let after = after.map(str::to_owned);
+        SqliteStore::read(self, move |c| read(c, after.as_deref(), limit)).await
+    }
+
+    async fn claim(
+        &self,
+        sink: &str,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Claimed>> {
+        let (sink, owner) = (sink.to_owned(), owner.to_owned());
+        self.write(move |c| claim(c, &sink, &owner, lease, limit, now)).await
+    }
+
+    async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
+        let (sink, owner, upto) = (sink.to_owned(), owner.to_owned(), upto.to_owned());
+        self.write(move |c| advance(c, &sink, &owner, &upto, count, None, now)).await
+    }
+
+    async fn fail(&self, sink: &str, owner: &str, error: &str, counts: bool, now: DateTime<Utc>) -> StoreResult<()> {
+        let (sink, owner, error) = (sink.to_owned(), owner.to_owned(), error.to_owned());
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE relay_sinks SET last_error = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?4,
+                   head_attempts = head_attempts - ?5
+                 WHERE sink = ?1 AND lease_owner = ?2",
+            )?
+            .execute(params![sink, owner, error, ts(now), i64::from(!counts)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bury(&self, sink: &str, owner: &str, event: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let (sink, owner, event, error) = (sink.to_owned(), owner.to_owned(), event.clone(), error.to_owned());
+        self.write(move |c| bury(c, &sink, &owner, &event, &error, now)).await
+    }
+
+    async fn replays(&self, sink: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        let sink = sink.to_owned();
+        SqliteStore::read(self, move |c| {
+            let sql =
+                format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE sink = ?1 AND replay ORDER BY position LIMIT ?2");
+            Ok(c.prepare_cached(&sql)?
+                .query_map(params![sink, limit as i64], dead_letter_row)?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn replayed(&self, sink: &str, event_id: &str, result: Result<(), String>, now: DateTime<Utc>) -> StoreResult<()> {
+        let (sink, event_id) = (sink.to_owned(), event_id.to_owned());
+        self.write(move |c| {
+            match result {
+                Ok(()) => c.execute("DELETE FROM dead_letters WHERE sink = ?1 AND event_id = ?2", params![sink, event_id])?,
+                Err(e) => c.execute(
+                    "UPDATE dead_letters SET replay = FALSE, attempts = attempts + 1, error = ?3, dead_at = ?4
+                     WHERE sink = ?1 AND event_id = ?2",
+                    params![sink, event_id, e, ts(now)],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sink_states(&self, sinks: &[String], now: DateTime<Utc>) -> StoreResult<Vec<SinkState>> {
+        let sinks = sinks.to_vec();
+        SqliteStore::read(self, move |c| sinks.iter().map(|s| sink_state(c, s, now)).collect()).await
+    }
+
+    async fn fan_out(
+        &self,
+        sink: &str,
+        owner: &str,
+        events: &[OutboxEvent],
+        deliver_for: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let Some(last) = events.last().map(|e| e.position.clone()) else { return Ok(true) };
+        let (sink, owner, events) = (sink.to_owned(), owner.to_owned(), events.to_vec());
+        self.write(move |c| {
+            if !advance(c, &sink, &owner, &last, events.len() as u64, None, now)? {
+                return Ok(false);
+            }
+            webhooks::enqueue(c, &events, lease_end(now, deliver_for), now)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Delivery, Webhook)>> {
+        // Most of the time nothing is due: find that out on a reader, not the writer.
+        let due = SqliteStore::read(self, move |c| {
+            Ok(c.prepare_cached("SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 LIMIT 1")?
+                .exists([ts(now)])?)
+        })
+        .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let owner = owner.to_owned();
+        self.write(move |c| webhooks::claim(c, &owner, lease_end(now, lease), limit, now)).await
+    }
+
+    async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
+        self.write(move |c| webhooks::finish(c, id, &outcome, now)).await
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, sinks: &[String], _now: DateTime<Utc>) -> StoreResult<u64> {
+        let cursors = {
+            let sinks = sinks.to_vec();
+            SqliteStore::read(self, move |c| {
+                sinks.iter().map(|s| Ok(sink_row(c, s)?.and_then(|r| r.cursor))).collect::<StoreResult<Vec<_>>>()
+            })
+            .await?
+        };
+        // Only what every sink has acknowledged may go; a sink that never ran holds everything.
+        let mut upto = i64::MAX;
+        for cursor in cursors {
+            upto = upto.min(match cursor {
+                Some(c) => position(Some(&c))?,
+                None => return Ok(0),
+            });
+        }
+        let mut total = 0;
+        loop {
+            let n = self.write(move |c| prune_batch(c, before, upto, 500)).await?;
+            total += n;
+            if n < 500 {
+                return Ok(total);
+            }
+        }
+    }
+}
