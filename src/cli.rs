@@ -33,6 +33,9 @@ enum Command {
     Seed,
     /// Print the effective configuration, secrets masked.
     Config,
+    /// Run only the outbox relay: publish every shard's events to the configured sinks and
+    /// deliver webhooks. Several may run; one leads per shard, the others stand by.
+    Relay,
     /// A local PostgreSQL topology (shards with streaming replicas) for development and drills.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
@@ -69,12 +72,32 @@ pub fn run() -> anyhow::Result<()> {
             telemetry::init_logs(&config.log_format, &config.log_level);
             runtime()?.block_on(seed_command(config))
         }
+        Command::Relay => {
+            telemetry::init_logs(&config.log_format, &config.log_level);
+            runtime()?.block_on(relay_command(config))
+        }
         Command::Cluster(_) => unreachable!("handled before configuration is loaded"),
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn relay_command(config: Config) -> anyhow::Result<()> {
+    use crate::events::relay::{Relay, RelayStatus};
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = crate::store::open(&config).await?;
+    let relay = std::sync::Arc::new(Relay::new(&config.events, std::sync::Arc::new(RelayStatus::default()))?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
+    tracing::info!(sinks = ?Relay::sink_names(&config.events), "relay running");
+    shutdown_signal().await;
+    tracing::info!("relay stopping: finishing the batches in flight");
+    let _ = stop_tx.send(true);
+    running.await?;
+    tokio::task::spawn_blocking(move || store.close()).await?;
+    Ok(())
 }
 
 async fn seed_command(config: Config) -> anyhow::Result<()> {

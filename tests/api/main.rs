@@ -18,3 +18,4 @@ mod process;
 mod seed_api;
 mod sharding;
 mod shops;
+mod webhooks;

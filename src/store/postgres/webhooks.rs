@@ -158,7 +158,8 @@ pub async fn enqueue(
         if !hooks.contains_key(shop) {
             hooks.insert(shop.clone(), list(c, shop).await?);
         }
-        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind)).collect();
+        // A subscription receives what happened from its creation on.
+        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
         if wanted.is_empty() || !crate::events::inbox::postgres::first_time(c, "webhooks", &e.id).await? {
             continue;
         }

@@ -103,7 +103,8 @@ pub fn enqueue(c: &Connection, events: &[OutboxEvent], deliver_by: DateTime<Utc>
         if !hooks.contains_key(shop) {
             hooks.insert(shop.clone(), list(c, shop)?);
         }
-        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind)).collect();
+        // A subscription receives what happened from its creation on.
+        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
         if wanted.is_empty() || !crate::events::inbox::sqlite::first_time(c, "webhooks", &e.id, now)? {
             continue;
         }
