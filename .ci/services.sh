@@ -7,7 +7,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
   local port=$1 name=$2
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 120); do
     port_open "$port" && return 0
     sleep 0.5
   done
@@ -42,11 +42,44 @@ ensure_postgres() {
 
 ensure_postgres
 
-for svc in "redis 6379" "nats 4222" "rabbitmq 5672"; do
-  set -- $svc
-  if port_open "$2"; then
-    echo "service $1: listening on 127.0.0.1:$2"
-  else
-    echo "service $1: not listening on 127.0.0.1:$2 (no test needs it yet)"
+ensure_nats() {
+  if port_open 4222; then
+    echo "service nats: listening on 127.0.0.1:4222"
+    return
   fi
-done
+  if ! command -v nats-server >/dev/null 2>&1; then
+    echo "service nats: installing from the distribution"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
+  fi
+  local store=/var/lib/nats-server
+  as_root mkdir -p "$store"
+  as_root start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd "$store" -l /var/log/nats-server.log
+  wait_port 4222 nats
+  echo "service nats: started with JetStream"
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then
+    echo "service rabbitmq: listening on 127.0.0.1:5672"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "service rabbitmq: installing from the distribution"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  as_root rabbitmq-server -detached || true
+  wait_port 5672 rabbitmq
+  echo "service rabbitmq: started"
+}
+
+ensure_nats
+ensure_rabbitmq
+
+if port_open 6379; then
+  echo "service redis: listening on 127.0.0.1:6379"
+else
+  echo "service redis: not listening on 127.0.0.1:6379 (no test needs it yet)"
+fi

@@ -15,6 +15,7 @@ mod isolation;
 mod ops;
 mod orders;
 mod process;
+mod relay;
 mod seed_api;
 mod sharding;
 mod shops;

@@ -1,0 +1,227 @@
+//! The relay against real brokers: NATS JetStream (`VITRINA_TEST_NATS_URL`) and RabbitMQ
+//! (`VITRINA_TEST_AMQP_URL`). Every committed event arrives, nothing of a refused write does,
+//! and after inbox dedupe each aggregate's sequence only grows.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::helpers::{one_line, spawn_with, Shop, TestApp};
+use vitrina::events::config::{SinkConfig, SinkKind};
+
+/// The broker URL from the environment, or `None` after saying why the test is skipped.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "{var} is required");
+            eprintln!("skipped: {var} is not set");
+            None
+        }
+    }
+}
+
+fn sink(kind: SinkKind, url: &str, stream: &str, subject: Option<&str>) -> SinkConfig {
+    SinkConfig { kind, url: url.into(), name: None, stream: Some(stream.into()), subject: subject.map(Into::into), secret: None }
+}
+
+/// Some traffic: orders placed and moved on, one refused for want of stock.
+async fn business(app: &TestApp, shop: &Shop) {
+    for i in 0..5 {
+        let r = app.order(shop, &format!("k{i}"), &one_line("MUG", 1)).await;
+        assert_eq!(r.status(), 201);
+        let o: Value = r.json().await.unwrap();
+        let id = o["id"].as_str().unwrap();
+        let r = app.post(&format!("/shops/{}/orders/{id}/pay", shop.id)).bearer_auth(&shop.key).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    let r = app.order(shop, "too-many", &one_line("MUG", 100)).await;
+    assert_eq!(r.status(), 409, "refused: its transaction rolled back and recorded nothing");
+}
+
+/// The shop's committed events, from the pull feed.
+async fn committed(app: &TestApp, shop: &Shop) -> Vec<Value> {
+    let page = app.get_json_as(&format!("/shops/{}/events?limit=1000", shop.id), &shop.key).await;
+    page["events"].as_array().unwrap().clone()
+}
+
+/// Dedupes by event id through the inbox, and checks each aggregate's sequence only grows.
+fn apply_in_order(inbox: &rusqlite::Connection, events: &[Value]) -> HashSet<String> {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut applied = HashSet::new();
+    for e in events {
+        let id = e["id"].as_str().unwrap();
+        let now = chrono::Utc::now();
+        if !vitrina::events::inbox::sqlite::first_time(inbox, "test-consumer", id, now).unwrap() {
+            continue;
+        }
+        let (subject, seq) = (e["subject"].as_str().unwrap().to_owned(), e["sequence"].as_i64().unwrap());
+        if let Some(prev) = last.insert(subject.clone(), seq) {
+            assert!(seq > prev, "{subject}: sequence {seq} after {prev}");
+        }
+        applied.insert(id.to_owned());
+    }
+    applied
+}
+
+fn inbox() -> rusqlite::Connection {
+    let c = rusqlite::Connection::open_in_memory().unwrap();
+    vitrina::events::inbox::sqlite::create_table(&c).unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_event_reaches_jetstream_once_and_in_order_per_aggregate() {
+    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+    let tag = format!("t{}", uuid::Uuid::now_v7().simple());
+    let stream = tag.to_uppercase();
+    let (u, st, sub) = (url.clone(), stream.clone(), format!("{tag}.events"));
+    let app = spawn_with(move |c| {
+        c.seed_on_start = false;
+        c.events.poll_ms = 10;
+        c.events.sinks = vec![sink(SinkKind::Nats, &u, &st, Some(&sub))];
+    })
+    .await;
+    let shop = app.shop_with_stock("acme", "MUG", 10).await;
+    business(&app, &shop).await;
+    let expected: HashSet<String> = committed(&app, &shop).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(expected.len(), 1 + 1 + 1 + 10, "shop, product, stock, 5 placed + 5 paid");
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while got.len() < expected.len() {
+        let left = Duration::from_secs(30).saturating_sub(t0.elapsed());
+        let Ok(Some(Ok(m))) = tokio::time::timeout(left, messages.next()).await else {
+            panic!("only {} of {} events arrived", got.len(), expected.len())
+        };
+        assert_eq!(m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned()), {
+            let e: Value = serde_json::from_slice(&m.payload).unwrap();
+            e["id"].as_str().map(str::to_owned)
+        });
+        got.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
+        m.ack().await.unwrap();
+    }
+    let applied = apply_in_order(&inbox(), &got);
+    assert_eq!(applied, expected, "exactly the committed events");
+    js.delete_stream(&stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_event_reaches_a_rabbitmq_quorum_queue_persistent() {
+    use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+    let Some(url) = service("VITRINA_TEST_AMQP_URL") else { return };
+    let queue = format!("vitrina.test.{}", uuid::Uuid::now_v7().simple());
+    let (u, q) = (url.clone(), queue.clone());
+    let app = spawn_with(move |c| {
+        c.seed_on_start = false;
+        c.events.poll_ms = 10;
+        c.events.sinks = vec![sink(SinkKind::Amqp, &u, &q, None)];
+    })
+    .await;
+    let shop = app.shop_with_stock("acme", "MUG", 10).await;
+    business(&app, &shop).await;
+    let expected: HashSet<String> = committed(&app, &shop).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while got.len() < expected.len() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "only {} of {} events arrived", got.len(), expected.len());
+        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
+            Ok(Some(m)) => {
+                assert_eq!(m.delivery.properties.delivery_mode(), &Some(2), "persistent");
+                got.push(serde_json::from_slice::<Value>(&m.delivery.data).unwrap());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let applied = apply_in_order(&inbox(), &got);
+    assert_eq!(applied, expected, "exactly the committed events");
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+/// 64 writers commit out of position order (each sleeps before COMMIT, one in eight rolls
+/// back) while the relay publishes to JetStream: what arrives is exactly what committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_skips_a_late_commit() {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        eprintln!("skipped on Sqlite: one writer commits in position order by construction");
+        return;
+    }
+    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+    let tag = format!("t{}", uuid::Uuid::now_v7().simple());
+    let stream = tag.to_uppercase();
+    let (u, st, sub) = (url.clone(), stream.clone(), format!("{tag}.events"));
+    let app = spawn_with(move |c| {
+        c.seed_on_start = false;
+        c.events.poll_ms = 5;
+        c.events.batch = 7;
+        c.events.sinks = vec![sink(SinkKind::Nats, &u, &st, Some(&sub))];
+    })
+    .await;
+    let pg = app.state.config.postgres.shards[0].primary.clone();
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let pg = pg.clone();
+            tokio::spawn(async move {
+                let (mut client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let tx = client.transaction().await.unwrap();
+                let id = format!("late-{i}");
+                tx.execute(
+                    "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at)
+                     VALUES ($1, 'acme', $1, 'vitrina.test.late', 1, json_build_object('id', $1::text)::text, now())",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+                let ms = ((i * 37) % 64) as f64 * 3.0;
+                tx.execute("SELECT pg_sleep($1::float8 / 1000.0)", &[&ms]).await.unwrap();
+                if i % 8 == 0 {
+                    tx.rollback().await.unwrap();
+                    None
+                } else {
+                    tx.commit().await.unwrap();
+                    Some(id)
+                }
+            })
+        })
+        .collect();
+    let mut expected = HashSet::new();
+    for w in writers {
+        expected.extend(w.await.unwrap());
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let t0 = Instant::now();
+    loop {
+        let info = js.get_stream(&stream).await.map(|s| s.cached_info().state.messages).unwrap_or(0);
+        if info as usize >= expected.len() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{info} of {} arrived", expected.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = js.get_stream(&stream).await.unwrap();
+    let mut got = HashSet::new();
+    for seq in 1..=s.cached_info().state.last_sequence {
+        let m = s.get_raw_message(seq).await.unwrap();
+        let e: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice");
+    }
+    assert_eq!(got, expected, "exactly the committed events, none skipped, none rolled back");
+    js.delete_stream(&stream).await.unwrap();
+}
