@@ -41,10 +41,17 @@ async fn business(app: &TestApp, shop: &Shop) {
     assert_eq!(r.status(), 409, "refused: its transaction rolled back and recorded nothing");
 }
 
-/// The shop's committed events, from the pull feed.
-async fn committed(app: &TestApp, shop: &Shop) -> Vec<Value> {
-    let page = app.get_json_as(&format!("/shops/{}/events?limit=1000", shop.id), &shop.key).await;
-    page["events"].as_array().unwrap().clone()
+/// The shop's committed events, from the pull feed, once it holds `want` of them.
+async fn committed(app: &TestApp, shop: &Shop, want: usize) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        let page = app.get_json_as(&format!("/shops/{}/events?limit=1000", shop.id), &shop.key).await;
+        let events = page["events"].as_array().unwrap().clone();
+        if events.len() >= want || t0.elapsed() > Duration::from_secs(10) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Dedupes by event id through the inbox, and checks each aggregate's sequence only grows.
@@ -86,8 +93,10 @@ async fn every_committed_event_reaches_jetstream_once_and_in_order_per_aggregate
     .await;
     let shop = app.shop_with_stock("acme", "MUG", 10).await;
     business(&app, &shop).await;
-    let expected: HashSet<String> = committed(&app, &shop).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(expected.len(), 1 + 1 + 1 + 10, "shop, product, stock, 5 placed + 5 paid");
+    let events = committed(&app, &shop, 13).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(events.len(), 1 + 1 + 1 + 10, "shop, product, stock, 5 placed + 5 paid: {kinds:?}");
+    let expected: HashSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
 
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -132,7 +141,8 @@ async fn every_committed_event_reaches_a_rabbitmq_quorum_queue_persistent() {
     .await;
     let shop = app.shop_with_stock("acme", "MUG", 10).await;
     business(&app, &shop).await;
-    let expected: HashSet<String> = committed(&app, &shop).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let expected: HashSet<String> =
+        committed(&app, &shop, 13).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
 
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
