@@ -195,6 +195,11 @@ pub trait Outbox: Send + Sync + 'static {
     async fn prune(&self, before: DateTime<Utc>, sinks: &[String], now: DateTime<Utc>) -> StoreResult<u64>;
 }
 
+/// When a lease taken at `now` runs out.
+pub fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
+}
+
 /// Exponential backoff with jitter: a random wait between half and all of `base * 2^(attempt-1)`,
 /// capped, so retries of many deliveries spread out instead of arriving together.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {

@@ -12,7 +12,9 @@ use tokio_postgres::Row;
 
 use super::webhooks::{self, dead_letter_row, DEAD_LETTER_COLUMNS};
 use super::PgStore;
-use crate::store::outbox::{Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook};
+use crate::store::outbox::{
+    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
+};
 use crate::store::{StoreError, StoreResult};
 
 /// `(xid8 as text, position)`; the start of the feed when `None`.
@@ -22,10 +24,6 @@ fn position(p: Option<&str>) -> StoreResult<(String, i64)> {
     let (txid, pos) = p.split_once('.').ok_or_else(bad)?;
     txid.parse::<u64>().map_err(|_| bad())?;
     Ok((txid.to_owned(), pos.parse().map_err(|_| bad())?))
-}
-
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
 fn event_row(r: &Row) -> OutboxEvent {

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{parse_ts, ts, webhooks, SqliteStore};
-use crate::store::outbox::{Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook};
+use crate::store::outbox::{
+    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
+};
 use crate::store::{StoreError, StoreResult};
 
 fn position(p: Option<&str>) -> StoreResult<i64> {
@@ -18,10 +20,6 @@ fn position(p: Option<&str>) -> StoreResult<i64> {
         None => Ok(0),
         Some(p) => p.parse().map_err(|_| StoreError::Backend(format!("bad outbox position {p:?}"))),
     }
-}
-
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
 pub(super) fn read(c: &Connection, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
