@@ -62,6 +62,16 @@ async fn create_shop(store: &dyn vitrina::store::Store) -> ShopId {
         })
         .await
         .unwrap();
+    for i in 0..500 {
+        let input = vitrina::catalog::ProductInput {
+            sku: format!("SKU-{i}"),
+            name: "Widget".into(),
+            category: "c".into(),
+            price: vitrina::money::Money { amount: 999, currency: vitrina::money::Currency::parse("USD").unwrap() },
+            attributes: serde_json::json!({}),
+        };
+        store.upsert_product(&id, input, Utc::now()).await.unwrap();
+    }
     id
 }
 
@@ -76,7 +86,7 @@ async fn throughput(js: &async_nats::jetstream::Context) -> (f64, f64) {
         .map(|w| {
             let (store, shop) = (store.clone(), shop.clone());
             tokio::spawn(async move {
-                for i in (w..BACKLOG - 1).step_by(64) {
+                for i in (w..BACKLOG - 501).step_by(64) {
                     store.set_stock(&shop, &format!("SKU-{}", i % 500), i as i64, Utc::now()).await.unwrap();
                 }
             })
