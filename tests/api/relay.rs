@@ -235,3 +235,102 @@ async fn the_relay_never_skips_a_late_commit() {
     assert_eq!(got, expected, "exactly the committed events, none skipped, none rolled back");
     js.delete_stream(&stream).await.unwrap();
 }
+
+/// A `vitrina relay` process killed with SIGKILL mid-stream: a standby process takes the lead,
+/// reclaims what the dead one held once its lease runs out, and JetStream ends up with every
+/// committed event exactly once (its `Nats-Msg-Id` dedupe absorbs what was published twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_batch_is_replaced_and_nothing_is_lost() {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        eprintln!("skipped on Sqlite: a relay process beside the server needs a shared PostgreSQL");
+        return;
+    }
+    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+    let app = spawn_with(|c| {
+        c.seed_on_start = false;
+        c.events.relay = false;
+    })
+    .await;
+    let tag = format!("t{}", uuid::Uuid::now_v7().simple());
+    let stream = tag.to_uppercase();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = app.state.config.clone();
+    cfg.data_dir = dir.path().to_owned();
+    cfg.events.relay = true;
+    cfg.events.poll_ms = 10;
+    cfg.events.batch = 8;
+    cfg.events.lease_ms = 1500;
+    cfg.events.sinks = vec![sink(SinkKind::Nats, &url, &stream, Some(&format!("{tag}.events")))];
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    let relay = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"))
+            .args(["relay", "--config", file.to_str().unwrap()])
+            .env("VITRINA_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start vitrina relay")
+    };
+    let mut first = relay();
+    let shop = app.shop_with_stock("acme", "MUG", 1).await;
+    let writer = {
+        let (client, base, key) = (app.client.clone(), app.base.clone(), shop.key.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let r = client
+                    .put(format!("{base}/shops/acme/stock/MUG"))
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"on_hand": i}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let count = |js: async_nats::jetstream::Context, stream: String| async move {
+        match js.get_stream(&stream).await {
+            Ok(s) => s.cached_info().state.messages,
+            Err(_) => 0,
+        }
+    };
+    let t0 = Instant::now();
+    while count(js.clone(), stream.clone()).await < 40 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the first relay published nothing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let killed_at = Instant::now();
+    let at_kill = count(js.clone(), stream.clone()).await;
+    let mut second = relay();
+    while count(js.clone(), stream.clone()).await <= at_kill {
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took_over = killed_at.elapsed();
+    writer.await.unwrap();
+    let expected: HashSet<String> =
+        committed(&app, &shop, 303).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let t0 = Instant::now();
+    while (count(js.clone(), stream.clone()).await as usize) < expected.len() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "events missing after the takeover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    let s = js.get_stream(&stream).await.unwrap();
+    let mut got = HashSet::new();
+    for seq in 1..=s.cached_info().state.last_sequence {
+        let e: Value = serde_json::from_slice(&s.get_raw_message(seq).await.unwrap().payload).unwrap();
+        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice in the stream");
+    }
+    assert_eq!(got, expected, "every committed event, none lost");
+    eprintln!("the standby published {took_over:?} after the kill (lease 1.5 s)");
+    // Lease 1.5 s + poll 10 ms, plus the new process's start and connections.
+    assert!(took_over < Duration::from_millis(1500 + 10 + 3000), "took over after {took_over:?}");
+    js.delete_stream(&stream).await.unwrap();
+}
