@@ -224,8 +224,9 @@ impl Relay {
             let started = Instant::now();
             let published = match &target {
                 Target::Sink(sink) => {
-                    let limit = self.lease() / 2;
-                    tokio::time::timeout(limit, sink.publish(&claimed.events))
+                    // Sends stop at half the lease; the hard limit leaves room for the ack.
+                    let soft = Instant::now() + self.lease() / 2;
+                    tokio::time::timeout(self.lease() * 3 / 4, sink.publish(&claimed.events, soft))
                         .await
                         .unwrap_or_else(|_| Published::stopped(0, SinkError::Unavailable("publish timed out".into())))
                 }
@@ -298,7 +299,7 @@ impl Relay {
                 envelope: dl.event.to_string(),
                 created_at: Utc::now(),
             };
-            let p = sink.publish(std::slice::from_ref(&event)).await;
+            let p = sink.publish(std::slice::from_ref(&event), Instant::now() + self.lease() / 2).await;
             let result = match p.error {
                 None => Ok(()),
                 Some(e) => Err(e.to_string()),

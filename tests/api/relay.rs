@@ -240,7 +240,7 @@ async fn the_relay_never_skips_a_late_commit() {
 /// reclaims what the dead one held once its lease runs out, and JetStream ends up with every
 /// committed event exactly once (its `Nats-Msg-Id` dedupe absorbs what was published twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_mid_batch_is_replaced_and_nothing_is_lost() {
+async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost() {
     if crate::backend::backend() != crate::backend::Backend::Postgres {
         eprintln!("skipped on Sqlite: a relay process beside the server needs a shared PostgreSQL");
         return;
@@ -333,4 +333,83 @@ async fn a_relay_killed_mid_batch_is_replaced_and_nothing_is_lost() {
     // Lease 1.5 s + poll 10 ms, plus the new process's start and connections.
     assert!(took_over < Duration::from_millis(1500 + 10 + 3000), "took over after {took_over:?}");
     js.delete_stream(&stream).await.unwrap();
+}
+
+/// Killed while a batch is in flight (a slow receiver keeps it there): the standby waits out the
+/// dead relay's lease, then publishes the whole batch again; the receiver's inbox absorbs what
+/// was delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_by_a_killed_relay_is_reclaimed_after_its_lease() {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        eprintln!("skipped on Sqlite: a relay process beside the server needs a shared PostgreSQL");
+        return;
+    }
+    let receiver = crate::webhooks::Receiver::start(0).await;
+    receiver.delay.store(100, std::sync::atomic::Ordering::SeqCst);
+    let app = spawn_with(|c| {
+        c.seed_on_start = false;
+        c.events.relay = false;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = app.state.config.clone();
+    cfg.data_dir = dir.path().to_owned();
+    cfg.events.relay = true;
+    cfg.events.poll_ms = 10;
+    cfg.events.batch = 20;
+    cfg.events.lease_ms = 2000;
+    cfg.events.sinks = vec![SinkConfig {
+        kind: SinkKind::Webhook,
+        url: receiver.url.clone(),
+        name: Some("crm".into()),
+        stream: None,
+        subject: None,
+        secret: Some("crm-signing-secret".into()),
+    }];
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    let relay = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"))
+            .args(["relay", "--config", file.to_str().unwrap()])
+            .env("VITRINA_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start vitrina relay")
+    };
+    let shop = app.shop_with_stock("acme", "MUG", 1).await;
+    for i in 0..30 {
+        app.set_stock(&shop, "MUG", i).await;
+    }
+    let mut first = relay();
+    // Inside the first batch: some of it delivered, the rest still to go.
+    receiver.wait_for("the first relay's first deliveries", |s| s.len() >= 3).await;
+    first.kill().unwrap();
+    let _ = first.wait();
+    let killed_at = Instant::now();
+    let before = receiver.received().len();
+    let _second = KillOnDrop(relay());
+    receiver.wait_for("the standby's deliveries", |s| s.len() > before).await;
+    let took_over = killed_at.elapsed();
+    eprintln!("the standby delivered {took_over:?} after the kill (lease 2 s)");
+    let expected: HashSet<String> =
+        committed(&app, &shop, 33).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let seen = receiver
+        .wait_for("every event", |s| s.iter().map(|r| r.event_id.clone()).collect::<HashSet<_>>().len() >= expected.len())
+        .await;
+    let inbox = inbox();
+    let events: Vec<Value> = seen.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect();
+    assert_eq!(apply_in_order(&inbox, &events), expected, "every committed event, in order per aggregate");
+    assert!(seen.len() > expected.len(), "the batch in flight was delivered again: {} for {}", seen.len(), expected.len());
+    assert!(took_over >= Duration::from_millis(1000), "the standby waited for the lease: {took_over:?}");
+    assert!(took_over < Duration::from_millis(2000 + 10 + 3000), "reclaimed within lease + poll: {took_over:?}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

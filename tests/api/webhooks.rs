@@ -28,6 +28,8 @@ pub struct Receiver {
     pub seen: Arc<Mutex<Vec<Received>>>,
     pub fail: Arc<AtomicI64>,
     pub code: Arc<AtomicI64>,
+    /// Milliseconds to wait before answering.
+    pub delay: Arc<AtomicI64>,
 }
 
 impl Receiver {
@@ -35,12 +37,14 @@ impl Receiver {
         let seen: Arc<Mutex<Vec<Received>>> = Default::default();
         let fail = Arc::new(AtomicI64::new(fail));
         let code = Arc::new(AtomicI64::new(500));
-        let (s, f, c) = (seen.clone(), fail.clone(), code.clone());
+        let delay = Arc::new(AtomicI64::new(0));
+        let (s, f, c, d) = (seen.clone(), fail.clone(), code.clone(), delay.clone());
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: HeaderMap, body: String| {
-                let (s, f, c) = (s.clone(), f.clone(), c.clone());
+                let (s, f, c, d) = (s.clone(), f.clone(), c.clone(), d.clone());
                 async move {
+                    tokio::time::sleep(Duration::from_millis(d.load(Ordering::SeqCst) as u64)).await;
                     let left = f.load(Ordering::SeqCst);
                     let status = if left == 0 {
                         200
@@ -64,7 +68,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, seen, fail, code }
+        Receiver { url, seen, fail, code, delay }
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -102,7 +102,7 @@ impl Sink for AmqpSink {
         &self.name
     }
 
-    async fn publish(&self, events: &[OutboxEvent]) -> Published {
+    async fn publish(&self, events: &[OutboxEvent], _deadline: std::time::Instant) -> Published {
         let channel = match self.channel().await {
             Ok(c) => c,
             Err(e) => return Published::stopped(0, e),

@@ -50,7 +50,7 @@ impl Sink for KafkaSink {
         &self.name
     }
 
-    async fn publish(&self, events: &[OutboxEvent]) -> Published {
+    async fn publish(&self, events: &[OutboxEvent], _deadline: std::time::Instant) -> Published {
         // Sent together; the idempotent producer keeps them in order per partition.
         let sends = events.iter().map(|e| {
             let headers = OwnedHeaders::new()

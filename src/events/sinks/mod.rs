@@ -53,8 +53,10 @@ impl Published {
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
-    /// Publishes `events` in order and waits for the sink's acknowledgements.
-    async fn publish(&self, events: &[OutboxEvent]) -> Published;
+    /// Publishes `events` in order and waits for the sink's acknowledgements. A sink that sends
+    /// one at a time starts no new send after `deadline` and returns the prefix it got through,
+    /// so a slow receiver still makes progress within the relay's lease.
+    async fn publish(&self, events: &[OutboxEvent], deadline: std::time::Instant) -> Published;
 }
 
 /// The configured sinks, ready to connect on first use (a sink down at start is retried later,

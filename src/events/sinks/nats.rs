@@ -86,7 +86,7 @@ impl Sink for NatsSink {
         &self.name
     }
 
-    async fn publish(&self, events: &[OutboxEvent]) -> Published {
+    async fn publish(&self, events: &[OutboxEvent], _deadline: std::time::Instant) -> Published {
         let js = match self.context().await {
             Ok(js) => js,
             Err(e) => return Published::stopped(0, e),

@@ -121,8 +121,11 @@ impl Sink for WebhookSink {
         &self.name
     }
 
-    async fn publish(&self, events: &[OutboxEvent]) -> Published {
+    async fn publish(&self, events: &[OutboxEvent], deadline: std::time::Instant) -> Published {
         for (i, e) in events.iter().enumerate() {
+            if i > 0 && std::time::Instant::now() >= deadline {
+                return Published::all(i);
+            }
             match post(&self.client, &self.url, &self.secret, &e.id, &e.kind, &e.envelope).await {
                 Ok(s) if (200..300).contains(&s) => {}
                 // A client error is this event's fault; anything else is the receiver's state.
