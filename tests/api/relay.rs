@@ -413,3 +413,86 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A JetStream server of the test's own on a free loopback port, storing in `dir`.
+fn nats_server(port: u16, dir: &std::path::Path) -> Option<KillOnDrop> {
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => Some(KillOnDrop(c)),
+        Err(e) => {
+            assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "nats-server is required: {e}");
+            eprintln!("skipped: no nats-server binary ({e})");
+            None
+        }
+    }
+}
+
+/// The broker killed with SIGKILL while events keep committing: the relay retries until a
+/// restarted broker (same storage) is back, and the stream ends with every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_loses_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = tempfile::tempdir().unwrap();
+    let Some(broker) = nats_server(port, store.path()) else { return };
+    let url = format!("nats://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    let js = loop {
+        if let Ok(c) = async_nats::connect(&url).await {
+            break async_nats::jetstream::new(c);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the test's nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let u = url.clone();
+    let app = spawn_with(move |c| {
+        c.seed_on_start = false;
+        c.events.poll_ms = 10;
+        c.events.retry_base_ms = 50;
+        c.events.retry_cap_ms = 300;
+        c.events.sinks = vec![sink(SinkKind::Nats, &u, "CRASH", Some("crash.events"))];
+    })
+    .await;
+    let shop = app.shop_with_stock("acme", "MUG", 1).await;
+    let t0 = Instant::now();
+    while js.get_stream("CRASH").await.map(|s| s.cached_info().state.messages).unwrap_or(0) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "nothing published before the crash");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(js);
+    drop(broker);
+    for i in 0..20 {
+        app.set_stock(&shop, "MUG", i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _broker = nats_server(port, store.path()).unwrap();
+    let expected: HashSet<String> =
+        committed(&app, &shop, 23).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let t0 = Instant::now();
+    let js = loop {
+        if let Ok(c) = async_nats::connect(&url).await {
+            break async_nats::jetstream::new(c);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the restarted nats-server did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let t0 = Instant::now();
+    loop {
+        let n = js.get_stream("CRASH").await.map(|s| s.cached_info().state.messages).unwrap_or(0);
+        if n as usize >= expected.len() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{n} of {} events after the restart", expected.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = js.get_stream("CRASH").await.unwrap();
+    let mut got = HashSet::new();
+    for seq in 1..=s.cached_info().state.last_sequence {
+        let e: Value = serde_json::from_slice(&s.get_raw_message(seq).await.unwrap().payload).unwrap();
+        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice in the stream");
+    }
+    assert_eq!(got, expected, "every committed event, none lost");
+}
