@@ -122,3 +122,36 @@ pub fn drop_database(db: String) {
     })
     .join();
 }
+
+/// 64 transactions each inserting one outbox row for shop `acme` and committing out of position
+/// order (later rows often first, after a sleep); one in eight rolls back. Each task yields its
+/// event id when it committed.
+pub fn late_committers(url: &str, kind: &'static str) -> Vec<tokio::task::JoinHandle<Option<String>>> {
+    (0..64)
+        .map(|i| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let tx = client.transaction().await.unwrap();
+                let id = format!("late-{i}");
+                tx.execute(
+                    "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at)
+                     VALUES ($1, 'acme', $1, $2, 1, json_build_object('id', $1::text)::text, now())",
+                    &[&id, &kind],
+                )
+                .await
+                .unwrap();
+                let ms = ((i * 37) % 64) as f64 * 3.0;
+                tx.execute("SELECT pg_sleep($1::float8 / 1000.0)", &[&ms]).await.unwrap();
+                if i % 8 == 0 {
+                    tx.rollback().await.unwrap();
+                    None
+                } else {
+                    tx.commit().await.unwrap();
+                    Some(id)
+                }
+            })
+        })
+        .collect()
+}

@@ -173,34 +173,7 @@ async fn the_feed_never_skips_a_late_commit() {
     let url = app.state.config.postgres.shards[0].primary.clone();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    let writers: Vec<_> = (0..64)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-                tokio::spawn(conn);
-                let tx = client.transaction().await.unwrap();
-                let id = format!("late-{i}");
-                tx.execute(
-                    "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at)
-                     VALUES ($1, 'acme', $1, 'test.late', 1, json_build_object('id', $1::text)::text, now())",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-                // Later positions often commit first.
-                let ms = ((i * 37) % 64) as f64 * 3.0;
-                tx.execute("SELECT pg_sleep($1::float8 / 1000.0)", &[&ms]).await.unwrap();
-                if i % 8 == 0 {
-                    tx.rollback().await.unwrap();
-                    None
-                } else {
-                    tx.commit().await.unwrap();
-                    Some(id)
-                }
-            })
-        })
-        .collect();
+    let writers = crate::backend::late_committers(&url, "test.late");
 
     let consumer = {
         let (client, base, key, done) = (app.client.clone(), app.base.clone(), shop.key.clone(), done.clone());

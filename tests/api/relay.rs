@@ -73,6 +73,70 @@ fn apply_in_order(inbox: &rusqlite::Connection, events: &[Value]) -> HashSet<Str
     applied
 }
 
+/// How many messages `stream` holds; 0 while it does not exist (or the broker is away).
+async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream).await.map(|s| s.cached_info().state.messages).unwrap_or(0)
+}
+
+/// Waits until `stream` holds at least `n` messages.
+async fn wait_stream(js: &async_nats::jetstream::Context, stream: &str, n: u64, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let have = stream_len(js, stream).await;
+        if have >= n {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{what}: {have} of {n} messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event id in `stream`, none of them twice.
+async fn stream_ids(js: &async_nats::jetstream::Context, stream: &str) -> HashSet<String> {
+    let s = js.get_stream(stream).await.unwrap();
+    let mut ids = HashSet::new();
+    for seq in 1..=s.cached_info().state.last_sequence {
+        let e: Value = serde_json::from_slice(&s.get_raw_message(seq).await.unwrap().payload).unwrap();
+        assert!(ids.insert(e["id"].as_str().unwrap().to_owned()), "no event twice in the stream");
+    }
+    ids
+}
+
+/// Connects, retrying for a while: the broker may be starting.
+async fn connect(url: &str) -> async_nats::jetstream::Context {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(c) = async_nats::connect(url).await {
+            return async_nats::jetstream::new(c);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no NATS server at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The app's configuration for a `vitrina relay` process beside it, written into `dir`.
+fn relay_config(app: &TestApp, dir: &std::path::Path, tune: impl FnOnce(&mut vitrina::config::Config)) -> std::path::PathBuf {
+    let mut cfg = app.state.config.clone();
+    cfg.data_dir = dir.to_owned();
+    cfg.events.relay = true;
+    cfg.events.poll_ms = 10;
+    tune(&mut cfg);
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    file
+}
+
+fn start_relay(config: &std::path::Path) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"))
+        .args(["relay", "--config", config.to_str().unwrap()])
+        .env("VITRINA_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start vitrina relay");
+    KillOnDrop(child)
+}
+
 fn inbox() -> rusqlite::Connection {
     let c = rusqlite::Connection::open_in_memory().unwrap();
     vitrina::events::inbox::sqlite::create_table(&c).unwrap();
@@ -183,56 +247,14 @@ async fn the_relay_never_skips_a_late_commit() {
     })
     .await;
     let pg = app.state.config.postgres.shards[0].primary.clone();
-    let writers: Vec<_> = (0..64)
-        .map(|i| {
-            let pg = pg.clone();
-            tokio::spawn(async move {
-                let (mut client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls).await.unwrap();
-                tokio::spawn(conn);
-                let tx = client.transaction().await.unwrap();
-                let id = format!("late-{i}");
-                tx.execute(
-                    "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at)
-                     VALUES ($1, 'acme', $1, 'vitrina.test.late', 1, json_build_object('id', $1::text)::text, now())",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-                let ms = ((i * 37) % 64) as f64 * 3.0;
-                tx.execute("SELECT pg_sleep($1::float8 / 1000.0)", &[&ms]).await.unwrap();
-                if i % 8 == 0 {
-                    tx.rollback().await.unwrap();
-                    None
-                } else {
-                    tx.commit().await.unwrap();
-                    Some(id)
-                }
-            })
-        })
-        .collect();
     let mut expected = HashSet::new();
-    for w in writers {
+    for w in crate::backend::late_committers(&pg, "vitrina.test.late") {
         expected.extend(w.await.unwrap());
     }
-    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-    let t0 = Instant::now();
-    loop {
-        let info = js.get_stream(&stream).await.map(|s| s.cached_info().state.messages).unwrap_or(0);
-        if info as usize >= expected.len() {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{info} of {} arrived", expected.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let js = connect(&url).await;
+    wait_stream(&js, &stream, expected.len() as u64, "the committed events").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let s = js.get_stream(&stream).await.unwrap();
-    let mut got = HashSet::new();
-    for seq in 1..=s.cached_info().state.last_sequence {
-        let m = s.get_raw_message(seq).await.unwrap();
-        let e: Value = serde_json::from_slice(&m.payload).unwrap();
-        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice");
-    }
-    assert_eq!(got, expected, "exactly the committed events, none skipped, none rolled back");
+    assert_eq!(stream_ids(&js, &stream).await, expected, "exactly the committed events, none skipped, none rolled back");
     js.delete_stream(&stream).await.unwrap();
 }
 
@@ -254,25 +276,12 @@ async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost() {
     let tag = format!("t{}", uuid::Uuid::now_v7().simple());
     let stream = tag.to_uppercase();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = app.state.config.clone();
-    cfg.data_dir = dir.path().to_owned();
-    cfg.events.relay = true;
-    cfg.events.poll_ms = 10;
-    cfg.events.batch = 8;
-    cfg.events.lease_ms = 1500;
-    cfg.events.sinks = vec![sink(SinkKind::Nats, &url, &stream, Some(&format!("{tag}.events")))];
-    let file = dir.path().join("relay.toml");
-    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    let relay = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"))
-            .args(["relay", "--config", file.to_str().unwrap()])
-            .env("VITRINA_LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start vitrina relay")
-    };
-    let mut first = relay();
+    let config = relay_config(&app, dir.path(), |c| {
+        c.events.batch = 8;
+        c.events.lease_ms = 1500;
+        c.events.sinks = vec![sink(SinkKind::Nats, &url, &stream, Some(&format!("{tag}.events")))];
+    });
+    let first = start_relay(&config);
     let shop = app.shop_with_stock("acme", "MUG", 1).await;
     let writer = {
         let (client, base, key) = (app.client.clone(), app.base.clone(), shop.key.clone());
@@ -290,45 +299,20 @@ async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost() {
             }
         })
     };
-    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-    let count = |js: async_nats::jetstream::Context, stream: String| async move {
-        match js.get_stream(&stream).await {
-            Ok(s) => s.cached_info().state.messages,
-            Err(_) => 0,
-        }
-    };
-    let t0 = Instant::now();
-    while count(js.clone(), stream.clone()).await < 40 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the first relay published nothing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    first.kill().unwrap();
-    let _ = first.wait();
+    let js = connect(&url).await;
+    wait_stream(&js, &stream, 40, "the first relay's publishes").await;
+    drop(first);
     let killed_at = Instant::now();
-    let at_kill = count(js.clone(), stream.clone()).await;
-    let mut second = relay();
-    while count(js.clone(), stream.clone()).await <= at_kill {
-        assert!(killed_at.elapsed() < Duration::from_secs(30), "the standby never took over");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let at_kill = stream_len(&js, &stream).await;
+    let second = start_relay(&config);
+    wait_stream(&js, &stream, at_kill + 1, "the standby's publishes").await;
     let took_over = killed_at.elapsed();
     writer.await.unwrap();
     let expected: HashSet<String> =
         committed(&app, &shop, 303).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    let t0 = Instant::now();
-    while (count(js.clone(), stream.clone()).await as usize) < expected.len() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "events missing after the takeover");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = second.kill();
-    let _ = second.wait();
-    let s = js.get_stream(&stream).await.unwrap();
-    let mut got = HashSet::new();
-    for seq in 1..=s.cached_info().state.last_sequence {
-        let e: Value = serde_json::from_slice(&s.get_raw_message(seq).await.unwrap().payload).unwrap();
-        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice in the stream");
-    }
-    assert_eq!(got, expected, "every committed event, none lost");
+    wait_stream(&js, &stream, expected.len() as u64, "every event after the takeover").await;
+    drop(second);
+    assert_eq!(stream_ids(&js, &stream).await, expected, "every committed event, none lost");
     eprintln!("the standby published {took_over:?} after the kill (lease 1.5 s)");
     // Lease 1.5 s + poll 10 ms, plus the new process's start and connections.
     assert!(took_over < Duration::from_millis(1500 + 10 + 3000), "took over after {took_over:?}");
@@ -352,43 +336,29 @@ async fn a_batch_held_by_a_killed_relay_is_reclaimed_after_its_lease() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = app.state.config.clone();
-    cfg.data_dir = dir.path().to_owned();
-    cfg.events.relay = true;
-    cfg.events.poll_ms = 10;
-    cfg.events.batch = 20;
-    cfg.events.lease_ms = 2000;
-    cfg.events.sinks = vec![SinkConfig {
-        kind: SinkKind::Webhook,
-        url: receiver.url.clone(),
-        name: Some("crm".into()),
-        stream: None,
-        subject: None,
-        secret: Some("crm-signing-secret".into()),
-    }];
-    let file = dir.path().join("relay.toml");
-    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    let relay = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"))
-            .args(["relay", "--config", file.to_str().unwrap()])
-            .env("VITRINA_LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start vitrina relay")
-    };
+    let config = relay_config(&app, dir.path(), |c| {
+        c.events.batch = 20;
+        c.events.lease_ms = 2000;
+        c.events.sinks = vec![SinkConfig {
+            kind: SinkKind::Webhook,
+            url: receiver.url.clone(),
+            name: Some("crm".into()),
+            stream: None,
+            subject: None,
+            secret: Some("crm-signing-secret".into()),
+        }];
+    });
     let shop = app.shop_with_stock("acme", "MUG", 1).await;
     for i in 0..30 {
         app.set_stock(&shop, "MUG", i).await;
     }
-    let mut first = relay();
+    let first = start_relay(&config);
     // Inside the first batch: some of it delivered, the rest still to go.
     receiver.wait_for("the first relay's first deliveries", |s| s.len() >= 3).await;
-    first.kill().unwrap();
-    let _ = first.wait();
+    drop(first);
     let killed_at = Instant::now();
     let before = receiver.received().len();
-    let _second = KillOnDrop(relay());
+    let _second = start_relay(&config);
     receiver.wait_for("the standby's deliveries", |s| s.len() > before).await;
     let took_over = killed_at.elapsed();
     eprintln!("the standby delivered {took_over:?} after the kill (lease 2 s)");
@@ -439,14 +409,7 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
     let store = tempfile::tempdir().unwrap();
     let Some(broker) = nats_server(port, store.path()) else { return };
     let url = format!("nats://127.0.0.1:{port}");
-    let t0 = Instant::now();
-    let js = loop {
-        if let Ok(c) = async_nats::connect(&url).await {
-            break async_nats::jetstream::new(c);
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the test's nats-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let js = connect(&url).await;
     let u = url.clone();
     let app = spawn_with(move |c| {
         c.seed_on_start = false;
@@ -457,11 +420,7 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
     })
     .await;
     let shop = app.shop_with_stock("acme", "MUG", 1).await;
-    let t0 = Instant::now();
-    while js.get_stream("CRASH").await.map(|s| s.cached_info().state.messages).unwrap_or(0) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "nothing published before the crash");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stream(&js, "CRASH", 3, "publishes before the crash").await;
     drop(js);
     drop(broker);
     for i in 0..20 {
@@ -471,28 +430,7 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
     let _broker = nats_server(port, store.path()).unwrap();
     let expected: HashSet<String> =
         committed(&app, &shop, 23).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    let t0 = Instant::now();
-    let js = loop {
-        if let Ok(c) = async_nats::connect(&url).await {
-            break async_nats::jetstream::new(c);
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "the restarted nats-server did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let t0 = Instant::now();
-    loop {
-        let n = js.get_stream("CRASH").await.map(|s| s.cached_info().state.messages).unwrap_or(0);
-        if n as usize >= expected.len() {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{n} of {} events after the restart", expected.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = js.get_stream("CRASH").await.unwrap();
-    let mut got = HashSet::new();
-    for seq in 1..=s.cached_info().state.last_sequence {
-        let e: Value = serde_json::from_slice(&s.get_raw_message(seq).await.unwrap().payload).unwrap();
-        assert!(got.insert(e["id"].as_str().unwrap().to_owned()), "no event twice in the stream");
-    }
-    assert_eq!(got, expected, "every committed event, none lost");
+    let js = connect(&url).await;
+    wait_stream(&js, "CRASH", expected.len() as u64, "every event after the restart").await;
+    assert_eq!(stream_ids(&js, "CRASH").await, expected, "every committed event, none lost");
 }
