@@ -230,6 +230,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A shop's events after `after` (a position this feed issued), in commit order.
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage>;
+    /// This store's feed position of an event a shop brought along when it moved here, found by
+    /// the position shard `origin`'s feed had issued for it.
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>>;
     /// Ids of the shops whose data lives here (forwarding marks excluded).
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>>;
     /// Shops pinned to a shard other than their ring owner (kept on the first shard).

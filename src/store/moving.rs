@@ -1,6 +1,11 @@
 //! Moving a shop to another shard: fence its writes on the old shard, copy its rows, verify the
 //! copy, flip the directory, and leave a forwarding mark behind. Instances with a stale
 //! directory are redirected by the mark (`Moved`) on their next write.
+//!
+//! Events: the shop's outbox rows stay on the old shard, whose relay publishes any not yet sent
+//! (with the subscriptions it had there); the new shard gets a copy as history for its pull feed,
+//! never published again, and the per-aggregate sequences, so the next event continues them.
+//! Webhook subscriptions are copied; their pending deliveries finish from the old shard.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -19,6 +24,9 @@ pub struct MoveReport {
     pub stock_rows: usize,
     pub orders: usize,
     pub idempotency_keys: usize,
+    /// The shop's events, kept on the new shard as the history its feed serves.
+    pub events: usize,
+    pub webhooks: usize,
     /// How long the shop's writes were held (answered 503 with Retry-After).
     pub fenced_ms: u64,
 }
@@ -109,6 +117,8 @@ impl ShardedStore {
             stock_rows: counts[1],
             orders: counts[2],
             idempotency_keys: counts[3],
+            events: counts[4],
+            webhooks: counts[5],
             fenced_ms,
         })
     }

@@ -339,8 +339,30 @@ impl Store for ShardedStore {
         Ok(Gathered { value: total, unavailable })
     }
 
+    /// Positions name the shard that issued them (`shard:position`). After the shop moved, a
+    /// cursor from its old shard is found again among the events the move brought along; one
+    /// that cannot be (its event was pruned before the move) restarts the shop's feed here, which
+    /// repeats events but never skips one.
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<super::EventPage> {
-        self.for_shop(shop).events_after(shop, after, limit).await
+        let home = self.home(shop);
+        let name = &self.ring.shards()[home];
+        let store = &self.shards[home];
+        let invalid = |p: &str| StoreError::invalid("invalid_position", format!("{p:?} is not a position of this feed"));
+        let inner = match after {
+            None => None,
+            Some(a) => match a.rsplit_once(':') {
+                Some((shard, pos)) if shard == name => Some(pos.to_owned()),
+                Some((shard, pos)) if self.index_of(shard).is_some() => store.imported_position(shop, shard, pos).await?,
+                _ => return Err(invalid(a)),
+            },
+        };
+        let mut page = store.events_after(shop, inner.as_deref(), limit).await?;
+        page.next = page.next.map(|n| format!("{name}:{n}"));
+        Ok(page)
+    }
+
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+        self.for_shop(shop).imported_position(shop, origin, position).await
     }
 
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {

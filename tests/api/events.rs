@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{one_line, problem, spawn, Shop, TestApp};
 
-async fn feed(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize) -> Value {
+pub async fn feed(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize) -> Value {
     let mut path = format!("/shops/{}/events?limit={limit}", shop.id);
     if let Some(a) = after {
         path.push_str(&format!("&after={a}"));
@@ -16,7 +16,7 @@ async fn feed(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize) -> 
 
 /// The feed from `after`, once it holds at least `want` events: on PostgreSQL an event shows
 /// only when every transaction older than it has ended, anywhere on the server.
-async fn feed_at_least(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize, want: usize) -> Value {
+pub async fn feed_at_least(app: &TestApp, shop: &Shop, after: Option<&str>, limit: usize, want: usize) -> Value {
     let t0 = std::time::Instant::now();
     loop {
         let page = feed(app, shop, after, limit).await;

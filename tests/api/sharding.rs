@@ -9,7 +9,9 @@ use vitrina::config::ShardConfig;
 use vitrina::routing::{ring::DEFAULT_VNODES, Ring};
 
 use crate::backend::{backend, fresh_database, url_for, Backend};
+use crate::events::{feed, feed_at_least};
 use crate::helpers::{one_line, problem, spawn_with, start, TestApp, ADMIN};
+use crate::webhooks::Receiver;
 
 async fn sharded(n: usize) -> TestApp {
     match backend() {
@@ -295,4 +297,56 @@ async fn adding_a_shard_keeps_every_shop_reachable_until_rebalance_moves_the_cha
     }
     let again: Value = grown.post("/shards/rebalance").bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
     assert!(again["moved"].as_array().unwrap().is_empty(), "a second run has nothing to do");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_shop_brings_its_feed_sequences_and_webhooks_along() {
+    let app = sharded(2).await;
+    let ring = Ring::new(&shard_names(2), DEFAULT_VNODES);
+    let id = (0..).map(|i| format!("traveller-{i}")).find(|id| ring.owner_index(id) == 0).unwrap();
+    let receiver = Receiver::start(0).await;
+    let shop = app.shop_with_stock(&id, "A", 10).await;
+    let hook: Value = app
+        .post(&format!("/shops/{id}/webhooks"))
+        .bearer_auth(&shop.key)
+        .json(&serde_json::json!({"url": receiver.url, "events": ["vitrina.order.placed", "vitrina.order.paid"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let placed: Value = app.order(&shop, "k1", &one_line("A", 2)).await.json().await.unwrap();
+    let order = placed["id"].as_str().unwrap().to_owned();
+    receiver.wait_for("the placed order is delivered from shard 1", |s| s.len() == 1).await;
+    // shop created, product, stock, order placed; a consumer has read the first two.
+    let before = feed_at_least(&app, &shop, None, 100, 4).await;
+    let before: Vec<Value> = before["events"].as_array().unwrap().clone();
+    let cursor = feed(&app, &shop, None, 2).await["next"].as_str().unwrap().to_owned();
+    assert!(cursor.starts_with("shard1:"), "{cursor}");
+
+    let report: Value = move_to(&app, &id, "shard2").await.json().await.unwrap();
+    assert_eq!((report["events"].as_u64(), report["webhooks"].as_u64()), (Some(before.len() as u64), Some(1)), "{report}");
+    let hooks = app.get_json_as(&format!("/shops/{id}/webhooks"), &shop.key).await;
+    assert_eq!(hooks["webhooks"][0]["id"], hook["id"], "the subscription moved along");
+
+    let paid = app.post(&format!("/shops/{id}/orders/{order}/pay")).bearer_auth(&shop.key).send().await.unwrap();
+    assert_eq!(paid.status(), StatusCode::OK);
+
+    // The old cursor continues on shard 2: the rest of the history once, then the new event.
+    let rest = feed_at_least(&app, &shop, Some(&cursor), 100, before.len() - 2 + 1).await;
+    let ids = |events: &[Value]| events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let rest_events = rest["events"].as_array().unwrap();
+    assert_eq!(ids(&rest_events[..before.len() - 2]), ids(&before[2..]), "no event skipped or repeated across the move");
+    let last = rest_events.last().unwrap();
+    assert_eq!(last["type"], "vitrina.order.paid");
+    assert_eq!(last["sequence"], 2, "the order's sequence carries on from shard 1");
+    assert!(rest["next"].as_str().unwrap().starts_with("shard2:"));
+
+    // Shard 2 publishes only what was written there: the receiver gets the payment once and the
+    // placed order not a second time.
+    receiver.wait_for("the payment is delivered from shard 2", |s| s.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen: Vec<String> = receiver.received().iter().map(|r| r.event_id.clone()).collect();
+    assert_eq!(seen, vec![before[3]["id"].as_str().unwrap().to_owned(), last["id"].as_str().unwrap().to_owned()]);
 }

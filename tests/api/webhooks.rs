@@ -89,7 +89,7 @@ impl Receiver {
 }
 
 /// Fast retries, so a test sees several attempts in well under a second.
-fn quick_retries(c: &mut vitrina::config::Config) {
+pub fn quick_retries(c: &mut vitrina::config::Config) {
     c.seed_on_start = false;
     c.events.poll_ms = 10;
     c.events.webhooks.retry_base_ms = 20;

@@ -324,6 +324,10 @@ impl Store for PgStore {
         outbox::events_after(&self.client().await?, shop, after, limit).await
     }
 
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+        outbox::imported_position(&self.client().await?, shop, origin, position).await
+    }
+
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
@@ -395,7 +399,9 @@ impl Store for PgStore {
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
-        moves::export_shop(&self.client().await?, shop).await
+        let mut dump = moves::export_shop(&self.client().await?, shop).await?;
+        dump.origin = self.name.clone();
+        Ok(dump)
     }
 
     async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{catalog, orders, shops};
+use super::{catalog, orders, outbox, shops, webhooks};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
 use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
@@ -94,7 +94,19 @@ pub async fn export_shop(c: &impl GenericClient, shop: &ShopId) -> StoreResult<S
             created_at: r.get(4),
         })
         .collect();
-    Ok(ShopDump { shop: record, products, stock, orders: all_orders, idempotency })
+    let (events, sequences) = outbox::export_events(c, shop).await?;
+    let webhooks = webhooks::list(c, shop.as_str()).await?;
+    Ok(ShopDump {
+        shop: record,
+        products,
+        stock,
+        orders: all_orders,
+        idempotency,
+        events,
+        sequences,
+        webhooks,
+        origin: String::new(),
+    })
 }
 
 /// Deletes every row of a shop, children first.
@@ -187,5 +199,6 @@ pub async fn import_shop(c: &impl GenericClient, d: &ShopDump) -> StoreResult<()
         )
         .await?;
     }
-    Ok(())
+    outbox::import_events(c, shop, d).await?;
+    webhooks::import(c, shop.as_str(), &d.webhooks).await
 }

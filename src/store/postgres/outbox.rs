@@ -8,6 +8,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::events::{envelope, NewEvent};
 use crate::shops::ShopId;
+use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
 
 pub async fn emit(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
@@ -102,4 +103,89 @@ pub async fn events_after(c: &impl GenericClient, shop: &ShopId, after: Option<&
         .map(|r| serde_json::from_str(r.get::<_, &str>(2)).map_err(|e| StoreError::Backend(format!("outbox envelope: {e}"))))
         .collect::<StoreResult<_>>()?;
     Ok(EventPage { events, next })
+}
+
+/// The shop's outbox rows in feed order and the last sequence of each of its aggregates. Run
+/// while the shop is fenced: none of its transactions is in flight, so none is left out.
+pub async fn export_events(c: &impl GenericClient, shop: &ShopId) -> StoreResult<ShopEvents> {
+    let events = c
+        .query(
+            "SELECT txid::text, position, id, aggregate, type, sequence, envelope, created_at FROM outbox
+             WHERE shop = $1 ORDER BY txid, position",
+            &[&shop.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| EventRow {
+            position: format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1)),
+            id: r.get(2),
+            aggregate: r.get(3),
+            kind: r.get(4),
+            sequence: r.get(5),
+            envelope: r.get(6),
+            created_at: r.get(7),
+        })
+        .collect();
+    // A shop's aggregates are the shop itself and the ids under `shop/`.
+    let sequences = c
+        .query(
+            "SELECT aggregate, seq FROM aggregate_sequences
+             WHERE aggregate = $1 OR starts_with(aggregate, $1 || '/') ORDER BY aggregate COLLATE \"C\"",
+            &[&shop.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok((events, sequences))
+}
+
+/// Writes a moved shop's events as history (`origin` set: the relay skips them) and carries its
+/// sequences on. An event already here, left from an earlier stay of the shop, is kept as is.
+pub async fn import_events(c: &impl GenericClient, shop: &ShopId, d: &ShopDump) -> StoreResult<()> {
+    let here: std::collections::HashSet<String> =
+        c.query("SELECT id FROM outbox WHERE shop = $1", &[&shop.as_str()]).await?.iter().map(|r| r.get(0)).collect();
+    let new: Vec<&EventRow> = d.events.iter().filter(|e| !here.contains(&e.id)).collect();
+    let col = |f: fn(&EventRow) -> String| new.iter().map(|e| f(e)).collect::<Vec<String>>();
+    let (ids, aggregates, kinds, envelopes, positions) = (
+        col(|e| e.id.clone()),
+        col(|e| e.aggregate.clone()),
+        col(|e| e.kind.clone()),
+        col(|e| e.envelope.clone()),
+        col(|e| e.position.clone()),
+    );
+    let sequences: Vec<i64> = new.iter().map(|e| e.sequence).collect();
+    let times: Vec<DateTime<Utc>> = new.iter().map(|e| e.created_at).collect();
+    c.execute(
+        "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at, origin, origin_position)
+         SELECT id, $1, aggregate, type, sequence, envelope, created_at, $2, origin_position
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::timestamptz[], $9::text[])
+           WITH ORDINALITY AS e (id, aggregate, type, sequence, envelope, created_at, origin_position, n) ORDER BY n",
+        &[&shop.as_str(), &d.origin, &ids, &aggregates, &kinds, &sequences, &envelopes, &times, &positions],
+    )
+    .await?;
+    let (names, seqs): (Vec<&str>, Vec<i64>) = d.sequences.iter().map(|(a, s)| (a.as_str(), *s)).unzip();
+    c.execute(
+        "INSERT INTO aggregate_sequences (aggregate, seq) SELECT * FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (aggregate) DO UPDATE SET seq = greatest(aggregate_sequences.seq, excluded.seq)",
+        &[&names, &seqs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where this shard's feed holds the event that shard `origin`'s feed issued `position` for.
+pub async fn imported_position(
+    c: &impl GenericClient,
+    shop: &ShopId,
+    origin: &str,
+    position: &str,
+) -> StoreResult<Option<String>> {
+    let row = c
+        .query_opt(
+            "SELECT txid::text, position FROM outbox WHERE shop = $1 AND origin = $2 AND origin_position = $3",
+            &[&shop.as_str(), &origin, &position],
+        )
+        .await?;
+    Ok(row.map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1))))
 }

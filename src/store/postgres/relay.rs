@@ -45,6 +45,7 @@ async fn read(c: &impl GenericClient, after: Option<&str>, limit: usize) -> Stor
         .prepare_cached(
             "SELECT txid::text, position, id, shop, aggregate, type, sequence, envelope, created_at FROM outbox
              WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND (txid, position) > ($1::text::xid8, $2)
+               AND origin IS NULL
              ORDER BY txid, position LIMIT $3",
         )
         .await?;
@@ -127,7 +128,8 @@ impl Outbox for PgStore {
             .client()
             .await?
             .query_opt(
-                "SELECT txid::text, position FROM outbox WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+                "SELECT txid::text, position FROM outbox
+                 WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND origin IS NULL
                  ORDER BY txid DESC, position DESC LIMIT 1",
                 &[],
             )
@@ -245,7 +247,8 @@ impl Outbox for PgStore {
             let (txid, pos) = position(cursor.as_deref())?;
             let r = c
                 .query_one(
-                    "SELECT count(*), min(created_at) FROM outbox WHERE (txid, position) > ($1::text::xid8, $2)",
+                    "SELECT count(*), min(created_at) FROM outbox
+                     WHERE (txid, position) > ($1::text::xid8, $2) AND origin IS NULL",
                     &[&txid, &pos],
                 )
                 .await?;

@@ -242,6 +242,15 @@ CREATE INDEX outbox_in_feed_order ON outbox (txid, position);
 CREATE INDEX outbox_by_shop_in_feed_order ON outbox (shop, txid, position);
 "#,
     ),
+    (
+        5,
+        "events a moved shop brings along",
+        r#"
+-- Set on rows copied from another shard by a shop move: the feed serves them, the relay does not
+-- publish them again (the shard they were written on does).
+ALTER TABLE outbox ADD COLUMN origin TEXT, ADD COLUMN origin_position TEXT;
+"#,
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {

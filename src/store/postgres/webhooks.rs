@@ -69,6 +69,26 @@ pub async fn create(c: &impl GenericClient, w: &Webhook) -> StoreResult<()> {
     Ok(())
 }
 
+/// A moved shop's subscriptions arrive: those it had here from an earlier stay are updated,
+/// those deleted meanwhile go with their delivery log.
+pub async fn import(c: &impl GenericClient, shop: &str, hooks: &[Webhook]) -> StoreResult<()> {
+    for old in list(c, shop).await? {
+        if !hooks.iter().any(|h| h.id == old.id) {
+            delete(c, shop, &old.id).await?;
+        }
+    }
+    for w in hooks {
+        let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
+        c.execute(
+            "INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url, events = excluded.events, secret = excluded.secret",
+            &[&w.id, &shop, &w.url, &events, &w.secret, &w.created_at],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn list(c: &impl GenericClient, shop: &str) -> StoreResult<Vec<Webhook>> {
     let stmt =
         c.prepare_cached(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE shop = $1 ORDER BY created_at, id")).await?;

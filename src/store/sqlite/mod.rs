@@ -293,6 +293,11 @@ impl Store for SqliteStore {
         self.read(move |c| outbox::events_after(c, &shop, after.as_deref(), limit)).await
     }
 
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+        let (shop, origin, position) = (shop.clone(), origin.to_owned(), position.to_owned());
+        self.read(move |c| outbox::imported_position(c, &shop, &origin, &position)).await
+    }
+
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let shop = shop.clone();
         self.write(move |c| {
@@ -375,7 +380,9 @@ impl Store for SqliteStore {
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
         let shop = shop.clone();
         // Through the writer: the export sees every write acknowledged before it.
-        self.write(move |c| moves::export_shop(c, &shop)).await
+        let mut dump = self.write(move |c| moves::export_shop(c, &shop)).await?;
+        dump.origin = self.name.clone();
+        Ok(dump)
     }
 
     async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {

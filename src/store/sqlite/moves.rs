@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{catalog, orders, parse_ts, shops, ts};
+use super::{catalog, orders, outbox, parse_ts, shops, ts, webhooks};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
 use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
@@ -85,7 +85,9 @@ pub fn export_shop(c: &Connection, shop: &ShopId) -> StoreResult<ShopDump> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(ShopDump { shop: record, products, stock, orders, idempotency })
+    let (events, sequences) = outbox::export_events(c, shop)?;
+    let webhooks = webhooks::list(c, shop.as_str())?;
+    Ok(ShopDump { shop: record, products, stock, orders, idempotency, events, sequences, webhooks, origin: String::new() })
 }
 
 /// Deletes every row of a shop, children first.
@@ -154,5 +156,6 @@ pub fn import_shop(c: &Connection, d: &ShopDump) -> StoreResult<()> {
         )?
         .execute(params![shop.as_str(), k.key, k.request_hash, k.status_code, k.response, ts(k.created_at)])?;
     }
-    Ok(())
+    outbox::import_events(c, shop, d)?;
+    webhooks::import(c, shop.as_str(), &d.webhooks)
 }

@@ -5,11 +5,12 @@
 use std::cell::RefCell;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::ts;
+use super::{parse_ts, ts};
 use crate::events::{envelope, NewEvent};
 use crate::shops::ShopId;
+use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
 
 thread_local! {
@@ -60,4 +61,72 @@ pub fn events_after(c: &Connection, shop: &ShopId, after: Option<&str>, limit: u
         .map(|(_, text)| serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("outbox envelope: {e}"))))
         .collect::<StoreResult<_>>()?;
     Ok(EventPage { events, next })
+}
+
+/// The shop's outbox rows in feed order and the last sequence of each of its aggregates.
+pub fn export_events(c: &Connection, shop: &ShopId) -> StoreResult<ShopEvents> {
+    let events = c
+        .prepare_cached(
+            "SELECT position, id, aggregate, type, sequence, envelope, created_at FROM outbox WHERE shop = ?1 ORDER BY position",
+        )?
+        .query_map([shop.as_str()], |r| {
+            Ok(EventRow {
+                position: r.get::<_, i64>(0)?.to_string(),
+                id: r.get(1)?,
+                aggregate: r.get(2)?,
+                kind: r.get(3)?,
+                sequence: r.get(4)?,
+                envelope: r.get(5)?,
+                created_at: parse_ts(&r.get::<_, String>(6)?)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    // A shop's aggregates are the shop itself and the ids under `shop/`; '0' sorts right after '/'.
+    let s = shop.as_str();
+    let sequences = c
+        .prepare_cached(
+            "SELECT aggregate, seq FROM aggregate_sequences
+             WHERE aggregate = ?1 OR (aggregate >= ?1 || '/' AND aggregate < ?1 || '0') ORDER BY aggregate",
+        )?
+        .query_map([s], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((events, sequences))
+}
+
+/// Writes a moved shop's events as history (`origin` set: the relay skips them) and carries its
+/// sequences on. An event already here, left from an earlier stay of the shop, is kept as is.
+pub fn import_events(c: &Connection, shop: &ShopId, d: &ShopDump) -> StoreResult<()> {
+    for e in &d.events {
+        c.prepare_cached(
+            "INSERT INTO outbox (id, shop, aggregate, type, sequence, envelope, created_at, origin, origin_position)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            e.id,
+            shop.as_str(),
+            e.aggregate,
+            e.kind,
+            e.sequence,
+            e.envelope,
+            ts(e.created_at),
+            d.origin,
+            e.position
+        ])?;
+    }
+    for (aggregate, seq) in &d.sequences {
+        c.prepare_cached(
+            "INSERT INTO aggregate_sequences (aggregate, seq) VALUES (?1, ?2)
+             ON CONFLICT (aggregate) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )?
+        .execute(params![aggregate, seq])?;
+    }
+    Ok(())
+}
+
+/// Where this shard's feed holds the event that shard `origin`'s feed issued `position` for.
+pub fn imported_position(c: &Connection, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+    Ok(c.prepare_cached("SELECT position FROM outbox WHERE shop = ?1 AND origin = ?2 AND origin_position = ?3")?
+        .query_row(params![shop.as_str(), origin, position], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|p| p.to_string()))
 }

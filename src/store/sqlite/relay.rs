@@ -26,7 +26,7 @@ pub(super) fn read(c: &Connection, after: Option<&str>, limit: usize) -> StoreRe
     let rows = c
         .prepare_cached(
             "SELECT position, id, shop, aggregate, type, sequence, envelope, created_at FROM outbox
-             WHERE position > ?1 ORDER BY position LIMIT ?2",
+             WHERE position > ?1 AND origin IS NULL ORDER BY position LIMIT ?2",
         )?
         .query_map(params![position(after)?, limit as i64], |r| {
             Ok(OutboxEvent {
@@ -162,7 +162,7 @@ fn sink_state(c: &Connection, sink: &str, now: DateTime<Utc>) -> StoreResult<Sin
     let row = sink_row(c, sink)?;
     let cursor = row.as_ref().and_then(|r| r.cursor.clone());
     let (backlog, oldest): (i64, Option<String>) = c
-        .prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE position > ?1")?
+        .prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE position > ?1 AND origin IS NULL")?
         .query_row([position(cursor.as_deref())?], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let dead: i64 = c.prepare_cached("SELECT count(*) FROM dead_letters WHERE sink = ?1")?.query_row([sink], |r| r.get(0))?;
     let oldest = oldest.map(|t| parse_ts(&t)).transpose()?;
@@ -223,7 +223,8 @@ impl Outbox for SqliteStore {
 
     async fn head(&self) -> StoreResult<Option<String>> {
         self.read(|c| {
-            Ok(c.query_row("SELECT max(position) FROM outbox", [], |r| r.get::<_, Option<i64>>(0))?.map(|p| p.to_string()))
+            Ok(c.query_row("SELECT max(position) FROM outbox WHERE origin IS NULL", [], |r| r.get::<_, Option<i64>>(0))?
+                .map(|p| p.to_string()))
         })
         .await
     }

@@ -200,6 +200,16 @@ CREATE TABLE inbox (
 ALTER TABLE outbox DROP COLUMN status;
 "#,
     ),
+    (
+        5,
+        "events a moved shop brings along",
+        r#"
+-- Set on rows copied from another shard by a shop move: the feed serves them, the relay does not
+-- publish them again (the shard they were written on does).
+ALTER TABLE outbox ADD COLUMN origin TEXT;
+ALTER TABLE outbox ADD COLUMN origin_position TEXT;
+"#,
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {

@@ -53,6 +53,25 @@ pub fn create(c: &Connection, w: &Webhook) -> StoreResult<()> {
     Ok(())
 }
 
+/// A moved shop's subscriptions arrive: those it had here from an earlier stay are updated,
+/// those deleted meanwhile go with their delivery log.
+pub fn import(c: &Connection, shop: &str, hooks: &[Webhook]) -> StoreResult<()> {
+    for old in list(c, shop)? {
+        if !hooks.iter().any(|h| h.id == old.id) {
+            delete(c, shop, &old.id)?;
+        }
+    }
+    for w in hooks {
+        let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
+        c.execute(
+            "INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url, events = excluded.events, secret = excluded.secret",
+            params![w.id, shop, w.url, events, w.secret, ts(w.created_at)],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn list(c: &Connection, shop: &str) -> StoreResult<Vec<Webhook>> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE shop = ?1 ORDER BY created_at, id");
     Ok(c.prepare_cached(&sql)?.query_map([shop], |r| webhook_row(r, 0))?.collect::<rusqlite::Result<_>>()?)
