@@ -24,7 +24,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::clock::Clock;
-use crate::collections::cache::UsersCache;
 use crate::config::Config;
 use crate::orders::idempotency::InFlight;
 use crate::shops::hash_secret;
@@ -39,7 +38,7 @@ pub struct Inner {
     pub config: Config,
     /// Swapped whole when the storage configuration is reloaded (SIGHUP); read it per request.
     store: RwLock<Arc<dyn Store>>,
-    pub users_cache: UsersCache,
+    pub cache: Arc<crate::cache::Cache>,
     pub in_flight: InFlight,
     pub clock: Clock,
     pub admin_token_hash: [u8; 32],
@@ -190,7 +189,7 @@ impl Application {
             bus: events::bus::Bus::new(4096),
             relay_status,
             relay,
-            users_cache: UsersCache::new(Duration::from_secs(config.cache.users_ttl_secs), config.cache.max_entries),
+            cache: Arc::new(crate::cache::Cache::new(&config.cache)?),
             in_flight: InFlight::default(),
             clock,
             admin_token_hash: hash_secret(&admin_token),
@@ -246,6 +245,7 @@ impl Application {
         let reloader = reload.map(|source| tokio::spawn(reload_on_hangup(state.clone(), source)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx.clone()));
+        let cache = tokio::spawn(crate::cache::invalidation::run(state.cache.clone(), state.bus.subscribe(), stop_rx.clone()));
         let events = tokio::spawn(run_events(state.clone(), stop_rx));
         state.set_ready(true);
         tracing::info!(addr = %listener.local_addr()?, "vitrina is ready");
@@ -280,6 +280,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
         let _ = events.await;
+        let _ = cache.await;
         if let Some(r) = reloader {
             r.abort();
         }
@@ -295,6 +296,8 @@ impl Application {
 async fn run_events(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut generation = state.store_generation.subscribe();
     loop {
+        // Whatever this instance cached came from the store it had before.
+        state.cache.bump_local(crate::cache::redis::EVERYTHING, None);
         let outboxes = state.store().outboxes();
         let (inner_tx, inner_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();

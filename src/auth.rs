@@ -2,9 +2,15 @@
 
 use axum::http::{header, HeaderMap};
 
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
 use crate::app::AppState;
+use crate::cache::{shop_scope, Family};
 use crate::error::ApiError;
-use crate::shops::{secret_matches, ShopId, ShopRecord};
+use crate::money::Currency;
+use crate::shops::{secret_matches, Shop, ShopId, ShopRecord};
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -29,8 +35,57 @@ pub async fn require_shop_key(state: &AppState, headers: &HeaderMap, shop: &Shop
     }
 }
 
+/// The shop record, through the cache (in process only: it holds the key's hash).
 pub async fn load_shop(state: &AppState, shop: &ShopId) -> Result<ShopRecord, ApiError> {
-    state.store().get_shop(shop).await?.ok_or_else(|| ApiError::NotFound(format!("shop {shop}")))
+    let (store, id) = (state.store(), shop.clone());
+    let found = state
+        .cache
+        .get_or_load(Family::Shop, &shop_scope(shop.as_str()), "record", async move {
+            let record = store.get_shop(&id).await?;
+            Ok(record.map(|r| Bytes::from(serde_json::to_vec(&CachedShop::from(r)).unwrap_or_default())).into())
+        })
+        .await?;
+    let cached = found.ok_or_else(|| ApiError::NotFound(format!("shop {shop}")))?;
+    let record: CachedShop = serde_json::from_slice(&cached.body).map_err(|e| ApiError::Internal(format!("cached shop: {e}")))?;
+    record.try_into()
+}
+
+/// A shop record as the cache keeps it.
+#[derive(Serialize, Deserialize)]
+struct CachedShop {
+    id: String,
+    name: String,
+    currency: Currency,
+    created_at: DateTime<Utc>,
+    key_hash: String,
+    moved_to: Option<String>,
+}
+
+impl From<ShopRecord> for CachedShop {
+    fn from(r: ShopRecord) -> CachedShop {
+        CachedShop {
+            id: r.shop.id.to_string(),
+            name: r.shop.name,
+            currency: r.shop.currency,
+            created_at: r.shop.created_at,
+            key_hash: hex::encode(r.api_key_hash),
+            moved_to: r.moved_to,
+        }
+    }
+}
+
+impl TryFrom<CachedShop> for ShopRecord {
+    type Error = ApiError;
+
+    fn try_from(c: CachedShop) -> Result<ShopRecord, ApiError> {
+        let mut api_key_hash = [0u8; 32];
+        hex::decode_to_slice(&c.key_hash, &mut api_key_hash).map_err(|e| ApiError::Internal(format!("cached shop: {e}")))?;
+        Ok(ShopRecord {
+            shop: Shop { id: ShopId::trusted(c.id), name: c.name, currency: c.currency, created_at: c.created_at },
+            api_key_hash,
+            moved_to: c.moved_to,
+        })
+    }
 }
 
 /// A shop id from the path; one that could never exist is simply not found.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::config::CacheConfig;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -155,14 +157,6 @@ pub struct LimitsConfig {
     pub request_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Lifetime of a cached seed-API user list.
-    pub users_ttl_secs: u64,
-    pub max_entries: u64,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -217,12 +211,6 @@ impl Default for LimitsConfig {
             page_max: 100,
             request_timeout_secs: 30,
         }
-    }
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig { users_ttl_secs: 60, max_entries: 10_000 }
     }
 }
 
@@ -288,6 +276,7 @@ impl Config {
             }
         }
         self.events.check()?;
+        self.cache.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");
@@ -303,6 +292,7 @@ impl Config {
             shown.admin_token = Some("<set>".into());
         }
         shown.events = self.events.redacted();
+        shown.cache = self.cache.redacted();
         for shard in &mut shown.postgres.shards {
             shard.primary = crate::secrets::mask_url_password(&shard.primary);
             shard.replicas = shard.replicas.iter().map(|r| crate::secrets::mask_url_password(r)).collect();

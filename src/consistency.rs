@@ -28,6 +28,14 @@ pub fn read_after_ms() -> Option<i64> {
     CONTEXT.try_with(|c| c.read_after_ms).ok().flatten()
 }
 
+/// Runs `fut` as if its request had asked to read after `ms` too (the later of the two wins):
+/// a cache filling a key after a write must not fill it from a replica that has not seen it.
+pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Output = T>) -> T {
+    let mut context = CONTEXT.try_with(Context::clone).unwrap_or_default();
+    context.read_after_ms = context.read_after_ms.max(ms);
+    CONTEXT.scope(context, fut).await
+}
+
 /// The request's W3C `traceparent`, recorded on the events it causes.
 pub fn traceparent() -> Option<String> {
     CONTEXT.try_with(|c| c.traceparent.clone()).ok().flatten()

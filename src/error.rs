@@ -139,6 +139,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::cache::CacheError> for ApiError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        match e {
+            crate::cache::CacheError::Store(e) => e.into(),
+            overloaded @ crate::cache::CacheError::Overloaded => ApiError::Unavailable(overloaded.to_string()),
+        }
+    }
+}
+
 impl From<Vec<FieldError>> for ApiError {
     fn from(e: Vec<FieldError>) -> Self {
         ApiError::Validation(e)

@@ -103,6 +103,7 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
     let ops = std::mem::take(&mut batch.ops);
     let lines = std::mem::take(&mut batch.lines);
     let results = state.store().apply_feed(shop, ops, state.clock.now()).await?;
+    state.cache.invalidate(&crate::cache::shop_scope(shop.as_str())).await;
     for (line, r) in lines.into_iter().zip(results) {
         match r {
             Ok(()) => report.accepted += 1,

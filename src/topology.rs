@@ -4,14 +4,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::cache::CacheReport;
 use crate::store::StoreReport;
-
-#[derive(Serialize, ToSchema)]
-pub struct CacheReport {
-    /// Cache tiers in lookup order.
-    pub tiers: Vec<String>,
-    pub users_ttl_secs: u64,
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct Topology {
@@ -37,7 +31,7 @@ pub struct SinkReport {
 pub async fn describe(state: &AppState) -> Topology {
     Topology {
         store: state.store().report().await,
-        cache: CacheReport { tiers: vec!["l1-memory".into()], users_ttl_secs: state.config.cache.users_ttl_secs },
+        cache: state.cache.report(),
         relay: state.relay_status.snapshot(),
         sinks: state
             .config

@@ -2,13 +2,16 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Product, ProductBody, ProductPage, ProductQuery};
 use crate::app::AppState;
 use crate::auth;
+use crate::cache::{http, shop_scope, Family, Loaded};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::pagination;
@@ -37,44 +40,39 @@ async fn put_product(
     let record = auth::require_shop_key(&state, &headers, &shop).await?;
     let input = body.validate(&sku, record.shop.currency)?;
     let (product, upserted) = state.store().upsert_product(&shop, input, state.clock.now()).await?;
+    state.cache.invalidate(&shop_scope(shop.as_str())).await;
     let status = if upserted == Upserted::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, &product))
 }
 
-/// A product, with an `ETag`; `If-None-Match` with the same tag answers 304.
+/// A product, cached; `ETag` / `If-None-Match` → 304, `Cache-Control` with the time it stays
+/// cached, `X-Cache: HIT-L1 | HIT-L2 | MISS`.
 #[utoipa::path(get, path = "/shops/{shop}/products/{sku}", tag = "catalog",
     params(("shop" = String, Path), ("sku" = String, Path)),
-    responses((status = 200, body = Product), (status = 304, description = "Not modified"), (status = 404, body = Problem)))]
+    responses((status = 200, body = Product), (status = 304, description = "Not modified"), (status = 404, body = Problem),
+        (status = 503, body = Problem)))]
 async fn get_product(
     State(state): State<AppState>,
     Path((shop, sku)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let shop = auth::shop_id(&shop)?;
-    let product = find(&state, &shop, &sku).await?;
-    let etag = product.etag();
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            resp.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(resp);
-    }
-    Ok(with_etag(StatusCode::OK, &product))
-}
-
-async fn find(state: &AppState, shop: &crate::shops::ShopId, sku: &str) -> ApiResult<Product> {
-    if validate::sku(sku).is_err() {
+    if validate::sku(&sku).is_err() {
         return Err(ApiError::NotFound(format!("product {sku}")));
     }
-    match state.store().get_product(shop, sku).await? {
-        Some(p) => Ok(p),
+    let store = state.store();
+    let (s, k) = (shop.clone(), sku.clone());
+    let found = state
+        .cache
+        .get_or_load(Family::Product, &shop_scope(shop.as_str()), &sku, async move {
+            let product = store.get_product(&s, &k).await?;
+            Ok(product.map(|p| Bytes::from(serde_json::to_vec(&p).unwrap_or_default())).into())
+        })
+        .await?;
+    match found {
+        Some(c) => Ok(http::respond(&c, &headers)),
         None => {
-            auth::load_shop(state, shop).await?;
+            auth::load_shop(&state, &shop).await?;
             Err(ApiError::NotFound(format!("product {sku}")))
         }
     }
@@ -104,6 +102,7 @@ async fn delete_product(
         return Err(ApiError::NotFound(format!("product {sku}")));
     }
     state.store().delete_product(&shop, &sku).await?;
+    state.cache.invalidate(&shop_scope(shop.as_str())).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -118,22 +117,37 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// A page of a shop's products ordered by SKU (keyset pagination, stable under inserts).
+/// A page of a shop's products ordered by SKU (keyset pagination, stable under inserts); cached
+/// like a product, with the same headers.
 #[utoipa::path(get, path = "/shops/{shop}/products", tag = "catalog",
     params(("shop" = String, Path), ListParams),
-    responses((status = 200, body = ProductPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = ProductPage), (status = 304, description = "Not modified"), (status = 400, body = Problem),
+        (status = 404, body = Problem), (status = 503, body = Problem)))]
 async fn list_products(
     State(state): State<AppState>,
     Path(shop): Path<String>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListParams>,
-) -> ApiResult<Json<ProductPage>> {
+) -> ApiResult<Response> {
     let shop = auth::shop_id(&shop)?;
     let (limit, after) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     if q.category.as_ref().is_some_and(|c| c.chars().count() > 100) {
         return Err(ApiError::bad_request("invalid_category", "category must be at most 100 characters"));
     }
     auth::load_shop(&state, &shop).await?;
-    let rows = state.store().list_products(&shop, ProductQuery { category: q.category, after, limit }).await?;
-    let (items, next_cursor) = pagination::split(rows, limit, |p| p.sku.clone());
-    Ok(Json(ProductPage { items, next_cursor }))
+    // Category and cursor are free text: the key is a digest of the page's parameters.
+    let params = serde_json::to_vec(&(&q.category, &after, limit)).unwrap_or_default();
+    let key = hex::encode(&Sha256::digest(&params)[..16]);
+    let (store, s) = (state.store(), shop.clone());
+    let page = state
+        .cache
+        .get_or_load(Family::Page, &shop_scope(shop.as_str()), &key, async move {
+            let rows = store.list_products(&s, ProductQuery { category: q.category, after, limit }).await?;
+            let (items, next_cursor) = pagination::split(rows, limit, |p| p.sku.clone());
+            let body = serde_json::to_vec(&ProductPage { items, next_cursor }).unwrap_or_default();
+            Ok(Loaded::Keep(Bytes::from(body)))
+        })
+        .await?
+        .ok_or_else(|| ApiError::Internal("a catalog page cannot be absent".into()))?;
+    Ok(http::respond(&page, &headers))
 }

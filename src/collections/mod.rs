@@ -1,7 +1,6 @@
 //! The seed API (pymongo-api): named collections of user documents `{id, name, age, ...extra}`.
 //! Its routes keep FastAPI's response shapes so the seed's clients keep working unchanged.
 
-pub mod cache;
 pub mod routes;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -16,6 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
 use crate::app::AppState;
+use crate::cache::{collection_scope, http, CacheError, Family, Loaded};
 use crate::store::StoreError;
 use crate::topology::{self, Topology};
 
@@ -106,6 +107,8 @@ pub struct RootReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unavailable_shards: Vec<String>,
     pub cache_enabled: bool,
+    /// The cache tiers and their state (the same as `topology.cache`).
+    pub cache: crate::cache::CacheReport,
     pub status: String,
     pub topology: Topology,
 }
@@ -179,7 +182,8 @@ async fn root(State(state): State<AppState>) -> Result<Json<RootReport>, SeedErr
         collections,
         shards,
         unavailable_shards: counts.unavailable,
-        cache_enabled: true,
+        cache_enabled: state.cache.enabled(),
+        cache: state.cache.report(),
         status: "OK".into(),
         topology,
     }))
@@ -219,47 +223,35 @@ pub struct UserList {
     pub unavailable_shards: Vec<String>,
 }
 
-/// Why a list was not put in the cache.
-#[derive(Debug)]
-enum ListLoad {
-    Store(StoreError),
-    /// Some shards did not answer: serve this answer once, do not keep it.
-    Partial(Bytes),
-}
-
 /// Up to 1000 users of a collection, cached for 60 s and invalidated by a write to it.
 #[utoipa::path(get, path = "/{collection_name}/users", tag = "seed",
     params(("collection_name" = String, Path)),
     responses((status = 200, body = UserList)))]
-async fn list_users(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Response, SeedError> {
+async fn list_users(
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, SeedError> {
     check_collection(&collection)?;
     let store = state.store();
     let name = collection.clone();
     let loaded = state
-        .users_cache
-        .get_or_load(&collection, async move {
-            let gathered = store.list_users(&name, MAX_LIST).await.map_err(ListLoad::Store)?;
+        .cache
+        .get_or_load(Family::Users, &collection_scope(&collection), "list", async move {
+            let gathered = store.list_users(&name, MAX_LIST).await?;
+            // Some shards did not answer: serve this answer, do not keep it.
             let partial = !gathered.unavailable.is_empty();
             let list = UserList { users: gathered.value, unavailable_shards: gathered.unavailable };
-            let body =
-                serde_json::to_vec(&list).map(Bytes::from).map_err(|e| ListLoad::Store(StoreError::Backend(e.to_string())))?;
-            if partial {
-                Err(ListLoad::Partial(body))
-            } else {
-                Ok(body)
-            }
+            let body = serde_json::to_vec(&list).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok(if partial { Loaded::Once(body) } else { Loaded::Keep(body) })
         })
-        .await;
-    let (body, hit) = match loaded {
-        Ok(found) => found,
-        Err(e) => match &*e {
-            ListLoad::Partial(body) => (body.clone(), false),
-            ListLoad::Store(err) => return Err(SeedError::Store(err.clone())),
-        },
-    };
-    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    resp.headers_mut().insert("x-cache", HeaderValue::from_static(if hit { "hit" } else { "miss" }));
-    Ok(resp)
+        .await
+        .map_err(|e| match e {
+            CacheError::Store(e) => SeedError::Store(e),
+            CacheError::Overloaded => SeedError::Store(StoreError::Unavailable(e.to_string())),
+        })?;
+    let cached = loaded.ok_or_else(|| SeedError::Store(StoreError::Backend("a user list cannot be absent".into())))?;
+    Ok(http::respond(&cached, &headers))
 }
 
 /// One user by name, or 404 `{"detail": "User <name> not found"}`.
@@ -302,6 +294,6 @@ async fn create_user(
     })?;
     let doc = parse_user(value).map_err(SeedError::Invalid)?;
     state.store().insert_users(&collection, vec![doc.clone()]).await?;
-    state.users_cache.invalidate(&collection);
+    state.cache.invalidate(&collection_scope(&collection)).await;
     Ok((StatusCode::CREATED, Json(doc)))
 }

@@ -42,6 +42,7 @@ async fn create_shop(
     let api_key = generate_api_key();
     let new = body.validate(hash_secret(&api_key), state.clock.now())?;
     let shop = state.store().create_shop(new).await?;
+    state.cache.invalidate(&crate::cache::shop_scope(shop.id.as_str())).await;
     tracing::info!(shop = %shop.id, "shop created");
     Ok((StatusCode::CREATED, Json(CreatedShop { shop, api_key })))
 }
