@@ -13,6 +13,9 @@ pub struct CacheConfig {
     /// The Redis tier: one URL, a list of cluster seed nodes, or the same list comma-separated
     /// (handy in `VITRINA_CACHE__REDIS_URL`). Absent: no L2.
     pub redis_url: Option<RedisUrls>,
+    /// Prefix of every Redis key and of the invalidation channel, so deployments (or test runs)
+    /// sharing one Redis never see each other's entries.
+    pub namespace: String,
     /// Entries the in-process tier holds at most.
     pub max_entries: u64,
     pub product_ttl_secs: u64,
@@ -36,6 +39,7 @@ impl Default for CacheConfig {
         CacheConfig {
             l1: true,
             redis_url: None,
+            namespace: "vitrina".into(),
             max_entries: 10_000,
             product_ttl_secs: 60,
             page_ttl_secs: 30,
@@ -77,6 +81,9 @@ impl CacheConfig {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 anyhow::bail!("cache.redis_url: {url:?} is not a redis:// URL");
             }
+        }
+        if self.namespace.is_empty() || self.namespace.contains(['{', '}', ' ']) {
+            anyhow::bail!("cache.namespace must be non-empty, without braces or spaces");
         }
         if self.db_concurrency == 0 || self.max_entries == 0 {
             anyhow::bail!("cache.db_concurrency and cache.max_entries must be positive");

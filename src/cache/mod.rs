@@ -22,7 +22,7 @@ pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -172,6 +172,8 @@ pub struct Cache {
     gate: Arc<Semaphore>,
     /// An invalidation could not reach Redis: L2 may hold entries a write made stale.
     dirty: AtomicBool,
+    /// Store reads made for misses on this instance.
+    loads: AtomicU64,
 }
 
 /// The state shown in `GET /`.
@@ -188,14 +190,8 @@ pub struct CacheReport {
     pub users_ttl_secs: u64,
     pub product_ttl_secs: u64,
     pub page_ttl_secs: u64,
-}
-
-const L2_PREFIX: &str = "vitrina:v";
-/// Generation keys share one hash slot (`{g}`), so a cluster answers them in one MGET.
-const EPOCH_KEY: &str = "vitrina:{g}:epoch";
-
-fn gen_key(scope: &str) -> String {
-    format!("vitrina:{{g}}:gen:{scope}")
+    /// Store reads this instance made for misses since it started.
+    pub loads: u64,
 }
 
 fn unix_ms() -> u64 {
@@ -250,6 +246,7 @@ impl Cache {
             flights: Mutex::default(),
             gate: Arc::new(Semaphore::new(cfg.db_concurrency)),
             dirty: AtomicBool::new(false),
+            loads: AtomicU64::new(0),
         })
     }
 
@@ -279,7 +276,17 @@ impl Cache {
             users_ttl_secs: self.cfg.users_ttl_secs,
             product_ttl_secs: self.cfg.product_ttl_secs,
             page_ttl_secs: self.cfg.page_ttl_secs,
+            loads: self.loads.load(Ordering::Relaxed),
         }
+    }
+
+    /// Generation keys share one hash slot (`{g}`), so a cluster answers them in one MGET.
+    fn epoch_key(&self) -> String {
+        format!("{}:{{g}}:epoch", self.cfg.namespace)
+    }
+
+    fn gen_key(&self, scope: &str) -> String {
+        format!("{}:{{g}}:gen:{scope}", self.cfg.namespace)
     }
 
     fn scopes(&self) -> std::sync::MutexGuard<'_, Scopes> {
@@ -321,7 +328,7 @@ impl Cache {
         let now = chrono::Utc::now().timestamp_millis();
         self.bump_local(scope, Some(now));
         let Some(l2) = &self.l2 else { return };
-        let recorded = match l2.incr(&gen_key(scope)).await {
+        let recorded = match l2.incr(&self.gen_key(scope)).await {
             Ok(_) => l2.publish(&format!("{scope}@{now}")).await,
             Err(e) => Err(e),
         };
@@ -338,7 +345,7 @@ impl Cache {
         if !self.dirty.load(Ordering::SeqCst) {
             return;
         }
-        if l2.incr(EPOCH_KEY).await.is_ok() && l2.publish(EVERYTHING).await.is_ok() {
+        if l2.incr(&self.epoch_key()).await.is_ok() && l2.publish(EVERYTHING).await.is_ok() {
             self.dirty.store(false, Ordering::SeqCst);
             self.bump_local(EVERYTHING, None);
             tracing::info!("L2 cache moved to a new epoch after missed invalidations");
@@ -354,8 +361,8 @@ impl Cache {
             }
             (s.all, g.local)
         };
-        let key = gen_key(scope);
-        let got = l2.get_numbers(&[EPOCH_KEY, &key]).await?;
+        let (epoch, key) = (self.epoch_key(), self.gen_key(scope));
+        let got = l2.get_numbers(&[&epoch, &key]).await?;
         let remote = (got[0], got[1]);
         let mut s = self.scopes();
         let all = s.all;
@@ -431,7 +438,7 @@ impl Cache {
         let mut lock = None;
         if let (true, Some(l2)) = (family.shared(), &self.l2) {
             if let Ok((epoch, gen)) = self.remote_gen(l2, scope).await {
-                let k = format!("{L2_PREFIX}:{epoch}:{gen}:{}:{scope}:{key}", family.name());
+                let k = format!("{}:v:{epoch}:{gen}:{}:{scope}:{key}", self.cfg.namespace, family.name());
                 if let Some(hit) = self.l2_get(l2, family, &k).await {
                     self.put_l1(l1_key, &hit).await;
                     return Ok(Some(hit));
@@ -522,6 +529,7 @@ impl Cache {
             }
         };
         metrics::counter!("vitrina_cache_loads_total", "family" => family.name()).increment(1);
+        self.loads.fetch_add(1, Ordering::Relaxed);
         Ok(load.await?)
     }
 
@@ -529,5 +537,99 @@ impl Cache {
         if let Some(l1) = &self.l1 {
             l1.insert(l1_key.to_owned(), Cached { source: Source::L1, ..c.clone() }).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow_load(loads: &Arc<AtomicU64>, body: &'static str) -> impl Future<Output = StoreResult<Loaded>> + Send + 'static {
+        let loads = loads.clone();
+        async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(Loaded::Keep(Bytes::from_static(body.as_bytes())))
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_on_one_key_share_one_load_with_or_without_l1() {
+        for l1 in [true, false] {
+            let cache = Arc::new(Cache::new(&CacheConfig { l1, ..CacheConfig::default() }).unwrap());
+            let loads = Arc::new(AtomicU64::new(0));
+            let all: Vec<_> = (0..32)
+                .map(|_| {
+                    let (cache, load) = (cache.clone(), slow_load(&loads, "v1"));
+                    tokio::spawn(async move { cache.get_or_load(Family::Product, "shop:a", "A", load).await })
+                })
+                .collect();
+            for r in futures::future::join_all(all).await {
+                assert_eq!(&r.unwrap().unwrap().unwrap().body[..], b"v1");
+            }
+            assert_eq!(loads.load(Ordering::SeqCst), 1, "l1 = {l1}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bumped_scope_is_loaded_again_and_a_late_load_is_not_served_after_it() {
+        let cache = Arc::new(Cache::new(&CacheConfig::default()).unwrap());
+        let loads = Arc::new(AtomicU64::new(0));
+        let first = cache.get_or_load(Family::Product, "shop:a", "A", slow_load(&loads, "old")).await.unwrap().unwrap();
+        assert_eq!(first.source, Source::Miss);
+        let hit = cache.get_or_load(Family::Product, "shop:a", "A", slow_load(&loads, "x")).await.unwrap().unwrap();
+        assert_eq!((hit.source, &hit.body[..]), (Source::L1, &b"old"[..]));
+
+        // A load that started before a write and ends after it must not be served afterwards.
+        let late = {
+            let cache = cache.clone();
+            cache.bump_local("shop:a", None);
+            let load = slow_load(&loads, "stale");
+            tokio::spawn(async move { cache.get_or_load(Family::Product, "shop:a", "A", load).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cache.bump_local("shop:a", None);
+        late.await.unwrap().unwrap();
+        let fresh = cache.get_or_load(Family::Product, "shop:a", "A", slow_load(&loads, "new")).await.unwrap().unwrap();
+        assert_eq!((fresh.source, &fresh.body[..]), (Source::Miss, &b"new"[..]));
+        // Other scopes keep their entries.
+        cache.bump_local("shop:b", None);
+        let kept = cache.get_or_load(Family::Product, "shop:a", "A", slow_load(&loads, "y")).await.unwrap().unwrap();
+        assert_eq!(kept.source, Source::L1);
+    }
+
+    #[tokio::test]
+    async fn an_absent_thing_is_remembered_until_its_scope_changes() {
+        let cache = Arc::new(Cache::new(&CacheConfig::default()).unwrap());
+        let loads = Arc::new(AtomicU64::new(0));
+        let absent = |loads: &Arc<AtomicU64>| {
+            let loads = loads.clone();
+            async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(Loaded::Absent)
+            }
+        };
+        assert!(cache.get_or_load(Family::Product, "shop:a", "A", absent(&loads)).await.unwrap().is_none());
+        assert!(cache.get_or_load(Family::Product, "shop:a", "A", absent(&loads)).await.unwrap().is_none());
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache.bump_local("shop:a", Some(1));
+        let found = cache.get_or_load(Family::Product, "shop:a", "A", slow_load(&loads, "made")).await.unwrap();
+        assert_eq!(&found.unwrap().body[..], b"made");
+    }
+
+    #[test]
+    fn l2_values_carry_their_expiry_and_whether_the_thing_exists() {
+        let c = Cached {
+            body: Bytes::from_static(b"{}"),
+            etag: etag_of(b"{}").into(),
+            source: Source::Miss,
+            expires: Instant::now(),
+            absent: false,
+        };
+        let back = decode(encode(&c, Duration::from_secs(30))).unwrap();
+        assert_eq!((&back.body[..], back.absent, back.source), (&b"{}"[..], false, Source::L2));
+        assert!(back.ttl_left() > Duration::from_secs(28));
+        assert!(decode(encode(&c, Duration::ZERO)).is_none_or(|c| c.ttl_left().is_zero()));
+        assert!(decode(vec![1, 2]).is_none());
     }
 }

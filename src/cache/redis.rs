@@ -14,8 +14,6 @@ use tokio::sync::{watch, OnceCell};
 use super::breaker::{Breaker, BreakerState};
 use super::config::CacheConfig;
 
-/// Where invalidations travel between instances.
-pub const CHANNEL: &str = "vitrina:invalidate";
 /// Sent when an instance could not record an invalidation: every instance drops everything.
 pub const EVERYTHING: &str = "*";
 
@@ -38,6 +36,8 @@ enum Target {
 
 pub struct Redis {
     target: Target,
+    /// Where invalidations travel between instances: `<namespace>:invalidate`.
+    channel: String,
     urls: Vec<String>,
     pub breaker: Breaker,
     timeout: Duration,
@@ -58,7 +58,13 @@ impl Redis {
                 ClusterClient::builder(urls.to_vec()).connection_timeout(timeout).response_timeout(timeout).retries(2).build()?;
             Target::Cluster { client: Box::new(client), conn: OnceCell::new() }
         };
-        Ok(Redis { target, urls: urls.to_vec(), breaker: Breaker::new("redis", cfg.breaker.clone()), timeout })
+        Ok(Redis {
+            target,
+            channel: format!("{}:invalidate", cfg.namespace),
+            urls: urls.to_vec(),
+            breaker: Breaker::new("redis", cfg.breaker.clone()),
+            timeout,
+        })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -125,7 +131,7 @@ impl Redis {
     }
 
     pub async fn publish(&self, message: &str) -> Result<(), L2Error> {
-        self.call("publish", redis::cmd("PUBLISH").arg(CHANNEL).arg(message)).await
+        self.call("publish", redis::cmd("PUBLISH").arg(&self.channel).arg(message)).await
     }
 
     /// Listens for invalidations from other instances until `stop`, reconnecting as needed.
@@ -146,7 +152,7 @@ impl Redis {
                 let mut pubsub = tokio::time::timeout(self.timeout * 4, client.get_async_pubsub())
                     .await
                     .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-                pubsub.subscribe(CHANNEL).await?;
+                pubsub.subscribe(&self.channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             }
             .await;
