@@ -78,8 +78,21 @@ ensure_rabbitmq() {
 ensure_nats
 ensure_rabbitmq
 
-if port_open 6379; then
-  echo "service redis: listening on 127.0.0.1:6379"
-else
-  echo "service redis: not listening on 127.0.0.1:6379 (no test needs it yet)"
-fi
+# The cache tests use this server and also start private ones (a node they kill, a cluster),
+# so redis-server and redis-cli must be installed either way.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "service redis: installing from the distribution"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-tools >/dev/null
+  fi
+  if port_open 6379; then
+    echo "service redis: listening on 127.0.0.1:6379"
+    return
+  fi
+  redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no --daemonize yes >/dev/null
+  wait_port 6379 redis
+  echo "service redis: started"
+}
+
+ensure_redis

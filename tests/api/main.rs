@@ -5,6 +5,7 @@ mod backend;
 mod helpers;
 
 mod bad_input;
+mod cache;
 mod catalog;
 mod cluster;
 mod concurrency;
