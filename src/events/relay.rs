@@ -110,6 +110,9 @@ impl Relay {
         cfg.sinks.iter().map(|s| s.name()).chain([WEBHOOKS_SINK.to_owned()]).collect()
     }
 
+    /// Leases and delivery schedules are written to the shard and compared by other processes,
+    /// so the relay reads the wall clock (`Utc::now()`), not the app's test clock: a frozen
+    /// clock in one process would otherwise hold a lease forever for all of them.
     fn lease(&self) -> Duration {
         Duration::from_millis(self.cfg.lease_ms)
     }
