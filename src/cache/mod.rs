@@ -433,6 +433,12 @@ impl Cache {
     where
         F: Future<Output = StoreResult<Loaded>>,
     {
+        // A flight that finished between this caller's L1 look and its joining found the key.
+        if let Some(l1) = &self.l1 {
+            if let Some(hit) = l1.get(l1_key).await.filter(|c| c.expires > Instant::now()) {
+                return Ok(Some(Cached { source: Source::L1, ..hit }));
+            }
+        }
         let ttl = family.ttl(&self.cfg);
         let mut l2_key = None;
         let mut lock = None;
