@@ -398,10 +398,10 @@ impl Cache {
         }
         let (all, local, changed_ms) = self.local_gen(scope);
         let l1_key = format!("{}\u{1f}{scope}\u{1f}{all}.{local}\u{1f}{key}", family.name());
-        if let Some(l1) = &self.l1 {
-            if let Some(hit) = l1.get(&l1_key).await.filter(|c| c.expires > Instant::now()) {
+        if self.l1.is_some() {
+            if let Some(hit) = self.l1_get(&l1_key).await {
                 count("l1", family, "hit");
-                return Ok(Some(Cached { source: Source::L1, ..hit }).filter(|c| !c.absent));
+                return Ok(Some(hit).filter(|c| !c.absent));
             }
             count("l1", family, "miss");
         }
@@ -434,10 +434,8 @@ impl Cache {
         F: Future<Output = StoreResult<Loaded>>,
     {
         // A flight that finished between this caller's L1 look and its joining found the key.
-        if let Some(l1) = &self.l1 {
-            if let Some(hit) = l1.get(l1_key).await.filter(|c| c.expires > Instant::now()) {
-                return Ok(Some(Cached { source: Source::L1, ..hit }));
-            }
+        if let Some(hit) = self.l1_get(l1_key).await {
+            return Ok(Some(hit));
         }
         let ttl = family.ttl(&self.cfg);
         let mut l2_key = None;
@@ -537,6 +535,12 @@ impl Cache {
         metrics::counter!("vitrina_cache_loads_total", "family" => family.name()).increment(1);
         self.loads.fetch_add(1, Ordering::Relaxed);
         Ok(load.await?)
+    }
+
+    /// A live L1 entry, absent markers included.
+    async fn l1_get(&self, l1_key: &str) -> Option<Cached> {
+        let hit = self.l1.as_ref()?.get(l1_key).await.filter(|c| c.expires > Instant::now())?;
+        Some(Cached { source: Source::L1, ..hit })
     }
 
     async fn put_l1(&self, l1_key: &str, c: &Cached) {
