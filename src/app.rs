@@ -40,6 +40,8 @@ pub struct Inner {
     store: RwLock<Arc<dyn Store>>,
     pub cache: Arc<crate::cache::Cache>,
     pub in_flight: InFlight,
+    /// SKUs known to have nothing available, refused without a store transaction.
+    pub sold_out: Arc<inventory::sold_out::SoldOut>,
     pub clock: Clock,
     pub admin_token_hash: [u8; 32],
     pub metrics: PrometheusHandle,
@@ -191,6 +193,7 @@ impl Application {
             relay,
             cache: Arc::new(crate::cache::Cache::new(&config.cache)?),
             in_flight: InFlight::default(),
+            sold_out: Arc::new(inventory::sold_out::SoldOut::new(Duration::from_millis(config.orders.sold_out_ttl_ms))),
             clock,
             admin_token_hash: hash_secret(&admin_token),
             metrics: telemetry::metrics_handle(),
@@ -246,6 +249,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx.clone()));
         let cache = tokio::spawn(crate::cache::invalidation::run(state.cache.clone(), state.bus.subscribe(), stop_rx.clone()));
+        let sold_out = tokio::spawn(inventory::sold_out::run(state.sold_out.clone(), state.bus.subscribe(), stop_rx.clone()));
         let events = tokio::spawn(run_events(state.clone(), stop_rx));
         state.set_ready(true);
         tracing::info!(addr = %listener.local_addr()?, "vitrina is ready");
@@ -281,6 +285,7 @@ impl Application {
         let _ = sweeper.await;
         let _ = events.await;
         let _ = cache.await;
+        let _ = sold_out.await;
         if let Some(r) = reloader {
             r.abort();
         }
@@ -298,6 +303,7 @@ async fn run_events(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         // Whatever this instance cached came from the store it had before.
         state.cache.bump_local(crate::cache::redis::EVERYTHING, None);
+        state.sold_out.clear_all();
         let outboxes = state.store().outboxes();
         let (inner_tx, inner_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();

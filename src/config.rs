@@ -109,6 +109,9 @@ pub struct OrdersConfig {
     pub hold_secs: u64,
     /// How often the sweeper looks for expired holds.
     pub sweep_interval_ms: u64,
+    /// How long a SKU seen with nothing available is refused from memory before the store is
+    /// asked again (a stock event that makes it available ends this sooner). 0 turns it off.
+    pub sold_out_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,7 +186,7 @@ impl Default for Config {
 
 impl Default for OrdersConfig {
     fn default() -> Self {
-        OrdersConfig { hold_secs: 15 * 60, sweep_interval_ms: 10_000 }
+        OrdersConfig { hold_secs: 15 * 60, sweep_interval_ms: 10_000, sold_out_ttl_ms: 5_000 }
     }
 }
 

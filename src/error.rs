@@ -129,7 +129,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { entity, id } => ApiError::NotFound(format!("{entity} {id}")),
             StoreError::Conflict { code, detail } => ApiError::Conflict { code, detail },
-            StoreError::InsufficientStock { skus } => ApiError::InsufficientStock(skus),
+            StoreError::InsufficientStock { skus, .. } => ApiError::InsufficientStock(skus),
             StoreError::Invalid { code, detail } => ApiError::Unprocessable { code, detail },
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Backend(m) => ApiError::Internal(m),

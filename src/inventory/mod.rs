@@ -2,6 +2,7 @@
 //! conditional update in the store, so it cannot be oversold.
 
 pub mod routes;
+pub mod sold_out;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -36,7 +36,9 @@ async fn set_stock(
     if !valid_on_hand(body.on_hand) {
         return Err(ApiError::field("on_hand", &format!("must be an integer from 0 to {MAX_QUANTITY}")));
     }
-    Ok(Json(state.store().set_stock(&shop, &sku, body.on_hand, state.clock.now()).await?))
+    let stock = state.store().set_stock(&shop, &sku, body.on_hand, state.clock.now()).await?;
+    state.sold_out.note(&shop, &stock);
+    Ok(Json(stock))
 }
 
 /// Receive (positive) or write off (negative) stock. Never below what is reserved (409).
@@ -57,7 +59,9 @@ async fn adjust_stock(
     if !valid_delta(body.delta) {
         return Err(ApiError::field("delta", &format!("must be a non-zero integer within ±{MAX_QUANTITY}")));
     }
-    Ok(Json(state.store().adjust_stock(&shop, &sku, body.delta, state.clock.now()).await?))
+    let stock = state.store().adjust_stock(&shop, &sku, body.delta, state.clock.now()).await?;
+    state.sold_out.note(&shop, &stock);
+    Ok(Json(stock))
 }
 
 /// Stock of a product: on hand, reserved by open orders, and available.

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use super::PlaceOutcome;
 use crate::shops::ShopId;
+use crate::store::{StoreError, StoreResult};
 
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -29,6 +31,25 @@ impl InFlight {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.set.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// What a finished placement stored under its key: the request's fingerprint and the answer.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: String,
+}
+
+impl IdempotencyRecord {
+    /// The stored answer again for the same request, a refusal for another one under the key.
+    pub fn outcome(self, fingerprint: &[u8; 32]) -> StoreResult<PlaceOutcome> {
+        if self.request_hash != fingerprint[..] {
+            return Ok(PlaceOutcome::KeyReused);
+        }
+        let body = serde_json::from_str(&self.body).map_err(|e| StoreError::Backend(format!("stored response: {e}")))?;
+        Ok(PlaceOutcome::Replayed { status: self.status, body })
     }
 }
 

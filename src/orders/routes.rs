@@ -57,6 +57,9 @@ async fn place_order(
             detail: "a request with this Idempotency-Key is still being processed".into(),
         });
     };
+    if let Some(refused) = refuse_sold_out(&state, &shop, &lines, &key, &body).await? {
+        return Ok(refused);
+    }
     let now = state.clock.now();
     let hold = chrono::Duration::seconds(state.config.orders.hold_secs.min(i64::MAX as u64 / 1000) as i64);
     let place = PlaceOrder {
@@ -70,15 +73,50 @@ async fn place_order(
         expires_at: now + hold,
     };
     let outcome = state.store().place_order(&shop, place).await;
-    let label = match &outcome {
+    if let Err(StoreError::InsufficientStock { sold_out, .. }) = &outcome {
+        let now = std::time::Instant::now();
+        sold_out.iter().for_each(|sku| state.sold_out.mark(shop.as_str(), sku, now));
+    }
+    count_outcome(&outcome, "insufficient_stock");
+    answer(outcome?)
+}
+
+/// Refuses from memory an order naming a SKU known to be sold out, without a store transaction.
+/// A retry of a placement that went through must still get its stored answer, so the key is
+/// looked up first: one primary-key read instead of the write transaction and the wait on the
+/// hot stock row.
+async fn refuse_sold_out(
+    state: &AppState,
+    shop: &crate::shops::ShopId,
+    lines: &[super::WantedLine],
+    key: &str,
+    body: &PlaceOrderBody,
+) -> ApiResult<Option<Response>> {
+    let sold_out = state.sold_out.sold_out(shop, lines.iter().map(|l| l.sku.as_str()), std::time::Instant::now());
+    if sold_out.is_empty() {
+        return Ok(None);
+    }
+    let outcome = match state.store().idempotency_record(shop, key).await? {
+        Some(record) => record.outcome(&body.fingerprint()),
+        None => Err(StoreError::InsufficientStock { skus: sold_out, sold_out: Vec::new() }),
+    };
+    count_outcome(&outcome, "sold_out");
+    answer(outcome?).map(Some)
+}
+
+fn count_outcome(outcome: &Result<PlaceOutcome, StoreError>, short: &'static str) {
+    let label = match outcome {
         Ok(PlaceOutcome::Created(_)) => "placed",
         Ok(PlaceOutcome::Replayed { .. }) => "replayed",
         Ok(PlaceOutcome::KeyReused) => "key_reused",
-        Err(StoreError::InsufficientStock { .. }) => "insufficient_stock",
+        Err(StoreError::InsufficientStock { .. }) => short,
         Err(_) => "error",
     };
     metrics::counter!("vitrina_orders_total", "outcome" => label).increment(1);
-    match outcome? {
+}
+
+fn answer(outcome: PlaceOutcome) -> ApiResult<Response> {
+    match outcome {
         PlaceOutcome::Created(order) => Ok((StatusCode::CREATED, Json(order)).into_response()),
         PlaceOutcome::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -161,5 +199,9 @@ async fn transition(
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::NotFound(format!("order {id}")));
     }
-    Ok(Json(state.store().transition_order(&shop, &id, action, state.clock.now()).await?))
+    let order = state.store().transition_order(&shop, &id, action, state.clock.now()).await?;
+    if action.stock_effect() == super::StockEffect::Release {
+        state.sold_out.released(&order);
+    }
+    Ok(Json(order))
 }

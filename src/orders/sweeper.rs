@@ -36,7 +36,8 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
         let n = due.len();
         for (shop, id) in due {
             match state.store().transition_order(&shop, &id, Action::Expire, now).await {
-                Ok(_) => {
+                Ok(order) => {
+                    state.sold_out.released(&order);
                     cancelled += 1;
                     metrics::counter!("vitrina_orders_expired_total").increment(1);
                 }

@@ -1,10 +1,10 @@
-//! The storage seam. Every backend (the embedded SQLite store now, PostgreSQL shards later)
-//! implements [`Store`]; nothing above this module knows which one it talks to.
+//! The storage seam. Every backend (embedded SQLite, PostgreSQL) implements [`Store`]; nothing
+//! above this module knows which one it talks to.
 //!
 //! Every call carries its routing key: a [`ShopId`] for shop data, the collection plus the
-//! document's name for the seed API. A sharded router can therefore implement `Store` itself by
-//! picking a shard per call. Every business write is one store transaction, so the outbox row
-//! of a later issue joins the same transaction without changing this interface.
+//! document's name for the seed API, so the sharded router implements `Store` itself by picking
+//! a shard per call. Every business write is one store transaction that also writes its outbox
+//! event.
 
 pub mod dump;
 pub mod moving;
@@ -20,6 +20,7 @@ use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 
@@ -30,9 +31,10 @@ pub enum StoreError {
     /// A rule of the domain refused the write; nothing was changed.
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
-    /// Some order lines cannot be served; nothing was reserved.
+    /// Some order lines cannot be served; nothing was reserved. `sold_out` names those of
+    /// them with nothing available at all, for the sold-out memory.
     #[error("insufficient stock for {skus:?}")]
-    InsufficientStock { skus: Vec<String> },
+    InsufficientStock { skus: Vec<String>, sold_out: Vec<String> },
     /// Input that passed the edge checks but is inconsistent with stored data.
     #[error("{detail}")]
     Invalid { code: &'static str, detail: String },
@@ -213,6 +215,8 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>>;
 
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome>;
+    /// The stored answer to an earlier placement with this Idempotency-Key, read from the primary.
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>>;
     /// Newest first, at most `query.limit + 1`.
     async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>>;

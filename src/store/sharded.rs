@@ -17,6 +17,7 @@ use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::routing::Ring;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
@@ -265,6 +266,10 @@ impl Store for ShardedStore {
 
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         self.on_shop(shop, |s| s.place_order(shop, order.clone())).await
+    }
+
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        self.read_shop(shop, |s| s.idempotency_record(shop, key), Option::is_none).await
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

@@ -20,4 +20,5 @@ mod relay;
 mod seed_api;
 mod sharding;
 mod shops;
+mod sold_out;
 mod webhooks;

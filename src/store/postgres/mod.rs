@@ -32,6 +32,7 @@ use crate::collections::UserDoc;
 use crate::config::PostgresConfig;
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
@@ -275,6 +276,10 @@ impl Store for PgStore {
         let outcome = orders::place(&tx, shop, &order).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        orders::idempotency_record(&self.client().await?, shop, key).await
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
 use super::moves::check_home;
+use crate::inventory::Stock;
 use crate::money::{Currency, Money};
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{
     price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
     StockEffect,
@@ -25,17 +27,8 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
             "a request with this Idempotency-Key is still being processed",
         ));
     }
-    let stmt =
-        c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = $1 AND key = $2").await?;
-    if let Some(row) = c.query_opt(&stmt, &[&shop.as_str(), &p.idempotency_key]).await? {
-        let hash: Vec<u8> = row.get(0);
-        if hash != p.fingerprint {
-            return Ok(PlaceOutcome::KeyReused);
-        }
-        let status: i32 = row.get(1);
-        let body: String = row.get(2);
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::Backend(format!("stored response: {e}")))?;
-        return Ok(PlaceOutcome::Replayed { status: status as u16, body });
+    if let Some(record) = idempotency_record(c, shop, &p.idempotency_key).await? {
+        return record.outcome(&p.fingerprint);
     }
 
     let skus: Vec<&str> = p.lines.iter().map(|l| l.sku.as_str()).collect();
@@ -55,21 +48,31 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
     let take = c
         .prepare_cached(
             "UPDATE stock SET reserved = reserved + $3, updated_at = $4
-             WHERE shop = $1 AND sku = $2 AND on_hand - reserved >= $3",
+             WHERE shop = $1 AND sku = $2 AND on_hand - reserved >= $3
+             RETURNING on_hand, reserved",
         )
         .await?;
     let mut in_lock_order: Vec<_> = p.lines.iter().collect();
     in_lock_order.sort_by(|a, b| a.sku.cmp(&b.sku));
     let mut short = Vec::new();
+    let mut drained = Vec::new();
     for line in in_lock_order {
-        if c.execute(&take, &[&shop.as_str(), &line.sku, &line.qty, &now]).await? == 0 {
-            short.push(line.sku.clone());
+        match c.query_opt(&take, &[&shop.as_str(), &line.sku, &line.qty, &now]).await? {
+            None => short.push(line.sku.clone()),
+            // Available reached 0: other instances can refuse this SKU from memory from now on.
+            Some(row) if row.get::<_, i64>(0) == row.get::<_, i64>(1) => {
+                drained.push(Stock::new(line.sku.clone(), row.get(0), row.get(1)))
+            }
+            Some(_) => {}
         }
     }
     if !short.is_empty() {
         // Report in the order the client sent the lines.
         short.sort_by_key(|s| p.lines.iter().position(|l| &l.sku == s));
-        return Err(StoreError::InsufficientStock { skus: short });
+        let stmt = c.prepare_cached("SELECT sku FROM stock WHERE shop = $1 AND sku = ANY($2) AND on_hand - reserved > 0").await?;
+        let available: Vec<String> = c.query(&stmt, &[&shop.as_str(), &short]).await?.iter().map(|r| r.get(0)).collect();
+        let sold_out = short.iter().filter(|s| !available.contains(s)).cloned().collect();
+        return Err(StoreError::InsufficientStock { skus: short, sold_out });
     }
 
     let stmt = c
@@ -107,7 +110,20 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
         .await?;
     c.execute(&stmt, &[&shop.as_str(), &p.idempotency_key, &&p.fingerprint[..], &body, &now]).await?;
     super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
+    for stock in &drained {
+        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now).await?;
+    }
     Ok(PlaceOutcome::Created(order))
+}
+
+pub async fn idempotency_record(c: &impl GenericClient, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+    let stmt =
+        c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = $1 AND key = $2").await?;
+    Ok(c.query_opt(&stmt, &[&shop.as_str(), &key]).await?.map(|row| IdempotencyRecord {
+        request_hash: row.get(0),
+        status: row.get::<_, i32>(1) as u16,
+        body: row.get(2),
+    }))
 }
 
 async fn append_history(
@@ -151,14 +167,20 @@ pub async fn transition(
             Some("UPDATE stock SET reserved = reserved - $3, updated_at = $4 WHERE shop = $1 AND sku = $2 AND reserved >= $3")
         }
     };
+    let mut refilled = Vec::new();
     if let Some(sql) = effect_sql {
         let stmt = c.prepare_cached("SELECT sku, qty FROM order_lines WHERE order_id = $1 ORDER BY sku").await?;
         let lines = c.query(&stmt, &[&id]).await?;
-        let update = c.prepare_cached(sql).await?;
+        let update = c.prepare_cached(&format!("{sql} RETURNING on_hand, reserved")).await?;
         for line in lines {
             let (sku, qty): (String, i64) = (line.get(0), line.get(1));
-            if c.execute(&update, &[&shop.as_str(), &sku, &qty, &now]).await? != 1 {
+            let Some(after) = c.query_opt(&update, &[&shop.as_str(), &sku, &qty, &now]).await? else {
                 return Err(StoreError::Backend(format!("reservation for {sku} in order {id} is missing")));
+            };
+            let stock = Stock::new(sku, after.get(0), after.get(1));
+            // Available rose from 0: whoever remembers the SKU as sold out must hear of it.
+            if action.stock_effect() == StockEffect::Release && stock.available == qty {
+                refilled.push(stock);
             }
         }
     }
@@ -169,6 +191,9 @@ pub async fn transition(
     append_history(c, id, seq, to, now, action.reason()).await?;
     let order = load(c, shop, id).await?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
     super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
+    for stock in &refilled {
+        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now).await?;
+    }
     Ok(order)
 }
 

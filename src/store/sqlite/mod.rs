@@ -32,6 +32,7 @@ use crate::collections::UserDoc;
 use crate::config::{SqliteConfig, Synchronous};
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
@@ -247,6 +248,11 @@ impl Store for SqliteStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let shop = shop.clone();
         self.write(move |c| orders::place(c, &shop, &order)).await
+    }
+
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        let (shop, key) = (shop.clone(), key.to_owned());
+        self.read(move |c| orders::idempotency_record(c, &shop, &key)).await
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {

@@ -6,7 +6,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::moves::check_home;
 use super::{parse_ts, ts};
+use crate::inventory::Stock;
 use crate::money::{Currency, Money};
+use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{
     price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
     StockEffect,
@@ -16,18 +18,8 @@ use crate::store::{StoreError, StoreResult};
 
 pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
     check_home(c, shop)?;
-    let previous = c
-        .prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
-        .query_row(params![shop.as_str(), p.idempotency_key], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?))
-        })
-        .optional()?;
-    if let Some((hash, status, body)) = previous {
-        if hash != p.fingerprint {
-            return Ok(PlaceOutcome::KeyReused);
-        }
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::Backend(format!("stored response: {e}")))?;
-        return Ok(PlaceOutcome::Replayed { status, body });
+    if let Some(record) = idempotency_record(c, shop, &p.idempotency_key)? {
+        return record.outcome(&p.fingerprint);
     }
 
     let mut price_stmt = c.prepare_cached("SELECT name, price_amount, currency FROM products WHERE shop = ?1 AND sku = ?2")?;
@@ -45,17 +37,26 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
     // The only way stock is taken: a conditional update that cannot pass below zero available.
     let mut take = c.prepare_cached(
         "UPDATE stock SET reserved = reserved + ?3, updated_at = ?4
-         WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
+         WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3
+         RETURNING on_hand, reserved",
     )?;
     let now = ts(p.now);
     let mut short = Vec::new();
+    let mut drained = Vec::new();
     for line in &p.lines {
-        if take.execute(params![shop.as_str(), line.sku, line.qty, now])? == 0 {
-            short.push(line.sku.clone());
+        let left = take
+            .query_row(params![shop.as_str(), line.sku, line.qty, now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?;
+        match left {
+            None => short.push(line.sku.clone()),
+            // Available reached 0: other instances can refuse this SKU from memory from now on.
+            Some((on_hand, reserved)) if on_hand == reserved => drained.push(Stock::new(line.sku.clone(), on_hand, reserved)),
+            Some(_) => {}
         }
     }
     if !short.is_empty() {
-        return Err(StoreError::InsufficientStock { skus: short });
+        let sold_out = nothing_available(c, shop, &short)?;
+        return Err(StoreError::InsufficientStock { skus: short, sold_out });
     }
 
     c.prepare_cached(
@@ -78,7 +79,31 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
     )?
     .execute(params![shop.as_str(), p.idempotency_key, &p.fingerprint[..], body, now])?;
     super::outbox::emit(c, crate::events::order_changed(&order), p.now)?;
+    for stock in &drained {
+        super::outbox::emit(c, crate::events::stock_changed(shop, stock), p.now)?;
+    }
     Ok(PlaceOutcome::Created(order))
+}
+
+pub fn idempotency_record(c: &Connection, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+    Ok(c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
+        .query_row(params![shop.as_str(), key], |r| {
+            Ok(IdempotencyRecord { request_hash: r.get(0)?, status: r.get(1)?, body: r.get(2)? })
+        })
+        .optional()?)
+}
+
+/// Which of `skus` have nothing available (rather than less than was asked).
+fn nothing_available(c: &Connection, shop: &ShopId, skus: &[String]) -> StoreResult<Vec<String>> {
+    let mut stmt = c.prepare_cached("SELECT on_hand - reserved FROM stock WHERE shop = ?1 AND sku = ?2")?;
+    let mut out = Vec::new();
+    for sku in skus {
+        let available: Option<i64> = stmt.query_row(params![shop.as_str(), sku], |r| r.get(0)).optional()?;
+        if available.is_none_or(|a| a <= 0) {
+            out.push(sku.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn append_history(c: &Connection, id: &str, seq: i64, status: OrderStatus, at: &str, reason: Option<&str>) -> StoreResult<()> {
@@ -110,15 +135,24 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
             Some("UPDATE stock SET reserved = reserved - ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND reserved >= ?3")
         }
     };
+    let mut refilled = Vec::new();
     if let Some(sql) = effect_sql {
         let lines: Vec<(String, i64)> = c
             .prepare_cached("SELECT sku, qty FROM order_lines WHERE order_id = ?1 ORDER BY sku")?
             .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = c.prepare_cached(sql)?;
+        let mut stmt = c.prepare_cached(&format!("{sql} RETURNING on_hand, reserved"))?;
         for (sku, qty) in lines {
-            if stmt.execute(params![shop.as_str(), sku, qty, now_s])? != 1 {
+            let after = stmt
+                .query_row(params![shop.as_str(), sku, qty, now_s], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .optional()?;
+            let Some((on_hand, reserved)) = after else {
                 return Err(StoreError::Backend(format!("reservation for {sku} in order {id} is missing")));
+            };
+            let stock = Stock::new(sku, on_hand, reserved);
+            // Available rose from 0: whoever remembers the SKU as sold out must hear of it.
+            if action.stock_effect() == StockEffect::Release && stock.available == qty {
+                refilled.push(stock);
             }
         }
     }
@@ -131,6 +165,9 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
     append_history(c, id, seq, to, &now_s, action.reason())?;
     let order = load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
     super::outbox::emit(c, crate::events::order_changed(&order), now)?;
+    for stock in &refilled {
+        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now)?;
+    }
     Ok(order)
 }
 
