@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod cache;
+mod cache_cluster;
 mod catalog;
 mod cluster;
 mod concurrency;
