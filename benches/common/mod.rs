@@ -71,3 +71,37 @@ where
         t.await.unwrap();
     }
 }
+
+/// Runs `request()` from `concurrency` tasks back to back until `secs` have passed; returns how
+/// many completed and how many of those failed (`request` answers whether it succeeded).
+pub async fn run_for<F, Fut>(concurrency: usize, secs: f64, request: F) -> (u64, u64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let (mut done, mut failed, mut i) = (0u64, 0u64, t);
+                while std::time::Instant::now() < until {
+                    if !request(i).await {
+                        failed += 1;
+                    }
+                    done += 1;
+                    i += concurrency;
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    let (mut done, mut failed) = (0, 0);
+    for t in tasks {
+        let (d, f) = t.await.unwrap();
+        done += d;
+        failed += f;
+    }
+    (done, failed)
+}
