@@ -195,11 +195,8 @@ async fn pg(sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error
 
 /// Transactions the bench database has committed or rolled back so far.
 async fn transactions() -> i64 {
-    let rows = pg(&format!(
-        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = '{DB}'"
-    ))
-    .await
-    .unwrap();
+    let rows =
+        pg(&format!("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = '{DB}'")).await.unwrap();
     rows[0].get(0)
 }
 

@@ -42,6 +42,7 @@ pub struct Inner {
     pub in_flight: InFlight,
     /// SKUs known to have nothing available, refused without a store transaction.
     pub sold_out: Arc<inventory::sold_out::SoldOut>,
+    pub admission: Arc<crate::admission::Admission>,
     pub clock: Clock,
     pub admin_token_hash: [u8; 32],
     pub metrics: PrometheusHandle,
@@ -193,6 +194,7 @@ impl Application {
             relay,
             cache: Arc::new(crate::cache::Cache::new(&config.cache)?),
             in_flight: InFlight::default(),
+            admission: Arc::new(crate::admission::Admission::new(&config.admission)),
             sold_out: Arc::new(inventory::sold_out::SoldOut::new(Duration::from_millis(config.orders.sold_out_ttl_ms))),
             clock,
             admin_token_hash: hash_secret(&admin_token),
@@ -214,6 +216,7 @@ impl Application {
         router
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
             .fallback(telemetry::not_found)
+            .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
             .layer(axum::middleware::from_fn(crate::consistency::track))
             .layer(axum::middleware::from_fn(telemetry::track))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -34,6 +34,7 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub limits: LimitsConfig,
     pub cache: CacheConfig,
+    pub admission: crate::admission::config::AdmissionConfig,
     pub events: crate::events::config::EventsConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
     pub shutdown_grace_secs: u64,
@@ -177,6 +178,7 @@ impl Default for Config {
             sqlite: SqliteConfig::default(),
             limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
+            admission: Default::default(),
             events: Default::default(),
             shutdown_grace_secs: 30,
             shutdown_drain_secs: 0,
@@ -280,6 +282,7 @@ impl Config {
         }
         self.events.check()?;
         self.cache.check()?;
+        self.admission.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");

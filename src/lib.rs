@@ -1,9 +1,11 @@
 //! vitrina: a shop backend built to survive sale day.
 //!
-//! Request path: `app` (router, middleware) → a capability module's `routes` (catalog,
-//! inventory, orders, shops, ingest, collections) → its pure rules → `store` (the one seam
-//! between the domain and a backend) → a backend (`store::sqlite`).
+//! Request path: `app` (router, middleware: telemetry, `admission`) → a capability module's
+//! `routes` (catalog, inventory, orders, shops, ingest, collections, events) → its pure rules →
+//! `cache` for reads → `store` (the one seam between the domain and a backend) →
+//! `store::sqlite` or `store::postgres`, writing the outbox `events` relay from.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod cache;

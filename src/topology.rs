@@ -11,6 +11,8 @@ use crate::store::StoreReport;
 pub struct Topology {
     pub store: StoreReport,
     pub cache: CacheReport,
+    /// Requests inside the admission gates now.
+    pub admission: crate::admission::AdmissionReport,
     /// The outbox relay per shard: this instance's role and each sink's progress.
     pub relay: std::collections::BTreeMap<String, crate::events::relay::ShardRelay>,
     /// Sinks the relay publishes to, besides the shops' webhooks.
@@ -32,6 +34,7 @@ pub async fn describe(state: &AppState) -> Topology {
     Topology {
         store: state.store().report().await,
         cache: state.cache.report(),
+        admission: state.admission.report(),
         relay: state.relay_status.snapshot(),
         sinks: state
             .config

@@ -214,6 +214,9 @@ pub trait Store: Send + Sync + 'static {
     /// one result per operation, in order; a failed operation leaves no trace.
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>>;
 
+    /// The name of the shard holding a shop's data, from memory (no round trip).
+    fn shard_of(&self, shop: &ShopId) -> String;
+
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome>;
     /// The stored answer to an earlier placement with this Idempotency-Key, read from the primary.
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;

@@ -264,6 +264,10 @@ impl Store for ShardedStore {
         self.on_shop(shop, |s| s.apply_feed(shop, ops.clone(), now)).await
     }
 
+    fn shard_of(&self, shop: &ShopId) -> String {
+        self.ring.shards()[self.home(shop)].clone()
+    }
+
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         self.on_shop(shop, |s| s.place_order(shop, order.clone())).await
     }

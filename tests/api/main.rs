@@ -4,6 +4,7 @@
 mod backend;
 mod helpers;
 
+mod admission;
 mod bad_input;
 mod cache;
 mod cache_cluster;

@@ -14,8 +14,19 @@ use crate::helpers::{one_line, problem, spawn_with, start, TestApp, ADMIN};
 use crate::webhooks::Receiver;
 
 async fn sharded(n: usize) -> TestApp {
+    sharded_with(n, |_| {}).await
+}
+
+/// `n` shards on the backend under test, the configuration tuned by `tune`.
+pub async fn sharded_with(n: usize, tune: impl FnOnce(&mut vitrina::config::Config)) -> TestApp {
     match backend() {
-        Backend::Sqlite => spawn_with(|c| c.sqlite.shards = n).await,
+        Backend::Sqlite => {
+            spawn_with(|c| {
+                c.sqlite.shards = n;
+                tune(c);
+            })
+            .await
+        }
         Backend::Postgres => {
             let mut extra = Vec::new();
             for _ in 1..n {
@@ -26,7 +37,11 @@ async fn sharded(n: usize) -> TestApp {
                 .enumerate()
                 .map(|(i, db)| ShardConfig { name: format!("shard{}", i + 2), primary: url_for(db), replicas: Vec::new() })
                 .collect();
-            let mut app = spawn_with(|c| c.postgres.shards.extend(shards)).await;
+            let mut app = spawn_with(|c| {
+                c.postgres.shards.extend(shards);
+                tune(c);
+            })
+            .await;
             app.databases.extend(extra);
             app
         }

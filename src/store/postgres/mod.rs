@@ -269,6 +269,10 @@ impl Store for PgStore {
         Ok(results)
     }
 
+    fn shard_of(&self, _shop: &ShopId) -> String {
+        self.name.clone()
+    }
+
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;

@@ -245,6 +245,10 @@ impl Store for SqliteStore {
         self.write(move |c| catalog::apply_feed(c, &shop, ops, now)).await
     }
 
+    fn shard_of(&self, _shop: &ShopId) -> String {
+        self.name.clone()
+    }
+
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let shop = shop.clone();
         self.write(move |c| orders::place(c, &shop, &order)).await

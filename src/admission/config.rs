@@ -1,0 +1,65 @@
+use serde::{Deserialize, Serialize};
+
+/// `[admission]`: how much work an instance lets in, and the quotas of shops and clients.
+/// The defaults keep a 2-core machine responsive; rate limits are off until set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    pub enabled: bool,
+    /// Requests other than shop writes (catalog reads, the seed API, admin calls) inside at once.
+    pub reads: usize,
+    pub reads_queue: usize,
+    /// Shop writes (orders, stock, catalog, feeds) inside at once per shard.
+    pub shard_writes: usize,
+    pub shard_queue: usize,
+    /// Writes inside at once per shop: one shop's sale cannot take a whole shard.
+    pub shop_writes: usize,
+    pub shop_queue: usize,
+    /// Longest a request waits in a queue before it is refused.
+    pub queue_wait_ms: u64,
+    /// `Retry-After` on a refusal for a full gate.
+    pub retry_after_secs: u64,
+    /// Requests per second per shop (token bucket refill), 0 for none; `shop_burst` tokens at most.
+    pub shop_rps: f64,
+    pub shop_burst: u64,
+    /// Requests per second per client address, 0 for none.
+    pub client_rps: f64,
+    pub client_burst: u64,
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy only).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            enabled: true,
+            reads: 512,
+            reads_queue: 1024,
+            shard_writes: 64,
+            shard_queue: 256,
+            shop_writes: 32,
+            shop_queue: 128,
+            queue_wait_ms: 100,
+            retry_after_secs: 1,
+            shop_rps: 0.0,
+            shop_burst: 0,
+            client_rps: 0.0,
+            client_burst: 0,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.enabled && (self.reads == 0 || self.shard_writes == 0 || self.shop_writes == 0) {
+            anyhow::bail!("admission: reads, shard_writes and shop_writes must be positive (or enabled = false)");
+        }
+        for (name, rps) in [("shop_rps", self.shop_rps), ("client_rps", self.client_rps)] {
+            if !(rps.is_finite() && rps >= 0.0) {
+                anyhow::bail!("admission: {name} must be a number of requests per second, 0 for no limit");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! Admission control: what an instance lets in before any handler runs, so overload is a quick,
+//! visible refusal instead of a slow collapse. Shop writes pass a gate per shop (a shop over its
+//! share gets 429) and one per shard (a saturated shard gets 503); everything else passes one
+//! gate for the instance. Token buckets per shop and per client address refuse with 429. Every
+//! refusal carries `Retry-After` and is decided from memory, without touching the database.
+
+pub mod config;
+pub mod gate;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use self::config::AdmissionConfig;
+use self::gate::{Gate, Pass};
+use self::rate::{Limiter, Verdict};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::shops::ShopId;
+
+/// Beyond this many shop gates, idle ones are dropped (they are made anew on the next write).
+const MAX_SHOP_GATES: usize = 10_000;
+
+pub struct Admission {
+    cfg: AdmissionConfig,
+    reads: Gate,
+    shards: Mutex<HashMap<String, Arc<Gate>>>,
+    shops: Mutex<HashMap<String, Arc<Gate>>>,
+    shop_rate: Option<Limiter>,
+    client_rate: Option<Limiter>,
+}
+
+/// What `GET /` shows of admission: the gates' occupancy now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdmissionReport {
+    pub enabled: bool,
+    pub reads_inside: usize,
+    pub reads_waiting: usize,
+    /// Writes inside per shard.
+    pub shard_writes_inside: HashMap<String, usize>,
+}
+
+/// What a request is, for admission: a shop write, or anything else (perhaps of a shop).
+enum Kind {
+    ShopWrite(ShopId),
+    Other(Option<ShopId>),
+    /// Health, readiness and metrics: the balancer and the scraper must get through overload.
+    Exempt,
+}
+
+fn classify(method: &Method, path: &str) -> Kind {
+    if path.starts_with("/health/") || path == "/metrics" {
+        return Kind::Exempt;
+    }
+    let mut parts = path.trim_start_matches('/').split('/');
+    let shop = match (parts.next(), parts.next()) {
+        (Some("shops"), Some(id)) if !id.is_empty() => ShopId::parse(id).ok(),
+        _ => None,
+    };
+    let write = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    match shop {
+        Some(shop) if write => Kind::ShopWrite(shop),
+        shop => Kind::Other(shop),
+    }
+}
+
+fn burst(rps: f64, burst: u64) -> u64 {
+    if burst == 0 {
+        rps.ceil() as u64
+    } else {
+        burst
+    }
+}
+
+impl Admission {
+    pub fn new(cfg: &AdmissionConfig) -> Admission {
+        let wait = Duration::from_millis(cfg.queue_wait_ms);
+        Admission {
+            reads: Gate::new("reads", cfg.reads, cfg.reads_queue, wait),
+            shards: Mutex::new(HashMap::new()),
+            shops: Mutex::new(HashMap::new()),
+            shop_rate: Limiter::new(cfg.shop_rps, burst(cfg.shop_rps, cfg.shop_burst)),
+            client_rate: Limiter::new(cfg.client_rps, burst(cfg.client_rps, cfg.client_burst)),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn report(&self) -> AdmissionReport {
+        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        AdmissionReport {
+            enabled: self.cfg.enabled,
+            reads_inside: self.reads.inside(),
+            reads_waiting: self.reads.waiting(),
+            shard_writes_inside: shards.iter().map(|(k, g)| (k.clone(), g.inside())).collect(),
+        }
+    }
+
+    fn shard_gate(&self, shard: &str) -> Arc<Gate> {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        shards
+            .entry(shard.to_owned())
+            .or_insert_with(|| {
+                let wait = Duration::from_millis(self.cfg.queue_wait_ms);
+                Arc::new(Gate::new("shard", self.cfg.shard_writes, self.cfg.shard_queue, wait))
+            })
+            .clone()
+    }
+
+    fn shop_gate(&self, shop: &ShopId) -> Arc<Gate> {
+        let mut shops = self.shops.lock().unwrap_or_else(|p| p.into_inner());
+        if shops.len() >= MAX_SHOP_GATES && !shops.contains_key(shop.as_str()) {
+            shops.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
+        }
+        shops
+            .entry(shop.as_str().to_owned())
+            .or_insert_with(|| {
+                let wait = Duration::from_millis(self.cfg.queue_wait_ms);
+                Arc::new(Gate::new("shop", self.cfg.shop_writes, self.cfg.shop_queue, wait))
+            })
+            .clone()
+    }
+
+    fn too_many(&self, detail: String, retry_after: u64) -> ApiError {
+        ApiError::TooManyRequests { code: "quota_exceeded", detail, retry_after: retry_after.max(1) }
+    }
+
+    fn overloaded(&self, detail: String) -> ApiError {
+        ApiError::Overloaded { code: "overloaded", detail, retry_after: self.cfg.retry_after_secs.max(1) }
+    }
+
+    /// Checks the buckets that apply; the verdict with the least left is the one reported.
+    fn rate(&self, client: Option<&str>, shop: Option<&ShopId>, now: Instant) -> Result<Option<Verdict>, ApiError> {
+        let mut shown: Option<Verdict> = None;
+        let checks = [(&self.client_rate, client, "client"), (&self.shop_rate, shop.map(ShopId::as_str), "shop")];
+        for (limiter, key, scope) in checks {
+            let (Some(limiter), Some(key)) = (limiter, key) else { continue };
+            let v = limiter.check(key, now);
+            if !v.allowed {
+                metrics::counter!("vitrina_rate_limited_total", "scope" => scope).increment(1);
+                let whose = if scope == "shop" { format!("shop {key}") } else { "this client".to_owned() };
+                return Err(self.too_many(format!("{whose} is over its request rate; retry later"), v.reset_secs));
+            }
+            if shown.is_none_or(|s| v.remaining < s.remaining) {
+                shown = Some(v);
+            }
+        }
+        Ok(shown)
+    }
+
+    /// Admits a request or says why not. The passes are held until the response is produced.
+    async fn admit(&self, state: &AppState, kind: &Kind) -> Result<Vec<Pass>, ApiError> {
+        match kind {
+            Kind::Exempt => Ok(Vec::new()),
+            Kind::Other(_) => {
+                let pass = self.reads.enter().await.map_err(|_| self.overloaded("the instance is at capacity".into()))?;
+                Ok(vec![pass])
+            }
+            Kind::ShopWrite(shop) => {
+                let own = self.shop_gate(shop).enter().await.map_err(|_| {
+                    self.too_many(format!("shop {shop} has too many writes in progress"), self.cfg.retry_after_secs)
+                })?;
+                let shard = state.store().shard_of(shop);
+                let shared = self
+                    .shard_gate(&shard)
+                    .enter()
+                    .await
+                    .map_err(|_| self.overloaded(format!("shard {shard} is at capacity")))?;
+                Ok(vec![own, shared])
+            }
+        }
+    }
+}
+
+fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for {
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        if let Some(first) = forwarded.and_then(|v| v.split(',').next()).map(str::trim).filter(|s| !s.is_empty()) {
+            return Some(first.to_owned());
+        }
+    }
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip().to_string())
+}
+
+fn rate_headers(headers: &mut HeaderMap, v: &Verdict) {
+    for (name, value) in [("ratelimit-limit", v.limit), ("ratelimit-remaining", v.remaining), ("ratelimit-reset", v.reset_secs)] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
+/// The middleware in front of every route.
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let admission = state.admission.clone();
+    if !admission.cfg.enabled {
+        return next.run(req).await;
+    }
+    let kind = classify(req.method(), req.uri().path());
+    let client = client_address(&req, admission.cfg.trust_forwarded_for);
+    let shop = match &kind {
+        Kind::ShopWrite(s) | Kind::Other(Some(s)) => Some(s),
+        _ => None,
+    };
+    let verdict = match &kind {
+        Kind::Exempt => Ok(None),
+        _ => admission.rate(client.as_deref(), shop, Instant::now()),
+    };
+    let verdict = match verdict {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let passes = match admission.admit(&state, &kind).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let mut resp = next.run(req).await;
+    drop(passes);
+    if let Some(v) = verdict {
+        rate_headers(resp.headers_mut(), &v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_sorted_into_shop_writes_reads_and_exempt() {
+        let is_write = |m: Method, p: &str| matches!(classify(&m, p), Kind::ShopWrite(s) if s.as_str() == "acme");
+        assert!(is_write(Method::POST, "/shops/acme/orders"));
+        assert!(is_write(Method::PUT, "/shops/acme/products/MUG"));
+        assert!(matches!(classify(&Method::GET, "/shops/acme/products"), Kind::Other(Some(_))));
+        assert!(matches!(classify(&Method::POST, "/shops"), Kind::Other(None)));
+        assert!(matches!(classify(&Method::POST, "/helloDoc/users"), Kind::Other(None)));
+        assert!(matches!(classify(&Method::POST, "/shops/Not A Shop/orders"), Kind::Other(None)));
+        assert!(matches!(classify(&Method::GET, "/health/ready"), Kind::Exempt));
+        assert!(matches!(classify(&Method::GET, "/metrics"), Kind::Exempt));
+    }
+}
