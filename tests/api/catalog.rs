@@ -47,6 +47,14 @@ async fn get_has_an_etag_and_answers_304() {
     assert_eq!(problem(r).await.0, StatusCode::NOT_FOUND);
     let r = app.get("/shops/nobody/products/A").send().await.unwrap();
     assert_eq!(problem(r).await.0, StatusCode::NOT_FOUND);
+    // A page of a shop that does not exist is a 404, until the shop is created.
+    for _ in 0..2 {
+        let (status, p) = problem(app.get("/shops/nobody/products").send().await.unwrap()).await;
+        assert_eq!((status, p["detail"].as_str()), (StatusCode::NOT_FOUND, Some("shop nobody not found")));
+    }
+    app.create_shop("nobody").await;
+    let page = app.get_json("/shops/nobody/products").await;
+    assert_eq!(page["items"], serde_json::json!([]));
 }
 
 #[tokio::test]
