@@ -7,7 +7,7 @@
 //! 3. The seed list `GET /helloDoc/users`: the first call, then the later ones.
 //!
 //! `cargo bench --bench cache_reads`; env: ONLY (comma-separated: seed, throughput, database),
-//! SECS (throughput runs, 10), LOAD_SECS (database
+//! DB_RUNS (comma-separated: none, l1, l2, idle), SECS (throughput runs, 10), LOAD_SECS (database
 //! runs, 30), CONCURRENCY (16), VITRINA_BENCH_PG_URL (default
 //! postgres://postgres@127.0.0.1:5432/postgres; part 2 is skipped when it cannot connect),
 //! VITRINA_BENCH_REDIS_URL (default redis://127.0.0.1:6379; the L2 run is skipped without it).
@@ -227,6 +227,16 @@ async fn database_rate(tiers: Tiers, secs: f64, concurrency: usize, load: bool) 
     let elapsed = t0.elapsed().as_secs_f64();
     let report: serde_json::Value = client.get(format!("{}/", app.base)).send().await.unwrap().json().await.unwrap();
     let loads = report["cache"]["loads"].as_u64().unwrap_or(0);
+    let metrics = client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let sum = |wanted: &dyn Fn(&str) -> bool| -> f64 {
+        metrics.lines().filter(|l| wanted(l)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let failed = sum(&|l| l.starts_with("vitrina_redis_seconds_count{") && !l.contains("result=\"ok\""));
+    let skipped =
+        sum(&|l| l.starts_with("vitrina_cache_requests_total{") && l.contains("tier=\"l2\"") && l.contains("result=\"error\""));
+    if failed + skipped > 0.0 {
+        println!("(so far in this process: {failed} Redis calls failed or timed out; {skipped} L2 lookups gave up)");
+    }
     app.stop().await;
     tokio::time::sleep(STATS_FLUSH).await;
     let after = transactions().await;
@@ -245,6 +255,10 @@ async fn database_load(secs: f64, concurrency: usize) {
         runs.push((Tiers::L2, true));
     }
     runs.push((Tiers::None, false));
+    // DB_RUNS=l2,idle and the like picks some of them.
+    let picked = std::env::var("DB_RUNS").unwrap_or_default();
+    let name = |t: Tiers, load: bool| if load { format!("{t:?}").to_lowercase() } else { "idle".into() };
+    runs.retain(|(t, load)| picked.is_empty() || picked.split(',').any(|p| p == name(*t, *load)));
     for (tiers, load) in runs {
         pg(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await.unwrap();
         pg(&format!("CREATE DATABASE {DB}")).await.unwrap();

@@ -200,6 +200,7 @@ async fn transition(
         return Err(ApiError::NotFound(format!("order {id}")));
     }
     let order = state.store().transition_order(&shop, &id, action, state.clock.now()).await?;
+    metrics::counter!("vitrina_orders_total", "outcome" => order.status.as_str()).increment(1);
     if action.stock_effect() == super::StockEffect::Release {
         state.sold_out.released(&order);
     }

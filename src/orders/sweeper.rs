@@ -39,7 +39,7 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, StoreError> {
                 Ok(order) => {
                     state.sold_out.released(&order);
                     cancelled += 1;
-                    metrics::counter!("vitrina_orders_expired_total").increment(1);
+                    metrics::counter!("vitrina_orders_total", "outcome" => "expired").increment(1);
                 }
                 // Paid or cancelled meanwhile: the guard in the transition refused, as it should.
                 Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}

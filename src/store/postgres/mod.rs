@@ -5,6 +5,7 @@
 
 mod catalog;
 mod collections;
+mod held;
 mod moves;
 mod orders;
 mod outbox;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -83,8 +84,8 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> StoreResult<Client> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("shard {}: {e}", self.name)))
+    async fn client(&self) -> StoreResult<held::Held> {
+        held::take(&self.pool, &self.name).await
     }
 }
 
@@ -93,20 +94,20 @@ impl PgStore {
 macro_rules! replica_first {
     ($store:expr, $key:expr, |$c:ident| $read:expr) => {
         async {
-            if let Some($c) = $store.replicas.pick($key).await {
+            if let Some(replica) = $store.replicas.pick($key).await {
+                let $c = &replica;
                 match $read.await {
                     Ok(v) => return Ok(v),
                     Err(e) => tracing::debug!(shard = %$store.name, error = %e, "replica read failed; asking the primary"),
                 }
             }
-            let $c = $store.client().await?;
+            let primary = $store.client().await?;
+            let $c = &*primary;
             $read.await
         }
         .await
     };
 }
-
-impl PgStore {}
 
 fn describe_address(pg: &tokio_postgres::Config) -> String {
     let ports = pg.get_ports();
@@ -205,11 +206,11 @@ impl Store for PgStore {
 
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
         let _mark = self.replicas.writing(shop.id.as_str());
-        shops::create(&self.client().await?, &shop).await
+        shops::create(&*self.client().await?, &shop).await
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
-        shops::get(&self.client().await?, id).await
+        shops::get(&*self.client().await?, id).await
     }
 
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
@@ -222,11 +223,11 @@ impl Store for PgStore {
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
-        replica_first!(self, shop.as_str(), |c| catalog::get_product(&c, shop, sku))
+        replica_first!(self, shop.as_str(), |c| catalog::get_product(c, shop, sku))
     }
 
     async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
-        replica_first!(self, shop.as_str(), |c| catalog::list_products(&c, shop, &query))
+        replica_first!(self, shop.as_str(), |c| catalog::list_products(c, shop, &query))
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
@@ -257,7 +258,7 @@ impl Store for PgStore {
     }
 
     async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
-        catalog::get_stock(&self.client().await?, shop, sku).await
+        catalog::get_stock(&*self.client().await?, shop, sku).await
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
@@ -283,15 +284,15 @@ impl Store for PgStore {
     }
 
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-        orders::idempotency_record(&self.client().await?, shop, key).await
+        orders::idempotency_record(&*self.client().await?, shop, key).await
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
-        orders::load(&self.client().await?, shop, id).await
+        orders::load(&*self.client().await?, shop, id).await
     }
 
     async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
-        orders::list(&self.client().await?, shop, &query).await
+        orders::list(&*self.client().await?, shop, &query).await
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
@@ -304,7 +305,7 @@ impl Store for PgStore {
     }
 
     async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
-        orders::expired(&self.client().await?, now, limit).await
+        orders::expired(&*self.client().await?, now, limit).await
     }
 
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
@@ -318,23 +319,23 @@ impl Store for PgStore {
     }
 
     async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
-        replica_first!(self, &seed_key(collection), |c| collections::find(&c, collection, name))
+        replica_first!(self, &seed_key(collection), |c| collections::find(c, collection, name))
     }
 
     async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
-        replica_first!(self, &seed_key(collection), |c| collections::list(&c, collection, limit)).map(Gathered::complete)
+        replica_first!(self, &seed_key(collection), |c| collections::list(c, collection, limit)).map(Gathered::complete)
     }
 
     async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
-        replica_first!(self, &seed_key(collection), |c| collections::count(&c, collection)).map(Gathered::complete)
+        replica_first!(self, &seed_key(collection), |c| collections::count(c, collection)).map(Gathered::complete)
     }
 
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
-        outbox::events_after(&self.client().await?, shop, after, limit).await
+        outbox::events_after(&*self.client().await?, shop, after, limit).await
     }
 
     async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
-        outbox::imported_position(&self.client().await?, shop, origin, position).await
+        outbox::imported_position(&*self.client().await?, shop, origin, position).await
     }
 
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
@@ -348,7 +349,7 @@ impl Store for PgStore {
     }
 
     async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
-        webhooks::list(&self.client().await?, shop.as_str()).await
+        webhooks::list(&*self.client().await?, shop.as_str()).await
     }
 
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
@@ -367,19 +368,19 @@ impl Store for PgStore {
         status: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
-        webhooks::deliveries(&self.client().await?, shop.as_str(), id, status, limit).await
+        webhooks::deliveries(&*self.client().await?, shop.as_str(), id, status, limit).await
     }
 
     async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
-        webhooks::replay(&self.client().await?, shop.as_str(), id, deliver_by, now).await
+        webhooks::replay(&*self.client().await?, shop.as_str(), id, deliver_by, now).await
     }
 
     async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        webhooks::dead_letters(&self.client().await?, shop.as_str(), limit).await
+        webhooks::dead_letters(&*self.client().await?, shop.as_str(), limit).await
     }
 
     async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
-        webhooks::replay_dead_letters(&self.client().await?, shop.as_str(), sink).await
+        webhooks::replay_dead_letters(&*self.client().await?, shop.as_str(), sink).await
     }
 
     fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn Outbox>> {
@@ -387,15 +388,15 @@ impl Store for PgStore {
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
-        shops::live_ids(&self.client().await?).await
+        shops::live_ids(&*self.client().await?).await
     }
 
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
-        moves::directory(&self.client().await?).await
+        moves::directory(&*self.client().await?).await
     }
 
     async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
-        moves::set_pin(&self.client().await?, shop, shard, micros(now)).await
+        moves::set_pin(&*self.client().await?, shop, shard, micros(now)).await
     }
 
     async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
@@ -408,7 +409,7 @@ impl Store for PgStore {
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
-        let mut dump = moves::export_shop(&self.client().await?, shop).await?;
+        let mut dump = moves::export_shop(&*self.client().await?, shop).await?;
         dump.origin = self.name.clone();
         Ok(dump)
     }
@@ -423,7 +424,7 @@ impl Store for PgStore {
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
-        let rows: Vec<(String, u64)> = replica_first!(self, ANY_SEED_WRITE, |c| collections::counts(&c))?;
+        let rows: Vec<(String, u64)> = replica_first!(self, ANY_SEED_WRITE, |c| collections::counts(c))?;
         Ok(Gathered::complete(
             rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect(),
         ))

@@ -115,7 +115,7 @@ impl Outbox for PgStore {
 
     async fn lead(&self) -> StoreResult<Option<Box<dyn Leadership>>> {
         // Out of the pool: the lock lives as long as this session, not a pooled connection's.
-        let client = deadpool_postgres::Object::take(self.client().await?);
+        let client = deadpool_postgres::Object::take(self.client().await?.into_client());
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock(hashtextextended('relay/' || $1::text, 0))", &[&self.name])
             .await?
@@ -138,7 +138,7 @@ impl Outbox for PgStore {
     }
 
     async fn read(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
-        read(&self.client().await?, after, limit).await
+        read(&*self.client().await?, after, limit).await
     }
 
     /// Optimistic: read the sink's row and its next events, then take the lease only if the
@@ -153,18 +153,18 @@ impl Outbox for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Claimed>> {
         let c = self.client().await?;
-        let row = match sink_row(&c, sink).await? {
+        let row = match sink_row(&*c, sink).await? {
             Some(row) => row,
             None => {
                 c.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&sink, &now])
                     .await?;
-                sink_row(&c, sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
+                sink_row(&*c, sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
             }
         };
         if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
             return Ok(None);
         }
-        let events = read(&c, row.cursor.as_deref(), limit).await?;
+        let events = read(&*c, row.cursor.as_deref(), limit).await?;
         if events.is_empty() {
             return Ok(None);
         }
@@ -182,7 +182,7 @@ impl Outbox for PgStore {
     }
 
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
-        advance(&self.client().await?, sink, owner, upto, count, None, now).await
+        advance(&*self.client().await?, sink, owner, upto, count, None, now).await
     }
 
     async fn fail(&self, sink: &str, owner: &str, error: &str, counts: bool, now: DateTime<Utc>) -> StoreResult<()> {
@@ -242,7 +242,7 @@ impl Outbox for PgStore {
         let c = self.client().await?;
         let mut out = Vec::new();
         for sink in sinks {
-            let row = sink_row(&c, sink).await?;
+            let row = sink_row(&*c, sink).await?;
             let cursor = row.as_ref().and_then(|r| r.cursor.clone());
             let (txid, pos) = position(cursor.as_deref())?;
             let r = c
@@ -303,10 +303,10 @@ impl Outbox for PgStore {
     }
 
     async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
-        webhooks::finish(&self.client().await?, id, &outcome, now).await
+        webhooks::finish(&*self.client().await?, id, &outcome, now).await
     }
 
     async fn prune(&self, before: DateTime<Utc>, sinks: &[String], now: DateTime<Utc>) -> StoreResult<u64> {
-        super::partitions::prune(&self.client().await?, &self.name, before, sinks, now).await
+        super::partitions::prune(&*self.client().await?, &self.name, before, sinks, now).await
     }
 }

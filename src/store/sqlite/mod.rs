@@ -93,10 +93,13 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match writer {
+        let t0 = std::time::Instant::now();
+        let result = match writer {
             Some(w) => w.write(op).await,
             None => Err(StoreError::Unavailable("the store is shutting down".into())),
-        }
+        };
+        crate::store::observe(&self.name, "writer", t0, &result);
+        result
     }
 
     async fn read<T, F>(&self, op: F) -> StoreResult<T>
@@ -104,7 +107,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.readers.read(op).await
+        let t0 = std::time::Instant::now();
+        let result = self.readers.read(op).await;
+        crate::store::observe(&self.name, "reader", t0, &result);
+        result
     }
 
     fn shut(&self) {
