@@ -96,3 +96,16 @@ ensure_redis() {
 }
 
 ensure_redis
+
+# promtool checks the alert rules and scrape configuration in deploy/prometheus.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  echo "tool promtool: installing the distribution's prometheus package"
+  as_root apt-get update -qq
+  # Only the binaries are wanted: no service is started in a container without an init system.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
+ensure_promtool

@@ -91,3 +91,58 @@ pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, ne
 pub async fn not_found() -> Response {
     crate::error::ApiError::NotFound("route".into()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Every `vitrina_*` name in `text`, without the suffixes Prometheus adds to histograms.
+    fn metric_names(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("vitrina_") {
+            let tail = &rest[i..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            names.insert(base.to_owned());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    fn sources(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+
+    /// Dashboards and alerts that name a metric nobody records show nothing and never fire.
+    #[test]
+    fn dashboards_and_alerts_name_only_metrics_the_code_records() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut code = String::new();
+        sources(&root.join("src"), &mut code);
+        let recorded: BTreeSet<String> = code
+            .split("metrics::")
+            .skip(1)
+            .filter_map(|call| call.split_once("!(\"").map(|(_, rest)| rest.split('"').next().unwrap_or("").to_owned()))
+            .filter(|n| n.starts_with("vitrina_"))
+            .collect();
+        assert!(recorded.contains("vitrina_http_requests_total"), "found {recorded:?}");
+        for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/vitrina.json"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let unknown: Vec<String> = metric_names(&text).into_iter().filter(|n| !recorded.contains(n)).collect();
+            assert!(unknown.is_empty(), "{file} names metrics nothing records: {unknown:?}");
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/vitrina.json")).unwrap()).unwrap();
+        assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
+    }
+}
