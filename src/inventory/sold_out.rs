@@ -52,12 +52,17 @@ impl SoldOut {
         self.marks().remove(&(shop.to_owned(), sku.to_owned()));
     }
 
+    /// A SKU's available stock as just learnt: nothing marks it, anything clears it.
+    fn learn(&self, shop: &str, sku: &str, available: i64, now: Instant) {
+        match available {
+            0 => self.mark(shop, sku, now),
+            _ => self.clear(shop, sku),
+        }
+    }
+
     /// What this instance itself just wrote, so its own next order does not wait for the bus.
     pub fn note(&self, shop: &ShopId, stock: &super::Stock) {
-        match stock.available {
-            0 => self.mark(shop.as_str(), &stock.sku, Instant::now()),
-            _ => self.clear(shop.as_str(), &stock.sku),
-        }
+        self.learn(shop.as_str(), &stock.sku, stock.available, Instant::now());
     }
 
     /// An order this instance cancelled gave its units back: its SKUs are available again.
@@ -97,10 +102,8 @@ impl SoldOut {
             "vitrina.stock.changed" => {
                 let Ok(envelope) = serde_json::from_str::<serde_json::Value>(&e.envelope) else { return };
                 let data = &envelope["data"];
-                let (Some(sku), Some(available)) = (data["sku"].as_str(), data["available"].as_i64()) else { return };
-                match available {
-                    0 => self.mark(shop, sku, now),
-                    _ => self.clear(shop, sku),
+                if let (Some(sku), Some(available)) = (data["sku"].as_str(), data["available"].as_i64()) {
+                    self.learn(shop, sku, available, now);
                 }
             }
             "vitrina.product.deleted" => {

@@ -143,11 +143,15 @@ pub async fn open_shards(config: &crate::config::Config) -> anyhow::Result<Vec<(
 /// Records one store call of `shard` for the per-shard metrics: how long it held its connection
 /// (`role` says which kind), and whether it failed for a reason other than the domain's.
 pub fn observe<T>(shard: &str, role: &'static str, started: std::time::Instant, result: &StoreResult<T>) {
-    metrics::histogram!("vitrina_store_seconds", "shard" => shard.to_owned(), "role" => role)
-        .record(started.elapsed().as_secs_f64());
+    held_for(shard.to_owned(), role, started);
     if let Err(StoreError::Backend(_) | StoreError::Unavailable(_)) = result {
         metrics::counter!("vitrina_store_errors_total", "shard" => shard.to_owned(), "role" => role).increment(1);
     }
+}
+
+/// How long a call of `shard` held its connection, for `vitrina_store_seconds`.
+pub fn held_for(shard: String, role: &'static str, started: std::time::Instant) {
+    metrics::histogram!("vitrina_store_seconds", "shard" => shard, "role" => role).record(started.elapsed().as_secs_f64());
 }
 
 /// Time as every backend stores it: whole microseconds, so what a write returns equals what a

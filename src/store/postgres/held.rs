@@ -56,7 +56,6 @@ impl Drop for Held {
         if self.client.is_none() {
             return;
         }
-        metrics::histogram!("vitrina_store_seconds", "shard" => std::mem::take(&mut self.shard), "role" => "primary")
-            .record(self.taken.elapsed().as_secs_f64());
+        crate::store::held_for(std::mem::take(&mut self.shard), "primary", self.taken);
     }
 }
