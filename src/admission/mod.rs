@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::shops::ShopId;
 
 /// Beyond this many shop gates, idle ones are dropped (they are made anew on the next write).
-const MAX_SHOP_GATES: usize = 10_000;
+const MAX_GATES: usize = 10_000;
 
 pub struct Admission {
     cfg: AdmissionConfig,
@@ -103,29 +103,21 @@ impl Admission {
         }
     }
 
-    fn shard_gate(&self, shard: &str) -> Arc<Gate> {
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        shards
-            .entry(shard.to_owned())
-            .or_insert_with(|| {
-                let wait = Duration::from_millis(self.cfg.queue_wait_ms);
-                Arc::new(Gate::new("shard", self.cfg.shard_writes, self.cfg.shard_queue, wait))
-            })
-            .clone()
-    }
-
-    fn shop_gate(&self, shop: &ShopId) -> Arc<Gate> {
-        let mut shops = self.shops.lock().unwrap_or_else(|p| p.into_inner());
-        if shops.len() >= MAX_SHOP_GATES && !shops.contains_key(shop.as_str()) {
-            shops.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
+    /// The gate of `key` in `gates`, made on first use; idle ones are dropped past the bound.
+    fn gate(
+        &self,
+        gates: &Mutex<HashMap<String, Arc<Gate>>>,
+        key: &str,
+        name: &'static str,
+        limit: usize,
+        queue: usize,
+    ) -> Arc<Gate> {
+        let mut gates = gates.lock().unwrap_or_else(|p| p.into_inner());
+        if gates.len() >= MAX_GATES && !gates.contains_key(key) {
+            gates.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
         }
-        shops
-            .entry(shop.as_str().to_owned())
-            .or_insert_with(|| {
-                let wait = Duration::from_millis(self.cfg.queue_wait_ms);
-                Arc::new(Gate::new("shop", self.cfg.shop_writes, self.cfg.shop_queue, wait))
-            })
-            .clone()
+        let wait = Duration::from_millis(self.cfg.queue_wait_ms);
+        gates.entry(key.to_owned()).or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait))).clone()
     }
 
     fn too_many(&self, detail: String, retry_after: u64) -> ApiError {
@@ -164,15 +156,15 @@ impl Admission {
                 Ok(vec![pass])
             }
             Kind::ShopWrite(shop) => {
-                let own = self.shop_gate(shop).enter().await.map_err(|_| {
-                    self.too_many(format!("shop {shop} has too many writes in progress"), self.cfg.retry_after_secs)
-                })?;
-                let shard = state.store().shard_of(shop);
-                let shared = self
-                    .shard_gate(&shard)
+                let cfg = &self.cfg;
+                let own = self.gate(&self.shops, shop.as_str(), "shop", cfg.shop_writes, cfg.shop_queue);
+                let own = own
                     .enter()
                     .await
-                    .map_err(|_| self.overloaded(format!("shard {shard} is at capacity")))?;
+                    .map_err(|_| self.too_many(format!("shop {shop} has too many writes in progress"), cfg.retry_after_secs))?;
+                let shard = state.store().shard_of(shop);
+                let shared = self.gate(&self.shards, &shard, "shard", cfg.shard_writes, cfg.shard_queue);
+                let shared = shared.enter().await.map_err(|_| self.overloaded(format!("shard {shard} is at capacity")))?;
                 Ok(vec![own, shared])
             }
         }
