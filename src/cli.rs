@@ -1,4 +1,4 @@
-//! The `vitrina` command line: `serve` (the default), `seed`, `config`.
+//! The `vitrina` command line: `serve` (the default), `seed`, `config`, `relay`, `bench`, `cluster`.
 
 use std::path::PathBuf;
 
@@ -36,6 +36,9 @@ enum Command {
     /// Run only the outbox relay: publish every shard's events to the configured sinks and
     /// deliver webhooks. Several may run; one leads per shard, the others stand by.
     Relay,
+    /// Offer load to a running vitrina and report throughput, latency percentiles, errors by
+    /// kind and, for a flash sale, the oversell audit.
+    Bench(Box<crate::bench::BenchArgs>),
     /// A local PostgreSQL topology (shards with streaming replicas) for development and drills.
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
@@ -43,9 +46,12 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Cluster(cmd)) = cli.command {
+    match cli.command {
         // Needs no vitrina configuration: it writes one.
-        return runtime()?.block_on(crate::cluster::run(cmd));
+        Some(Command::Cluster(cmd)) => return runtime()?.block_on(crate::cluster::run(cmd)),
+        // A client of some vitrina, maybe another machine's: its own flags are all it reads.
+        Some(Command::Bench(args)) => return runtime()?.block_on(crate::bench::main(*args)),
+        _ => {}
     }
     let flags = Overrides { listen: cli.listen.clone(), data_dir: cli.data_dir.clone() };
     // VITRINA_CONFIG is read by clap; keep it out of the environment layer.
@@ -76,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
             telemetry::init_logs(&config.log_format, &config.log_level);
             runtime()?.block_on(relay_command(config))
         }
-        Command::Cluster(_) => unreachable!("handled before configuration is loaded"),
+        Command::Cluster(_) | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
     }
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admission;
 mod bad_input;
+mod bench;
 mod cache;
 mod cache_cluster;
 mod catalog;
