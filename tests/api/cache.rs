@@ -12,7 +12,7 @@ use vitrina::cache::config::{CacheConfig, RedisUrls};
 use vitrina::cache::{Cache, Family, Loaded};
 
 use crate::backend::{backend, Backend};
-use crate::helpers::{spawn_with, start, Shop, TestApp};
+use crate::helpers::{free_port, spawn_with, start, ReadLoad, Shop, TestApp};
 use crate::relay::service;
 
 fn namespace() -> String {
@@ -179,10 +179,6 @@ async fn a_write_on_one_instance_is_seen_on_another() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn redis_server(port: u16, extra: &[&str]) -> std::process::Child {
     std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -218,23 +214,7 @@ async fn redis_killed_during_a_read_load_fails_no_read() {
     })
     .await;
     app.shop_with_stock("acme", "A", 5).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let readers: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, url, stop) = (app.client.clone(), app.url("/shops/acme/products/A"), stop.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status() == StatusCode::OK => ok += 1,
-                        Ok(r) => failed.push(r.status().to_string()),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = ReadLoad::start(&app.client, vec![app.url("/shops/acme/products/A")], 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.kill().unwrap();
     server.wait().unwrap();
@@ -243,20 +223,7 @@ async fn redis_killed_during_a_read_load_fails_no_read() {
     let mut server = redis_server(port, &[]);
     wait_for_port(port).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for r in readers {
-        let (o, f) = r.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} reads failed: {:?}",
-        failed.len(),
-        ok + failed.len() as u64,
-        &failed[..5.min(failed.len())]
-    );
+    let ok = load.finish().await;
     assert_ne!(during, "closed", "the breaker opened while Redis was down");
     // Back: the breaker closes and L2 serves again.
     let t0 = Instant::now();

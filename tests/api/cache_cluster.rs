@@ -4,14 +4,12 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use vitrina::cache::config::RedisUrls;
 
-use crate::helpers::{spawn_with, TestApp};
+use crate::helpers::{free_port, spawn_with, ReadLoad, TestApp};
 
 /// Three cluster nodes; killed when dropped, so a failing test leaves no server behind.
 struct Cluster {
@@ -27,10 +25,6 @@ impl Drop for Cluster {
             let _ = node.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn cli(args: &[&str]) -> String {
@@ -120,26 +114,7 @@ async fn l2_on_a_cluster_follows_a_reshard_without_a_failed_read() {
     assert!(before > 0, "the first node holds some of the entries");
 
     // Readers run while every slot of the first node moves to the second.
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|r| {
-            let (client, stop) = (app.client.clone(), stop.clone());
-            let urls: Vec<String> = paths.iter().map(|p| app.url(p)).collect();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                let mut i = r;
-                while !stop.load(Ordering::Relaxed) {
-                    match client.get(&urls[i % urls.len()]).send().await {
-                        Ok(resp) if resp.status() == StatusCode::OK => ok += 1,
-                        Ok(resp) => failed.push(resp.status().to_string()),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    i += 1;
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = ReadLoad::start(&app.client, paths.iter().map(|p| app.url(p)).collect(), 2);
     let id = |p: u16| cli(&["-p", &p.to_string(), "cluster", "myid"]).trim().to_owned();
     let (from, to) = (id(cluster.ports[0]), id(cluster.ports[1]));
     let entry = format!("127.0.0.1:{}", cluster.ports[0]);
@@ -163,20 +138,7 @@ async fn l2_on_a_cluster_follows_a_reshard_without_a_failed_read() {
     .unwrap();
     let resharding = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for r in readers {
-        let (o, f) = r.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} reads failed: {:?}",
-        failed.len(),
-        ok + failed.len() as u64,
-        &failed[..5.min(failed.len())]
-    );
+    let ok = load.finish().await;
 
     // The entries moved with their slots: the client follows MOVED to the new owner and hits.
     let mut sources = Vec::new();

@@ -245,3 +245,58 @@ pub async fn problem(r: Response) -> (StatusCode, Value) {
     }
     (status, body)
 }
+
+/// A loopback port free at the time of asking, for a server a test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Readers GETting `urls` round robin, back to back, until `finish`: for tests that break
+/// something under load and must see no read fail.
+pub struct ReadLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    readers: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl ReadLoad {
+    pub fn start(client: &Client, urls: Vec<String>, readers: usize) -> ReadLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers = (0..readers)
+            .map(|r| {
+                let (client, urls, stop) = (client.clone(), urls.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed, mut i) = (0u64, Vec::new(), r);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match client.get(&urls[i % urls.len()]).send().await {
+                            Ok(resp) if resp.status() == StatusCode::OK => ok += 1,
+                            Ok(resp) => failed.push(resp.status().to_string()),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                        i += 1;
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        ReadLoad { stop, readers }
+    }
+
+    /// Stops the readers, asserts that none of their reads failed, and returns how many there were.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for r in self.readers {
+            let (o, f) = r.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} reads failed: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..5.min(failed.len())]
+        );
+        ok
+    }
+}

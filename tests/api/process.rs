@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::ADMIN;
+use crate::helpers::{free_port, ADMIN};
 
 fn start(dir: &std::path::Path, port: u16) -> Child {
     start_with(port, &["--data-dir", dir.to_str().unwrap()])
@@ -36,10 +36,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("vitrina did not become ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -405,7 +405,7 @@ fn nats_server(port: u16, dir: &std::path::Path) -> Option<KillOnDrop> {
 /// restarted broker (same storage) is back, and the stream ends with every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_loses_nothing() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::helpers::free_port();
     let store = tempfile::tempdir().unwrap();
     let Some(broker) = nats_server(port, store.path()) else { return };
     let url = format!("nats://127.0.0.1:{port}");
