@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use common::{bench_shop, run_for, ADMIN};
+use common::{bench_shop, env_num, instance_config, run_for};
 use vitrina::app::Application;
 use vitrina::cache::config::RedisUrls;
 use vitrina::config::{Config, ShardConfig, StoreKind};
@@ -25,10 +25,6 @@ use vitrina::config::{Config, ShardConfig, StoreKind};
 const PRODUCTS: usize = 100;
 const DB: &str = "vitrina_bench_cache";
 const STATS_FLUSH: Duration = Duration::from_secs(11);
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn pg_admin_url() -> String {
     std::env::var("VITRINA_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -46,14 +42,7 @@ enum Tiers {
 }
 
 fn config(dir: &std::path::Path, tiers: Tiers) -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_owned(),
-        admin_token: Some(ADMIN.into()),
-        seed_on_start: false,
-        log_level: "warn".into(),
-        ..Config::default()
-    };
+    let mut c = instance_config(dir);
     c.cache.l1 = tiers == Tiers::L1;
     c.cache.redis_url = (tiers == Tiers::L2).then(|| RedisUrls::One(redis_url()));
     c.cache.namespace = format!("bench{}", uuid::Uuid::now_v7().simple());

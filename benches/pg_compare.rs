@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_shop, ADMIN};
+use common::{bench_shop, instance_config};
 use serde_json::json;
 use vitrina::app::Application;
 use vitrina::config::{Config, ShardConfig, StoreKind};
@@ -123,15 +123,7 @@ fn main() {
         admin(&admin_url, &format!("CREATE DATABASE {DB}")).await;
 
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().to_owned(),
-            admin_token: Some(ADMIN.into()),
-            seed_on_start: false,
-            log_level: "warn".into(),
-            store: StoreKind::Postgres,
-            ..Config::default()
-        };
+        let mut config = Config { store: StoreKind::Postgres, ..instance_config(dir.path()) };
         config.postgres.pool_size = clients;
         config.postgres.shards = vec![ShardConfig { name: "shard1".into(), primary: url.clone(), replicas: Vec::new() }];
         let app = Application::build(config).await.unwrap();

@@ -10,25 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_shop, run_n, ADMIN};
+use common::{bench_shop, env_num, instance_config, run_n, ADMIN};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use vitrina::app::Application;
 use vitrina::config::{Config, Synchronous};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn config(dir: &Path, sync: Synchronous) -> Config {
-    let mut c = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_owned(),
-        admin_token: Some(ADMIN.into()),
-        seed_on_start: false,
-        log_level: "warn".into(),
-        ..Config::default()
-    };
+    let mut c = instance_config(dir);
     c.sqlite.synchronous = sync;
     c
 }
@@ -269,9 +258,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let orders = env_usize("ORDERS", 3000);
-    let concurrency = env_usize("CONCURRENCY", 64);
-    let starts = env_usize("STARTS", 5);
+    let orders = env_num("ORDERS", 3000) as usize;
+    let concurrency = env_num("CONCURRENCY", 64) as usize;
+    let starts = env_num("STARTS", 5) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     println!("order placement, {orders} orders; vitrina with {concurrency} concurrent callers; plain loop: one thread, one transaction per order");

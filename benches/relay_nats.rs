@@ -11,10 +11,13 @@
 //! VITRINA_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres; the PostgreSQL
 //! part is skipped when it cannot connect), BACKLOG (20000), RATE (orders/s, 500), SECS (10).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::env_num;
 use futures::StreamExt;
 use vitrina::config::{Config, ShardConfig, StoreKind};
 use vitrina::events::config::{SinkConfig, SinkKind};
@@ -26,10 +29,6 @@ use vitrina::store::Store;
 
 const SKUS: usize = 50;
 const DB: &str = "vitrina_bench_relay";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn nats_url() -> String {
     std::env::var("VITRINA_BENCH_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())

@@ -10,6 +10,24 @@ use serde_json::json;
 
 pub const ADMIN: &str = "bench-admin-token-0123456789";
 
+/// A number from the environment, or `default`: how the benches are resized.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// An instance on a free loopback port over `data_dir`, with the bench's admin token, no demo
+/// data and quiet logs.
+pub fn instance_config(data_dir: &std::path::Path) -> vitrina::config::Config {
+    vitrina::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        admin_token: Some(ADMIN.into()),
+        seed_on_start: false,
+        log_level: "warn".into(),
+        ..vitrina::config::Config::default()
+    }
+}
+
 /// Creates shop `bench` with products `SKU-1`..`SKU-n` at 9.99 USD and a billion units each;
 /// returns the shop's API key.
 pub async fn bench_shop(client: &reqwest::Client, base: &str, products: usize) -> String {
