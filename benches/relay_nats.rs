@@ -173,7 +173,7 @@ async fn throughput(js: &async_nats::jetstream::Context, backend: Backend) -> (f
     let sample: serde_json::Value =
         serde_json::from_str(&events.iter().rev().find(|e| e.kind == "vitrina.order.placed").unwrap().envelope).unwrap();
 
-    let relay = Arc::new(Relay::new(&cfg.events, Arc::new(RelayStatus::default())).unwrap());
+    let relay = Arc::new(Relay::new(&cfg.events, &cfg.breakers, Arc::new(RelayStatus::default())).unwrap());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t0 = Instant::now();
     let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
@@ -246,7 +246,7 @@ async fn lag(js: &async_nats::jetstream::Context, backend: Backend, sample: &ser
     let n = (rate * secs) as usize;
     let tag = format!("L{}", uuid::Uuid::now_v7().simple());
     let (cfg, store, shop, _dir) = fresh_store(backend, &tag).await;
-    let relay = Arc::new(Relay::new(&cfg.events, Arc::new(RelayStatus::default())).unwrap());
+    let relay = Arc::new(Relay::new(&cfg.events, &cfg.breakers, Arc::new(RelayStatus::default())).unwrap());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
     // The set-up's events (shop, products, stock) come first; only the orders are timed.

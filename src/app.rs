@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::MatchedPath;
-use axum::http::{HeaderName, Request};
+use axum::http::HeaderName;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -184,7 +182,7 @@ impl Application {
         }
         let relay_status = Arc::new(events::relay::RelayStatus::default());
         let relay = match config.events.relay {
-            true => Some(Arc::new(events::relay::Relay::new(&config.events, relay_status.clone())?)),
+            true => Some(Arc::new(events::relay::Relay::new(&config.events, &config.breakers, relay_status.clone())?)),
             false => None,
         };
         let state = AppState(Arc::new(Inner {
@@ -220,12 +218,7 @@ impl Application {
             .layer(axum::middleware::from_fn(crate::consistency::track))
             .layer(axum::middleware::from_fn(telemetry::track))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                // The route template, not the raw path: paths carry names that are personal data.
-                let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-                tracing::info_span!("request", method = %req.method(), route = %route, request_id = %id)
-            }))
+            .layer(axum::middleware::from_fn(telemetry::trace::request))
             .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
             .with_state(state)
     }

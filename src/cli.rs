@@ -67,23 +67,24 @@ pub fn run() -> anyhow::Result<()> {
             print!("{}", config.redacted_toml());
             Ok(())
         }
-        Command::Serve => {
-            telemetry::init_logs(&config.log_format, &config.log_level);
-            runtime()?.block_on(async {
-                let app = Application::build(config).await?.reload_on_sighup(source);
-                app.run_until_stopped(shutdown_signal()).await
-            })
-        }
-        Command::Seed => {
-            telemetry::init_logs(&config.log_format, &config.log_level);
-            runtime()?.block_on(seed_command(config))
-        }
-        Command::Relay => {
-            telemetry::init_logs(&config.log_format, &config.log_level);
-            runtime()?.block_on(relay_command(config))
-        }
+        Command::Serve => with_telemetry(&config, async {
+            let app = Application::build(config.clone()).await?.reload_on_sighup(source);
+            app.run_until_stopped(shutdown_signal()).await
+        }),
+        Command::Seed => with_telemetry(&config, seed_command(config.clone())),
+        Command::Relay => with_telemetry(&config, relay_command(config.clone())),
         Command::Cluster(_) | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
     }
+}
+
+/// Runs `work` on a fresh runtime with logs and span export set up, and flushes the spans after
+/// it ended, while the runtime that sends them is still there.
+fn with_telemetry(config: &Config, work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let telemetry = rt.block_on(async { telemetry::init(config) })?;
+    let result = rt.block_on(work);
+    telemetry.shutdown();
+    result
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -94,7 +95,7 @@ async fn relay_command(config: Config) -> anyhow::Result<()> {
     use crate::events::relay::{Relay, RelayStatus};
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::open(&config).await?;
-    let relay = std::sync::Arc::new(Relay::new(&config.events, std::sync::Arc::new(RelayStatus::default()))?);
+    let relay = std::sync::Arc::new(Relay::new(&config.events, &config.breakers, std::sync::Arc::new(RelayStatus::default()))?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
     tracing::info!(sinks = ?Relay::sink_names(&config.events), "relay running");

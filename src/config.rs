@@ -36,6 +36,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub admission: crate::admission::config::AdmissionConfig,
     pub events: crate::events::config::EventsConfig,
+    pub telemetry: crate::telemetry::otlp::TelemetryConfig,
+    pub breakers: crate::breaker::BreakersConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// How long `/health/ready` reports not-ready before the listener closes, so balancers
@@ -59,6 +61,11 @@ pub struct PostgresConfig {
     pub connect_timeout_ms: u64,
     /// Bound on waiting for a free pooled connection.
     pub acquire_timeout_ms: u64,
+    /// Bound on one statement, enforced by the server (lock waits included); 0 for none.
+    pub statement_timeout_ms: u64,
+    /// A connection whose sent data goes unacknowledged this long is dead (TCP_USER_TIMEOUT),
+    /// so a primary lost to a network partition fails calls instead of hanging them.
+    pub tcp_user_timeout_ms: u64,
     /// Replicas serve catalog and seed reads only while their replay lag is within this.
     pub replica_lag_budget_ms: u64,
     pub shards: Vec<ShardConfig>,
@@ -97,6 +104,8 @@ impl Default for PostgresConfig {
             pool_size: 16,
             connect_timeout_ms: 2_000,
             acquire_timeout_ms: 2_000,
+            statement_timeout_ms: 10_000,
+            tcp_user_timeout_ms: 10_000,
             replica_lag_budget_ms: 1_000,
             shards: Vec::new(),
         }
@@ -180,6 +189,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             admission: Default::default(),
             events: Default::default(),
+            telemetry: Default::default(),
+            breakers: Default::default(),
             shutdown_grace_secs: 30,
             shutdown_drain_secs: 0,
         }
@@ -283,6 +294,8 @@ impl Config {
         self.events.check()?;
         self.cache.check()?;
         self.admission.check()?;
+        self.telemetry.check()?;
+        self.breakers.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");

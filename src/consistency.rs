@@ -16,7 +16,6 @@ pub const READ_AFTER: &str = "vitrina-read-after";
 #[derive(Clone, Default)]
 struct Context {
     read_after_ms: Option<i64>,
-    traceparent: Option<String>,
 }
 
 tokio::task_local! {
@@ -36,20 +35,9 @@ pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Out
     CONTEXT.scope(context, fut).await
 }
 
-/// The request's W3C `traceparent`, recorded on the events it causes.
-pub fn traceparent() -> Option<String> {
-    CONTEXT.try_with(|c| c.traceparent.clone()).ok().flatten()
-}
-
 pub async fn track(req: Request, next: Next) -> Response {
-    // In a block: a borrow of the request (its body is not Sync) must not live across the await.
-    let context = {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        Context {
-            read_after_ms: header(READ_AFTER).and_then(|v| v.parse::<i64>().ok()),
-            traceparent: header("traceparent").filter(|t| crate::events::valid_traceparent(t)).map(str::to_owned),
-        }
-    };
+    let read_after_ms = req.headers().get(READ_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+    let context = Context { read_after_ms };
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut resp = CONTEXT.scope(context, next.run(req)).await;
     if writes && resp.status().is_success() {

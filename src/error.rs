@@ -144,7 +144,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { code, detail } => ApiError::Conflict { code, detail },
             StoreError::InsufficientStock { skus, .. } => ApiError::InsufficientStock(skus),
             StoreError::Invalid { code, detail } => ApiError::Unprocessable { code, detail },
-            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Unavailable(m) | StoreError::Unreachable(m) => ApiError::Unavailable(m),
             StoreError::Backend(m) => ApiError::Internal(m),
             // Only reaches here if the router could not follow the move: the client may retry.
             StoreError::Moved { shard } => ApiError::Unavailable(format!("the shop moved to shard {shard}; retry")),

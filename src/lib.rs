@@ -9,6 +9,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod cli;

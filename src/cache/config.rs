@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::breaker::BreakerConfig;
+use crate::breaker::BreakerConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,10 +88,7 @@ impl CacheConfig {
         if self.db_concurrency == 0 || self.max_entries == 0 {
             anyhow::bail!("cache.db_concurrency and cache.max_entries must be positive");
         }
-        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
-            anyhow::bail!("cache.breaker.failure_rate is a fraction between 0 and 1");
-        }
-        Ok(())
+        self.breaker.check("cache.breaker")
     }
 
     /// The URLs with their passwords masked, for `vitrina config` and `GET /`.

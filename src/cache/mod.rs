@@ -14,7 +14,6 @@
 //!   refused call is a miss. Misses reach the store through a bounded line, so a cold cache
 //!   cannot flood it.
 
-pub mod breaker;
 pub mod config;
 pub mod http;
 pub mod invalidation;

@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue};
 use tokio::sync::{watch, OnceCell};
 
-use super::breaker::{Breaker, BreakerState};
+use crate::breaker::{Breaker, BreakerState};
 use super::config::CacheConfig;
 
 /// Sent when an instance could not record an invalidation: every instance drops everything.
@@ -62,7 +62,7 @@ impl Redis {
             target,
             channel: format!("{}:invalidate", cfg.namespace),
             urls: urls.to_vec(),
-            breaker: Breaker::new("redis", cfg.breaker.clone()),
+            breaker: Breaker::new("redis", "l2", cfg.breaker.clone()),
             timeout,
         })
     }

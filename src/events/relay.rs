@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::config::EventsConfig;
+use crate::breaker::{Breakers, BreakersConfig};
 use super::sinks::{self, webhook, Published, Sink, SinkError};
 use crate::store::outbox::{backoff, Outbox, OutboxEvent, SinkState};
 
@@ -55,6 +56,9 @@ pub struct Relay {
     owner: String,
     sinks: Vec<Arc<dyn Sink>>,
     http: reqwest::Client,
+    /// One breaker per webhook endpoint (scheme, host and port), shared by every shop's
+    /// subscriptions to it: a dead receiver costs one probe now and then, not a timeout each.
+    endpoints: Breakers,
     status: Arc<RelayStatus>,
 }
 
@@ -94,11 +98,12 @@ pub fn owner_id() -> String {
 }
 
 impl Relay {
-    pub fn new(cfg: &EventsConfig, status: Arc<RelayStatus>) -> anyhow::Result<Relay> {
+    pub fn new(cfg: &EventsConfig, breakers: &BreakersConfig, status: Arc<RelayStatus>) -> anyhow::Result<Relay> {
         let timeout = Duration::from_millis((cfg.lease_ms / 3).max(100));
         Ok(Relay {
-            sinks: sinks::build(&cfg.sinks, timeout)?,
+            sinks: sinks::build(&cfg.sinks, timeout, &breakers.sinks)?,
             http: webhook::client(Duration::from_millis(cfg.webhooks.timeout_ms)),
+            endpoints: Breakers::new("webhook", breakers.webhooks.clone()),
             cfg: cfg.clone(),
             owner: owner_id(),
             status,
@@ -340,8 +345,9 @@ impl Relay {
                 .for_each_concurrent(cfg.concurrency.max(1), |(delivery, hook)| {
                     let outbox = outbox.clone();
                     let http = self.http.clone();
+                    let endpoint = self.endpoints.get(&webhook::origin(&hook.url));
                     async move {
-                        let outcome = webhook::deliver(&http, &hook, &delivery, cfg, Utc::now()).await;
+                        let outcome = webhook::deliver(&http, &hook, &delivery, cfg, &endpoint, Utc::now()).await;
                         let label = match &outcome {
                             crate::store::outbox::DeliveryOutcome::Delivered { .. } => "delivered",
                             crate::store::outbox::DeliveryOutcome::Retry { .. } => "retry",

@@ -7,6 +7,7 @@
 //! event.
 
 pub mod dump;
+pub mod guarded;
 pub mod moving;
 pub mod outbox;
 pub mod postgres;
@@ -41,6 +42,9 @@ pub enum StoreError {
     /// The backend cannot take the call now (shutting down, overloaded, unreachable).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database cannot be reached or the connection broke: what opens a shard's breaker.
+    #[error("store unreachable: {0}")]
+    Unreachable(String),
     #[error("store failure: {0}")]
     Backend(String),
     /// The shop's data lives on another shard now; the router follows it.
@@ -106,7 +110,8 @@ pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::A
     Ok(router)
 }
 
-/// Every configured shard, opened and migrated, by name in configuration order.
+/// Every configured shard, opened and migrated, by name in configuration order, each behind
+/// its own breaker.
 pub async fn open_shards(config: &crate::config::Config) -> anyhow::Result<Vec<(String, std::sync::Arc<dyn Store>)>> {
     use std::sync::Arc;
 
@@ -127,13 +132,15 @@ pub async fn open_shards(config: &crate::config::Config) -> anyhow::Result<Vec<(
                 let cfg = config.sqlite.clone();
                 let shard_name = name.clone();
                 let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, &cfg, &shard_name)).await??;
-                shards.push((name, Arc::new(store)));
+                let guarded = guarded::Guarded::new(&name, Arc::new(store), config.breakers.store.clone());
+                shards.push((name, Arc::new(guarded)));
             }
         }
         StoreKind::Postgres => {
             for shard in &config.postgres.shards {
                 let store = postgres::PgStore::connect(&shard.name, &shard.primary, &shard.replicas, &config.postgres).await?;
-                shards.push((shard.name.clone(), Arc::new(store)));
+                let guarded = guarded::Guarded::new(&shard.name, Arc::new(store), config.breakers.store.clone());
+                shards.push((shard.name.clone(), Arc::new(guarded)));
             }
         }
     }
@@ -144,7 +151,7 @@ pub async fn open_shards(config: &crate::config::Config) -> anyhow::Result<Vec<(
 /// (`role` says which kind), and whether it failed for a reason other than the domain's.
 pub fn observe<T>(shard: &str, role: &'static str, started: std::time::Instant, result: &StoreResult<T>) {
     held_for(shard.to_owned(), role, started);
-    if let Err(StoreError::Backend(_) | StoreError::Unavailable(_)) = result {
+    if let Err(StoreError::Backend(_) | StoreError::Unavailable(_) | StoreError::Unreachable(_)) = result {
         metrics::counter!("vitrina_store_errors_total", "shard" => shard.to_owned(), "role" => role).increment(1);
     }
 }
@@ -184,6 +191,8 @@ pub struct ShardReport {
     pub nodes: Vec<NodeReport>,
     /// Shops whose data lives here; null when the shard did not answer.
     pub shops: Option<u64>,
+    /// The shard's circuit breaker: `closed`, `open` (calls refused at once) or `half_open`.
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

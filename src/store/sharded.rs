@@ -312,6 +312,7 @@ impl Store for ShardedStore {
         for (i, result) in join_all(writes).await {
             result.map_err(|e| match e {
                 StoreError::Unavailable(m) => StoreError::Unavailable(format!("shard {}: {m}", self.ring.shards()[i])),
+                StoreError::Unreachable(m) => StoreError::Unreachable(format!("shard {}: {m}", self.ring.shards()[i])),
                 other => other,
             })?;
         }

@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{one_line, problem, spawn_with, Shop, TestApp};
+use vitrina::breaker::BreakerConfig;
 use vitrina::events::config::{SinkConfig, SinkKind};
 use vitrina::events::sinks::webhook;
 
@@ -168,6 +169,9 @@ async fn a_receiver_that_always_fails_ends_in_dead_letters_and_replay_delivers_i
     let app = spawn_with(|c| {
         quick_retries(c);
         c.events.webhooks.max_attempts = 3;
+        // Every attempt reaches the receiver here; the endpoint breaker has a test of its own.
+        c.breakers.webhooks.consecutive_failures = 1_000;
+        c.breakers.webhooks.min_calls = 1_000;
     })
     .await;
     let shop = app.create_shop("acme").await;
@@ -286,4 +290,44 @@ async fn bad_subscriptions_are_refused() {
         .unwrap();
     let hook: Value = r.json().await.unwrap();
     assert!(hook["secret"].as_str().unwrap().starts_with("whsec_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_keeps_failing_is_spared_by_its_breaker_until_a_probe_finds_it_back() {
+    let receiver = Receiver::start(-1).await;
+    let open_ms = 1_500;
+    let app = spawn_with(|c| {
+        quick_retries(c);
+        c.events.webhooks.max_attempts = 1_000;
+        c.breakers.webhooks = BreakerConfig { consecutive_failures: 3, open_ms, ..BreakerConfig::default() };
+    })
+    .await;
+    let shop = app.create_shop("acme").await;
+    app.clock.advance(chrono::Duration::seconds(1));
+    let hook = subscribe(&app, &shop, &receiver.url, json!(["*"])).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    app.put_product(&shop, "MUG", 500).await;
+
+    // Three failures in a row open the endpoint's breaker: the delivery is still retried on its
+    // schedule, but nothing is sent until the breaker lets a probe through.
+    receiver.wait_for("three failed attempts", |s| s.len() >= 3).await;
+    let t0 = Instant::now();
+    let spared = loop {
+        let d = deliveries(&app, &shop, hook_id, "pending").await;
+        if d.first().is_some_and(|d| d["last_error"].as_str().unwrap_or_default().contains("breaker open")) {
+            break d[0].clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no attempt was spared: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(spared["attempts"].as_i64().unwrap() >= 4, "{spared:?}");
+    assert_eq!(receiver.received().len(), 3, "not sent while open");
+
+    // The receiver recovers; once the breaker's time is up, a probe delivers the event.
+    receiver.fail.store(0, Ordering::SeqCst);
+    let delivered = wait_deliveries(&app, &shop, hook_id, "delivered", 1).await;
+    assert_eq!(delivered[0]["last_status"], 200);
+    let statuses: Vec<u16> = receiver.received().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.len() <= 5, "at most a probe per opening reached the failing receiver: {statuses:?}");
 }

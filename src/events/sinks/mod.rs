@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config::{SinkConfig, SinkKind};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::store::outbox::OutboxEvent;
 
 /// Why a publish stopped short.
@@ -59,13 +60,35 @@ pub trait Sink: Send + Sync + 'static {
     async fn publish(&self, events: &[OutboxEvent], deadline: std::time::Instant) -> Published;
 }
 
+/// A sink behind its breaker: every shard's publish loop shares it, so a broker that is down
+/// costs the relay one probe now and then instead of a timeout per shard and batch.
+struct Guarded {
+    inner: Arc<dyn Sink>,
+    breaker: Breaker,
+}
+
+#[async_trait]
+impl Sink for Guarded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn publish(&self, events: &[OutboxEvent], deadline: std::time::Instant) -> Published {
+        // Refusing an event is about the event; only not getting anything through is the sink's.
+        let down = |p: &Published| p.acked == 0 && matches!(p.error, Some(SinkError::Unavailable(_)));
+        self.breaker.call(self.inner.publish(events, deadline), down).await.unwrap_or_else(|| {
+            Published::stopped(0, SinkError::Unavailable("not sent: the sink keeps failing (breaker open)".into()))
+        })
+    }
+}
+
 /// The configured sinks, ready to connect on first use (a sink down at start is retried later,
-/// never a reason to refuse to start).
-pub fn build(configs: &[SinkConfig], timeout: std::time::Duration) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+/// never a reason to refuse to start), each behind its own breaker.
+pub fn build(configs: &[SinkConfig], timeout: std::time::Duration, breaker: &BreakerConfig) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     configs
         .iter()
         .map(|c| -> anyhow::Result<Arc<dyn Sink>> {
-            Ok(match c.kind {
+            let inner: Arc<dyn Sink> = match c.kind {
                 SinkKind::Nats => Arc::new(nats::NatsSink::new(c, timeout)),
                 SinkKind::Amqp => Arc::new(amqp::AmqpSink::new(c, timeout)),
                 SinkKind::Webhook => Arc::new(webhook::WebhookSink::new(c, timeout)?),
@@ -73,7 +96,9 @@ pub fn build(configs: &[SinkConfig], timeout: std::time::Duration) -> anyhow::Re
                 SinkKind::Kafka => Arc::new(kafka::KafkaSink::new(c, timeout)?),
                 #[cfg(not(feature = "kafka"))]
                 SinkKind::Kafka => anyhow::bail!("kind = \"kafka\" needs vitrina built with `--features kafka`"),
-            })
+            };
+            let breaker = Breaker::new("sink", inner.name().to_owned(), breaker.clone());
+            Ok(Arc::new(Guarded { inner, breaker }))
         })
         .collect()
 }

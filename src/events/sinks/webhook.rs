@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{Published, Sink, SinkError};
+use crate::breaker::Breaker;
 use crate::events::config::{SinkConfig, WebhookConfig};
 use crate::store::outbox::{backoff, Delivery, DeliveryOutcome, OutboxEvent, Webhook};
 
@@ -59,6 +60,15 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("a client without custom TLS roots builds")
 }
 
+/// What one endpoint breaker covers: scheme, host and port of a URL (the URL itself if it
+/// does not parse, which then fails on its own).
+pub fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// One signed POST; the HTTP status when the receiver answered.
 async fn post(client: &reqwest::Client, url: &str, secret: &str, id: &str, kind: &str, body: &str) -> Result<u16, String> {
     let now = chrono::Utc::now().timestamp();
@@ -82,12 +92,18 @@ pub async fn deliver(
     hook: &Webhook,
     d: &Delivery,
     cfg: &WebhookConfig,
+    endpoint: &Breaker,
     now: chrono::DateTime<chrono::Utc>,
 ) -> DeliveryOutcome {
-    let (status, error) = match post(client, &hook.url, &hook.secret, &d.event_id, &d.kind, &d.envelope).await {
-        Ok(s) if (200..300).contains(&s) => return DeliveryOutcome::Delivered { status: s },
-        Ok(s) => (Some(s), format!("the receiver answered {s}")),
-        Err(e) => (None, e),
+    // A receiver answering 5xx or not at all is down as a whole; a 4xx is about this delivery.
+    let down = |r: &Result<u16, String>| !matches!(r, Ok(s) if *s < 500);
+    let sent = endpoint.call(post(client, &hook.url, &hook.secret, &d.event_id, &d.kind, &d.envelope), down).await;
+    let (status, error) = match sent {
+        Some(Ok(s)) if (200..300).contains(&s) => return DeliveryOutcome::Delivered { status: s },
+        Some(Ok(s)) => (Some(s), format!("the receiver answered {s}")),
+        Some(Err(e)) => (None, e),
+        // Not sent: scheduled as the failure it would most likely have been.
+        None => (None, "not sent: the endpoint keeps failing (breaker open)".to_owned()),
     };
     let wait = backoff(d.attempts, Duration::from_millis(cfg.retry_base_ms), Duration::from_millis(cfg.retry_cap_ms));
     let at = now + chrono::Duration::from_std(wait).unwrap_or_default();

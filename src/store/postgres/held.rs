@@ -26,7 +26,11 @@ pub async fn take(pool: &Pool, shard: &str) -> StoreResult<Held> {
         Ok(client) => Ok(Held { client: Some(client), shard: shard.to_owned(), taken: Instant::now() }),
         Err(e) => {
             metrics::counter!("vitrina_store_errors_total", "shard" => shard.to_owned(), "role" => "primary").increment(1);
-            Err(StoreError::Unavailable(format!("shard {shard}: {e}")))
+            // Every connection busy is load, which admission answers; no connection to be had
+            // is the database being gone, which the shard's breaker answers.
+            let busy = matches!(e, deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait));
+            let detail = format!("shard {shard}: {e}");
+            Err(if busy { StoreError::Unavailable(detail) } else { StoreError::Unreachable(detail) })
         }
     }
 }

@@ -55,6 +55,18 @@ fn build_pool(shard: &str, url: &str, cfg: &PostgresConfig) -> anyhow::Result<(P
     if pg.get_application_name().is_none() {
         pg.application_name("vitrina");
     }
+    if cfg.statement_timeout_ms > 0 {
+        let ours = format!("-c statement_timeout={}", cfg.statement_timeout_ms);
+        let options = match pg.get_options() {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours,
+        };
+        pg.options(options);
+    }
+    if cfg.tcp_user_timeout_ms > 0 {
+        pg.tcp_user_timeout(Duration::from_millis(cfg.tcp_user_timeout_ms));
+        pg.keepalives_idle(Duration::from_millis(cfg.tcp_user_timeout_ms));
+    }
     let address = describe_address(&pg);
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager)
@@ -145,19 +157,21 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
                 StoreError::Unavailable(format!("concurrent update, retry: {e}"))
             }
+            Some(c) if *c == SqlState::QUERY_CANCELED => StoreError::Unavailable(format!("the statement took too long: {e}")),
+            // The server is going away, or this is no primary (any more): not a query's fault.
             Some(c)
                 if *c == SqlState::ADMIN_SHUTDOWN
                     || *c == SqlState::CANNOT_CONNECT_NOW
                     || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
             {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unreachable(e.to_string())
             }
             Some(_) => StoreError::Backend(match e.as_db_error() {
                 Some(db) => format!("{} ({})", db.message(), db.code().code()),
                 None => e.to_string(),
             }),
             // No SQL state: the connection itself failed.
-            None if e.is_closed() || e.as_db_error().is_none() => StoreError::Unavailable(format!("database connection: {e}")),
+            None if e.is_closed() || e.as_db_error().is_none() => StoreError::Unreachable(format!("database connection: {e}")),
             None => StoreError::Backend(e.to_string()),
         }
     }
@@ -194,7 +208,7 @@ impl Store for PgStore {
         StoreReport {
             kind: "postgres".into(),
             durability: "synchronous commit on the primary".into(),
-            shards: vec![ShardReport { name: self.name.clone(), nodes, shops }],
+            shards: vec![ShardReport { name: self.name.clone(), nodes, shops, breaker: None }],
             ring: Vec::new(),
         }
     }

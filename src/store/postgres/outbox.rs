@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use tracing::Instrument;
 
 use crate::events::{envelope, NewEvent};
 use crate::shops::ShopId;
@@ -12,6 +13,11 @@ use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
 
 pub async fn emit(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+    let span = tracing::info_span!("outbox", otel.name = %format_args!("outbox {}", e.kind), event = e.kind);
+    emit_traced(c, e, now).instrument(span).await
+}
+
+async fn emit_traced(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
     let stmt = c
         .prepare_cached(
             "INSERT INTO aggregate_sequences (aggregate, seq) VALUES ($1, 1)
@@ -20,7 +26,8 @@ pub async fn emit(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> St
         .await?;
     let seq: i64 = c.query_one(&stmt, &[&e.aggregate]).await?.get(0);
     let id = uuid::Uuid::now_v7().to_string();
-    let env = envelope(&id, &e, seq, now, crate::consistency::traceparent().as_deref());
+    let tp = crate::telemetry::trace::current().map(|t| t.to_string());
+    let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     let stmt = c
         .prepare_cached(
@@ -52,7 +59,7 @@ pub async fn emit_all(c: &impl GenericClient, events: Vec<NewEvent>, now: DateTi
         seqs[i] = *s;
         *s -= 1;
     }
-    let tp = crate::consistency::traceparent();
+    let tp = crate::telemetry::trace::current().map(|t| t.to_string());
     let (mut ids, mut shops, mut kinds, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (e, seq) in events.iter().zip(&seqs) {
         let id = uuid::Uuid::now_v7().to_string();

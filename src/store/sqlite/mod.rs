@@ -189,6 +189,7 @@ impl Store for SqliteStore {
                     replay_lag_ms: None,
                 }],
                 shops,
+                breaker: None,
             }],
             ring: Vec::new(),
         }

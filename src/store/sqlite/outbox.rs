@@ -2,8 +2,6 @@
 //! per-aggregate sequence taken under the writer's lock. One writer means commit order is
 //! insertion order, so the feed's position never skips a late commit.
 
-use std::cell::RefCell;
-
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -13,20 +11,8 @@ use crate::shops::ShopId;
 use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
 
-thread_local! {
-    /// The traceparent of the request whose operation the writer thread is running.
-    static TRACEPARENT: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with the request's traceparent visible to [`emit`] on this thread.
-pub fn with_traceparent<T>(tp: Option<String>, f: impl FnOnce() -> T) -> T {
-    TRACEPARENT.with(|t| *t.borrow_mut() = tp);
-    let out = f();
-    TRACEPARENT.with(|t| *t.borrow_mut() = None);
-    out
-}
-
 pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+    let _span = tracing::info_span!("outbox", otel.name = %format_args!("outbox {}", e.kind), event = e.kind).entered();
     let seq: i64 = c
         .prepare_cached(
             "INSERT INTO aggregate_sequences (aggregate, seq) VALUES (?1, 1)
@@ -34,7 +20,7 @@ pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> 
         )?
         .query_row([&e.aggregate], |r| r.get(0))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let tp = TRACEPARENT.with(|t| t.borrow().clone());
+    let tp = crate::telemetry::trace::current().map(|t| t.to_string());
     let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     c.prepare_cached(

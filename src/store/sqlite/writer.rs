@@ -20,8 +20,10 @@ trait Pending: Send {
 
 struct PendingOp<T, F> {
     op: Option<F>,
-    /// The request's traceparent, handed to the writer thread for the events the op records.
-    traceparent: Option<String>,
+    /// The caller's span and trace context, continued on the writer thread by the events the
+    /// operation records.
+    span: tracing::Span,
+    trace: Option<crate::telemetry::trace::TraceParent>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
@@ -33,7 +35,7 @@ where
 {
     fn execute(&mut self, conn: &Connection) -> bool {
         let Some(op) = self.op.take() else { return false };
-        let result = super::outbox::with_traceparent(self.traceparent.take(), || op(conn));
+        let result = self.span.in_scope(|| crate::telemetry::trace::on_this_thread(self.trace, || op(conn)));
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -90,8 +92,8 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let traceparent = crate::consistency::traceparent();
-        let job: Job = Box::new(PendingOp { op: Some(op), traceparent, result: None, reply });
+        let (span, trace) = (tracing::Span::current(), crate::telemetry::trace::current());
+        let job: Job = Box::new(PendingOp { op: Some(op), span, trace, result: None, reply });
         self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
     }

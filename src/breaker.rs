@@ -1,15 +1,15 @@
-//! A circuit breaker for a dependency that can fail as a whole (Redis here; brokers and other
-//! units later). Closed: calls go through and their outcomes are counted. Enough failures in a
-//! window, or a run of them, open it: calls are refused at once, without waiting on a timeout.
-//! After `open_for` one probe is let through (half-open); its success closes the breaker, its
-//! failure opens it again. Time is passed in, so tests drive it without sleeping.
+//! A circuit breaker for a dependency that can fail as a whole: a database shard, Redis, a
+//! broker, a webhook endpoint. Closed: calls go through and their outcomes are counted. Enough
+//! failures in a window, or a run of them, open it: calls are refused at once, without waiting
+//! on a timeout. After `open_ms` one probe is let through (half-open); its success closes the
+//! breaker, its failure opens it again. Time is passed in, so tests drive it without sleeping.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Opens when at least `min_calls` calls in `window_ms` failed at this rate (0-1)...
@@ -25,6 +25,36 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig { failure_rate: 0.5, min_calls: 20, window_ms: 10_000, consecutive_failures: 5, open_ms: 2_000 }
+    }
+}
+
+impl BreakerConfig {
+    pub fn check(&self, name: &str) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.failure_rate) {
+            anyhow::bail!("{name}.failure_rate is a fraction between 0 and 1");
+        }
+        if self.consecutive_failures == 0 {
+            anyhow::bail!("{name}.consecutive_failures must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// `[breakers]`: one breaker per shard's database, per event sink, per webhook endpoint (the
+/// Redis tier has its own under `[cache]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakersConfig {
+    pub store: BreakerConfig,
+    pub sinks: BreakerConfig,
+    pub webhooks: BreakerConfig,
+}
+
+impl BreakersConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.store.check("breakers.store")?;
+        self.sinks.check("breakers.sinks")?;
+        self.webhooks.check("breakers.webhooks")
     }
 }
 
@@ -66,7 +96,9 @@ struct Inner {
 }
 
 pub struct Breaker {
+    /// What kind of dependency (`postgres`, `redis`, `nats`, ...) and which one, for metrics.
     dependency: &'static str,
+    name: String,
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
 }
@@ -77,12 +109,43 @@ pub struct Permit {
     probe: bool,
 }
 
+/// Breakers made on first use, one per key (a webhook endpoint, say). Past a bound, closed
+/// ones are forgotten: a breaker that has nothing to remember is as good as a new one.
+pub struct Breakers {
+    dependency: &'static str,
+    cfg: BreakerConfig,
+    map: Mutex<std::collections::HashMap<String, std::sync::Arc<Breaker>>>,
+}
+
+const MAX_KEYED_BREAKERS: usize = 10_000;
+
+impl Breakers {
+    pub fn new(dependency: &'static str, cfg: BreakerConfig) -> Breakers {
+        Breakers { dependency, cfg, map: Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    pub fn get(&self, key: &str) -> std::sync::Arc<Breaker> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(key) {
+            return b.clone();
+        }
+        if map.len() >= MAX_KEYED_BREAKERS {
+            map.retain(|_, b| b.state() != BreakerState::Closed);
+        }
+        let b = std::sync::Arc::new(Breaker::new(self.dependency, key, self.cfg.clone()));
+        map.insert(key.to_owned(), b.clone());
+        b
+    }
+}
+
 impl Breaker {
-    pub fn new(dependency: &'static str, cfg: BreakerConfig) -> Breaker {
+    pub fn new(dependency: &'static str, name: impl Into<String>, cfg: BreakerConfig) -> Breaker {
         let now = Instant::now();
-        metrics::gauge!("vitrina_breaker_state", "dependency" => dependency).set(0.0);
+        let name = name.into();
+        metrics::gauge!("vitrina_breaker_state", "dependency" => dependency, "name" => name.clone()).set(0.0);
         Breaker {
             dependency,
+            name,
             cfg,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -98,6 +161,29 @@ impl Breaker {
 
     pub fn state(&self) -> BreakerState {
         self.lock().state
+    }
+
+    /// Runs `call` through the breaker: `None` when it is refused, else its result, whose
+    /// outcome `failed` judges. A call dropped before it finished (its caller went away) neither
+    /// succeeds nor fails, but frees the probe's place so the next call can probe.
+    pub async fn call<T, F>(&self, call: F, failed: impl FnOnce(&T) -> bool) -> Option<T>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        struct Unfinished<'a>(&'a Breaker, Option<Permit>);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if self.1.is_some_and(|p| p.probe) {
+                    self.0.lock().probing = false;
+                }
+            }
+        }
+        let permit = self.allow(Instant::now())?;
+        let mut pending = Unfinished(self, Some(permit));
+        let out = call.await;
+        pending.1 = None;
+        self.record(permit, !failed(&out), Instant::now());
+        Some(out)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -163,14 +249,16 @@ impl Breaker {
         if s.state == to {
             return;
         }
+        let (dependency, name) = (self.dependency, self.name.as_str());
         match to {
-            BreakerState::Open => tracing::warn!(dependency = self.dependency, "circuit breaker opened"),
-            BreakerState::Closed => tracing::info!(dependency = self.dependency, "circuit breaker closed"),
-            BreakerState::HalfOpen => tracing::info!(dependency = self.dependency, "circuit breaker half-open: probing"),
+            BreakerState::Open => tracing::warn!(dependency, name, "circuit breaker opened"),
+            BreakerState::Closed => tracing::info!(dependency, name, "circuit breaker closed"),
+            BreakerState::HalfOpen => tracing::info!(dependency, name, "circuit breaker half-open: probing"),
         }
         s.state = to;
-        metrics::gauge!("vitrina_breaker_state", "dependency" => self.dependency).set(to.level());
-        metrics::counter!("vitrina_breaker_transitions_total", "dependency" => self.dependency, "to" => to.as_str()).increment(1);
+        metrics::gauge!("vitrina_breaker_state", "dependency" => dependency, "name" => name.to_owned()).set(to.level());
+        metrics::counter!("vitrina_breaker_transitions_total", "dependency" => dependency, "name" => name.to_owned(), "to" => to.as_str())
+            .increment(1);
     }
 }
 
@@ -181,6 +269,7 @@ mod tests {
     fn breaker() -> Breaker {
         Breaker::new(
             "test",
+            "t",
             BreakerConfig { failure_rate: 0.5, min_calls: 4, window_ms: 1000, consecutive_failures: 3, open_ms: 500 },
         )
     }
@@ -261,5 +350,26 @@ mod tests {
         }
         b.record(early, true, t);
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_caller_went_away_lets_the_next_call_probe() {
+        let b = breaker();
+        let t = Instant::now();
+        for _ in 0..3 {
+            call(&b, false, t);
+        }
+        tokio::time::sleep(Duration::from_millis(510)).await;
+        // The probe's caller gives up before the dependency answers.
+        let abandoned = tokio::time::timeout(Duration::from_millis(10), b.call(std::future::pending::<bool>(), |_| false)).await;
+        assert!(abandoned.is_err());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.call(async { true }, |ok| !ok).await, Some(true), "the next call probes");
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Refused while open, judged by the caller's rule.
+        for _ in 0..3 {
+            assert_eq!(b.call(async { Err::<(), _>("down") }, Result::is_err).await, Some(Err("down")));
+        }
+        assert_eq!(b.call(async { Ok::<_, ()>(()) }, Result::is_err).await, None);
     }
 }

@@ -1,5 +1,10 @@
-//! Logs, metrics and request ids. Logs are structured (JSON off a terminal), carry the request
-//! id, and never include secrets or bodies. Metrics are Prometheus text at `GET /metrics`.
+//! Logs, traces, metrics and request ids. Logs are structured (JSON off a terminal), carry the
+//! request id and trace id, and never include secrets or bodies. Traces: `trace` gives every
+//! request a W3C context, `otlp` exports spans when a collector is configured. Metrics are
+//! Prometheus text at `GET /metrics`.
+
+pub mod otlp;
+pub mod trace;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -10,21 +15,50 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
+use crate::config::Config;
 
-/// Installs the global log subscriber. Called once by the binary, never by tests.
-pub fn init_logs(format: &str, level: &str) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let json = match format {
+/// What `init` set up that must be flushed when the process stops.
+pub struct Telemetry {
+    spans: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still batched. Call it outside the runtime's own tasks (it blocks).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.spans {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("flushing spans: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global log subscriber and, with `telemetry.otlp_endpoint`, the span exporter.
+/// Called once by the binary inside its runtime, never by tests.
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let json = match config.log_format.as_str() {
         "json" => true,
         "pretty" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().flatten_event(true).with_current_span(true).try_init() } else { builder.try_init() };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> =
+        if json { fmt.json().flatten_event(true).with_current_span(true).boxed() } else { fmt.boxed() };
+    let spans = otlp::provider(&config.telemetry)?;
+    let exported = spans.as_ref().map(otlp::layer);
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(exported).try_init();
+    if let Some(url) = &config.telemetry.otlp_endpoint {
+        tracing::info!(collector = %crate::secrets::mask_url_password(url), "exporting spans over OTLP");
+    }
+    Ok(Telemetry { spans })
 }
 
 /// The process-wide Prometheus recorder; every app in the process (tests start many) shares it.

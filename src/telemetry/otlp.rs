@@ -1,0 +1,128 @@
+//! Span export over OTLP (HTTP, protobuf) when `telemetry.otlp_endpoint` is set. Spans are
+//! batched on the SDK's own thread; each export is sent by the service's HTTP client on the
+//! tokio runtime, with a timeout, so a slow or absent collector costs dropped spans, never
+//! slower requests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::Layer;
+
+/// `[telemetry]`: where spans go. Logs are set by `log_format` and `log_level`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`; spans are sent to `<it>/v1/traces`.
+    /// Unset: no spans leave the process (trace ids are still made, returned and logged).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces recorded (0-1); a caller's sampling decision is kept.
+    pub sample_ratio: f64,
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: None, service_name: "vitrina".into(), sample_ratio: 1.0, export_timeout_ms: 5_000 }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            anyhow::bail!("telemetry.sample_ratio is a fraction between 0 and 1");
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint {url:?}: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                anyhow::bail!("telemetry.otlp_endpoint must be an http(s) URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// The traces URL of the collector.
+    fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") })
+    }
+}
+
+/// Sends the exporter's requests with the service's own client, on the tokio runtime the
+/// service runs on (the SDK's batch thread has none of its own).
+#[derive(Debug)]
+struct Client {
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for Client {
+    async fn send_bytes(&self, request: axum::http::Request<Bytes>) -> Result<axum::http::Response<Bytes>, HttpError> {
+        let http = self.http.clone();
+        let sent = self.runtime.spawn(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let resp = http.execute(request).await?;
+            let mut out = axum::http::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                out = out.header(k.as_str(), v.as_bytes());
+            }
+            let body = resp.bytes().await?;
+            Ok::<_, HttpError>(out.body(body)?)
+        });
+        sent.await?
+    }
+}
+
+/// The span pipeline for `cfg`, or `None` when no collector is configured. Call it inside the
+/// tokio runtime; shut the provider down (it flushes) when the service stops.
+pub fn provider(cfg: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let Some(url) = cfg.traces_url() else { return Ok(None) };
+    let timeout = Duration::from_millis(cfg.export_timeout_ms.max(1));
+    let http = reqwest::Client::builder().timeout(timeout).build()?;
+    let client = Client { http, runtime: tokio::runtime::Handle::try_current()? };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .with_timeout(timeout)
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio)));
+    Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).with_sampler(sampler).build()))
+}
+
+/// The layer that turns vitrina's own spans (not its libraries') into OpenTelemetry spans.
+pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("vitrina"))
+        .with_threads(false)
+        .with_filter(Targets::new().with_target("vitrina", LevelFilter::DEBUG))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traces_path_is_added_once() {
+        let cfg = |e: &str| TelemetryConfig { otlp_endpoint: Some(e.into()), ..TelemetryConfig::default() };
+        assert_eq!(cfg("http://127.0.0.1:4318").traces_url().unwrap(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(cfg("http://c:4318/").traces_url().unwrap(), "http://c:4318/v1/traces");
+        assert_eq!(cfg("http://c:4318/v1/traces").traces_url().unwrap(), "http://c:4318/v1/traces");
+        assert!(TelemetryConfig::default().traces_url().is_none());
+        assert!(cfg("ftp://x").check().is_err());
+        assert!(TelemetryConfig { sample_ratio: 1.5, ..TelemetryConfig::default() }.check().is_err());
+    }
+}
