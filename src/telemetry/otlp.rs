@@ -125,4 +125,42 @@ mod tests {
         assert!(cfg("ftp://x").check().is_err());
         assert!(TelemetryConfig { sample_ratio: 1.5, ..TelemetryConfig::default() }.check().is_err());
     }
+
+    /// The real exporter, client and batch thread against a local OTLP/HTTP receiver.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_reach_a_collector_as_otlp_protobuf() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, Bytes)>();
+        let collector = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
+                let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let _ = tx.send(("/v1/traces".into(), kind, body));
+                async { "" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, collector).await });
+
+        let cfg = TelemetryConfig { otlp_endpoint: Some(url), service_name: "vitrina-test".into(), ..TelemetryConfig::default() };
+        let provider = provider(&cfg).unwrap().expect("a collector is configured");
+        provider.tracer("t").in_span("checkout", |_| {});
+        // Flushing waits for the batch thread, which waits for this runtime: not on its workers.
+        let flushing = provider.clone();
+        tokio::task::spawn_blocking(move || flushing.force_flush()).await.unwrap().unwrap();
+
+        let (path, kind, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((path.as_str(), kind.as_str()), ("/v1/traces", "application/x-protobuf"));
+        let sent = ExportTraceServiceRequest::decode(body).unwrap();
+        let spans: Vec<&str> =
+            sent.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| s.name.as_str()).collect();
+        assert_eq!(spans, ["checkout"]);
+        let service = sent.resource_spans[0].resource.as_ref().unwrap().attributes.iter().find(|a| a.key == "service.name");
+        assert!(format!("{service:?}").contains("vitrina-test"));
+        tokio::task::spawn_blocking(move || provider.shutdown()).await.unwrap().unwrap();
+    }
 }
