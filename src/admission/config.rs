@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 
 /// `[admission]`: how much work an instance lets in, and the quotas of shops and clients.
-/// The defaults keep a 2-core machine responsive; rate limits are off until set.
+/// The defaults keep a 2-core machine responsive; rate limits are off until set. Write places
+/// sit at the knee of one SQLite writer measured in docs/benchmarks.md: more inside adds
+/// latency, not throughput; the queues only absorb bursts, so a refusal stays immediate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
@@ -35,11 +37,11 @@ impl Default for AdmissionConfig {
             enabled: true,
             reads: 512,
             reads_queue: 1024,
-            shard_writes: 64,
-            shard_queue: 256,
-            shop_writes: 32,
-            shop_queue: 128,
-            queue_wait_ms: 100,
+            shard_writes: 32,
+            shard_queue: 16,
+            shop_writes: 24,
+            shop_queue: 8,
+            queue_wait_ms: 10,
             retry_after_secs: 1,
             shop_rps: 0.0,
             shop_burst: 0,

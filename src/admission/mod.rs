@@ -193,6 +193,8 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     if !admission.cfg.enabled {
         return next.run(req).await;
     }
+    // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
+    let started = Instant::now();
     let kind = classify(req.method(), req.uri().path());
     let client = client_address(&req, admission.cfg.trust_forwarded_for);
     let shop = match &kind {
@@ -203,13 +205,17 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         Kind::Exempt => Ok(None),
         _ => admission.rate(client.as_deref(), shop, Instant::now()),
     };
+    let refused = |e: ApiError| {
+        metrics::histogram!("vitrina_admission_refusal_seconds").record(started.elapsed().as_secs_f64());
+        e.into_response()
+    };
     let verdict = match verdict {
         Ok(v) => v,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(e),
     };
     let passes = match admission.admit(&state, &kind).await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(e),
     };
     let mut resp = next.run(req).await;
     drop(passes);

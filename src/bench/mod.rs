@@ -185,6 +185,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         duration_secs: args.duration.as_secs_f64(),
     };
     let start = Instant::now();
+    let cpu_at_start = cpu_seconds();
     let shared = Arc::new(Shared {
         http,
         zipf: Zipf::new(world.skus.len(), 1.1),
@@ -235,12 +236,24 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let recorder =
         Arc::try_unwrap(recorder).ok().context("recorder still shared")?.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut report = recorder.finish(run_info, elapsed);
+    report.client_cpu_cores = cpu_at_start.zip(cpu_seconds()).map(|(a, b)| (b - a) / elapsed.as_secs_f64());
     if args.scenario.buys() {
         let accepted = shared.accepted.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
         report.sale =
             Some(setup::audit(&shared.http, &shared.world, args.stock, accepted, shared.retried.load(Ordering::Relaxed)).await?);
     }
     Ok(report)
+}
+
+/// User and system CPU time of this process so far, from `/proc/self/stat` (in USER_HZ ticks,
+/// 100 per second on Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) / 100.0)
 }
 
 async fn progress(start: Instant, duration: Duration, done: Arc<AtomicU64>, errors: Arc<AtomicU64>) {
@@ -286,6 +299,18 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_cpu_time_is_read_and_grows() {
+        let Some(before) = cpu_seconds() else { return };
+        let mut x = 0u64;
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = cpu_seconds().unwrap();
+        assert!(after > before && after - before < 5.0, "{before} -> {after}");
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

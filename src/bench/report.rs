@@ -125,6 +125,7 @@ impl Recorder {
                 })
                 .collect(),
             sale: None,
+            client_cpu_cores: None,
         }
     }
 }
@@ -212,6 +213,10 @@ pub struct Report {
     pub series: Vec<Second>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub sale: Option<Sale>,
+    /// CPU the bench itself used over the run, in cores (user + system time / elapsed): what
+    /// the load cost the machine besides the server. Linux only.
+    #[serde(default)]
+    pub client_cpu_cores: Option<f64>,
 }
 
 impl Report {
@@ -230,6 +235,9 @@ impl Report {
             "| requests | {} |\n| throughput | {:.0} req/s |\n| goodput | {:.0} req/s |\n",
             self.requests, self.throughput_rps, self.goodput_rps
         );
+        if let Some(cores) = self.client_cpu_cores {
+            s += &format!("| bench's own CPU | {cores:.2} cores |\n");
+        }
         s += "\n| latency (ms) | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|\n";
         for (name, p) in
             [("all", &self.latency_ms), ("admitted", &self.latency_admitted_ms), ("refused (503/429)", &self.latency_refused_ms)]

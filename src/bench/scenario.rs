@@ -1,7 +1,8 @@
 //! What each scenario asks for, request by request. `browse`: product reads (Zipf-skewed, a few
 //! products take most reads, as on a real storefront) and catalog pages; `seed`: the pymongo-api
 //! routes; `flash-sale`: many buyers, few SKUs, one unit each under a fresh Idempotency-Key;
-//! `mixed`: mostly browsing, some seed traffic, some buying.
+//! `mixed`: mostly browsing, some seed traffic, some buying; `probe`: the liveness check, the
+//! cheapest answer the server gives, as the same run's reference for what any answer costs.
 
 use serde_json::json;
 
@@ -12,6 +13,7 @@ pub enum Scenario {
     Seed,
     FlashSale,
     Mixed,
+    Probe,
 }
 
 impl Scenario {
@@ -21,6 +23,7 @@ impl Scenario {
             Scenario::Seed => "seed",
             Scenario::FlashSale => "flash-sale",
             Scenario::Mixed => "mixed",
+            Scenario::Probe => "probe",
         }
     }
 
@@ -112,6 +115,7 @@ pub fn request(scenario: Scenario, world: &World, zipf: &Zipf, i: u64, u: f64, v
             let sku = world.sale_skus[(u * world.sale_skus.len() as f64) as usize % world.sale_skus.len()].clone();
             Request::Order { sku, key: format!("{}-{i}", world.run_id) }
         }
+        Scenario::Probe => Request::Get("/health/live".into()),
         Scenario::Mixed => match (v * 100.0) as u32 {
             0..=69 => request(Scenario::Browse, world, zipf, i, u, v / 0.7),
             70..=89 => request(Scenario::Seed, world, zipf, i, u, (v - 0.7) / 0.2),
@@ -160,5 +164,6 @@ mod tests {
         assert!(matches!(request(Scenario::Seed, &w, &z, 7, 0.0, 0.99), Request::CreateUser(_)));
         assert_eq!(request(Scenario::FlashSale, &w, &z, 7, 0.3, 0.3), Request::Order { sku: "HOT".into(), key: "r1-7".into() });
         assert!(matches!(request(Scenario::Mixed, &w, &z, 7, 0.3, 0.95), Request::Order { .. }));
+        assert_eq!(request(Scenario::Probe, &w, &z, 7, 0.3, 0.95), Request::Get("/health/live".into()));
     }
 }

@@ -49,7 +49,7 @@ pub async fn prepare(http: &Http, args: &BenchArgs) -> anyhow::Result<World> {
             .take(200)
             .collect();
     }
-    if args.scenario == Scenario::Seed {
+    if matches!(args.scenario, Scenario::Seed | Scenario::Probe) {
         return Ok(world);
     }
     let token = admin_token(args)?;

@@ -75,6 +75,13 @@ pub fn metrics_handle() -> PrometheusHandle {
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                     )
                 })
+                // A refusal is decided in microseconds; the shared buckets start at 0.5 ms.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("vitrina_admission_refusal_seconds".into()),
+                        &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1],
+                    )
+                })
                 .expect("static bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();

@@ -74,16 +74,26 @@ async fn acknowledged_orders_survive_a_kill() {
         .map(|i| {
             let (client, base, key) = (client.clone(), base.clone(), key.clone());
             tokio::spawn(async move {
-                let r = client
-                    .post(format!("{base}/shops/acme/orders"))
-                    .bearer_auth(&key)
-                    .header("idempotency-key", format!("crash-{i}"))
-                    .json(&json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::CREATED);
-                r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+                // Sixty at once are more than one shop's places: a refused buyer comes back
+                // when told to, under the same key, as a real client does.
+                for _ in 0..20 {
+                    let r = client
+                        .post(format!("{base}/shops/acme/orders"))
+                        .bearer_auth(&key)
+                        .header("idempotency-key", format!("crash-{i}"))
+                        .json(&json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if matches!(r.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+                        let wait = r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        continue;
+                    }
+                    assert_eq!(r.status(), StatusCode::CREATED);
+                    return r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+                }
+                panic!("order crash-{i} refused twenty times");
             })
         })
         .collect();
