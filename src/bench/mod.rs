@@ -72,8 +72,9 @@ pub struct BenchArgs {
     /// Retries of an order refused with 503 or 429, each after its `Retry-After`.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
-    /// Open loop: most requests outstanding at once; a due request waits for room (and the wait
-    /// counts in its latency).
+    /// Open loop: most requests on the wire at once (and so connections); a due request waits
+    /// for room, and the wait counts in its latency. Buyers waiting out a `Retry-After` hold no
+    /// room.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
     /// Per-request timeout.
@@ -148,8 +149,9 @@ async fn execute(s: &Shared, req: Request) -> Vec<Attempt> {
                 s.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone());
             }
         }
-        // Only orders are retried: a buyer told to come back does, after the time asked.
-        let wait = Duration::from_secs(retry_after.unwrap_or(1));
+        // Only orders are retried: a buyer told to come back does, after the time asked, give or
+        // take a quarter second as real clients spread out.
+        let wait = Duration::from_secs(retry_after.unwrap_or(1)) + Duration::from_millis(rand::random_range(0..250));
         let retry = key.is_some() && matches!(kind, Kind::Shed | Kind::Quota) && attempt < s.retries && done + wait < s.end;
         if !retry {
             break;
@@ -205,7 +207,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     schedule::run(
         mode,
         args.duration,
-        args.max_in_flight,
+        // Buyers at once, counting those waiting to retry; the wire has its own bound.
+        args.max_in_flight.saturating_mul(16),
         move |i| {
             let s = s.clone();
             async move {

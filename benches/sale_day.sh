@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The sale-day run of docs/benchmarks.md: one vitrina (release build, embedded store, default
+# admission) and `vitrina bench` on the same machine. Finds the saturating rate of a flash sale,
+# offers twice that, and prints each criterion with the figures it rests on.
+#
+#   bash benches/sale_day.sh [SECONDS_AT_2X]      # default 30; needs python3 for the summary
+#
+# The server inherits VITRINA_* settings from the environment, e.g. VITRINA_ADMISSION__SHOP_WRITES=16.
+#
+# Everything runs on loopback, in a temporary directory, and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-30}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vitrina-target}"
+cargo build --release --locked --quiet
+bin="$CARGO_TARGET_DIR/release/vitrina"
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+token="sale-day-admin-token-0123456789"
+
+VITRINA_LOG_LEVEL=warn VITRINA_ADMIN_TOKEN=$token "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
+  >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do curl -sf "$url/health/ready" >/dev/null && break; sleep 0.1; done
+
+ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+# run NAME ARGS...: one bench run, with the server's CPU over it.
+run() {
+  local name=$1; shift
+  local t0 c0
+  t0=$(date +%s.%N); c0=$(ticks)
+  "$bin" bench --url "$url" --admin-token "$token" --quiet --report "$work/$name.json" "$@" >"$work/$name.md"
+  echo "$(ticks) $c0 $(date +%s.%N) $t0" >"$work/$name.cpu"
+  echo "ran $name" >&2
+}
+common=(--scenario flash-sale --skus 5 --stock 10000000)
+
+# The saturating rate: as many buyers back to back as one shop has places inside
+# (`admission.shop_writes`, 24 unless VITRINA_ADMISSION__SHOP_WRITES says otherwise).
+run peak "${common[@]}" --duration 15s --connections "${VITRINA_ADMISSION__SHOP_WRITES:-24}" --retries 0
+peak=$(python3 -c "import json; print(round(json.load(open('$work/peak.json'))['goodput_rps']))")
+run unloaded "${common[@]}" --duration 15s --rate $((peak / 10))
+curl -s "$url/metrics" >"$work/metrics.before"
+run twice "${common[@]}" --duration "${secs}s" --rate $((2 * peak)) --retries 0 --plot "$work/twice.svg"
+curl -s "$url/metrics" >"$work/metrics.after"
+run probe --scenario probe --duration 15s --rate $((2 * peak))
+# Buyers told to come back do, after Retry-After (offered load grows past 2x with them).
+run retrying "${common[@]}" --duration "${secs}s" --rate $((2 * peak)) --retries 3
+
+python3 - "$work" "$(getconf CLK_TCK)" <<'PY'
+import json, re, sys
+work, hz = sys.argv[1], float(sys.argv[2])
+r = {n: json.load(open(f"{work}/{n}.json")) for n in ("peak", "unloaded", "twice", "probe", "retrying")}
+def cores(n):
+    c1, c0, t1, t0 = map(float, open(f"{work}/{n}.cpu").read().split())
+    return (c1 - c0) / hz / (t1 - t0)
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'vitrina_admission_refusal_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+b0, b1 = buckets(f"{work}/metrics.before"), buckets(f"{work}/metrics.after")
+refusals = {le: b1.get(le, 0) - b0.get(le, 0) for le in b1}
+total = refusals.get("+Inf", 0)
+under_ms = refusals.get("0.001", 0)
+under_100us = refusals.get("0.0001", 0)
+pk, un, tw, pr, rt = r["peak"], r["unloaded"], r["twice"], r["probe"], r["retrying"]
+answers = tw["answers"]
+unexpected_5xx = answers.get("server_error", 0) + answers.get("transport", 0)
+print("| run | offered | goodput/s | p50 ms | p99 ms | refused p50/p99 ms | server CPU | bench CPU |")
+print("|---|---|---|---|---|---|---|---|")
+for name in ("unloaded", "peak", "twice", "retrying", "probe"):
+    x = r[name]
+    offered = f"{x['rate']:.0f}/s open" if x.get("rate") else f"{x['connections']} conns closed"
+    a, f = x["latency_admitted_ms"], x["latency_refused_ms"]
+    print(f"| {name} | {offered} | {x['goodput_rps']:.0f} | {a['p50']:.2f} | {a['p99']:.2f} | "
+          f"{f['p50']:.2f} / {f['p99']:.2f} | {cores(name):.2f} | {x.get('client_cpu_cores') or 0:.2f} |")
+print()
+ok = lambda c: "met" if c else "NOT met"
+g = tw["goodput_rps"] / pk["goodput_rps"]
+lat = tw["latency_admitted_ms"]["p99"] / un["latency_admitted_ms"]["p99"]
+print(f"- goodput at 2x: {tw['goodput_rps']:.0f}/s = {g:.2f} of the peak {pk['goodput_rps']:.0f}/s (>= 0.90): {ok(g >= 0.9)}")
+print(f"- refusals decided in the server: {under_ms:.0f} of {total:.0f} under 1 ms, {under_100us:.0f} under 0.1 ms: {ok(total > 0 and under_ms == total)}")
+print(f"- refusals as the bench saw them: p50 {tw['latency_refused_ms']['p50']:.2f} ms, p99 {tw['latency_refused_ms']['p99']:.2f} ms; "
+      f"the probe (cheapest answer) at the same rate: p50 {pr['latency_ms']['p50']:.2f} ms, p99 {pr['latency_ms']['p99']:.2f} ms")
+print(f"- admitted p99 at 2x: {tw['latency_admitted_ms']['p99']:.2f} ms = {lat:.2f}x the unloaded {un['latency_admitted_ms']['p99']:.2f} ms (<= 2): {ok(lat <= 2.0)}")
+sold = [(x["orders_accepted"], x["stock_sold"], x["oversell"]) for x in (tw, rt)]
+print(f"- oversell (accepted vs stock sold): {sold}: {ok(all(o == 0 for _, _, o in sold))}")
+print(f"- answers at 2x: {answers}; 5xx other than deliberate 503 and transport failures: {unexpected_5xx}: {ok(unexpected_5xx == 0)}")
+print(f"- with buyers retrying after Retry-After: goodput {rt['goodput_rps']:.0f}/s, retries {rt['retries']}, answers {rt['answers']}")
+PY
+cp "$work/twice.svg" "${SALE_DAY_PLOT:-/tmp/sale-day-twice.svg}"
