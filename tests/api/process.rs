@@ -9,12 +9,35 @@ use serde_json::{json, Value};
 
 use crate::helpers::{free_port, ADMIN};
 
-fn start(dir: &std::path::Path, port: u16) -> Child {
+/// A vitrina process that is killed when the test lets go of it, failed assertions included.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, port: u16) -> Server {
     start_with(port, &["--data-dir", dir.to_str().unwrap()])
 }
 
-fn start_with(port: u16, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vitrina"))
+fn start_with(port: u16, args: &[&str]) -> Server {
+    Server(Command::new(env!("CARGO_BIN_EXE_vitrina"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(args)
         .env("VITRINA_ADMIN_TOKEN", ADMIN)
@@ -22,7 +45,7 @@ fn start_with(port: u16, args: &[&str]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start vitrina")
+        .expect("start vitrina"))
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) {
