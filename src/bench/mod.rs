@@ -108,6 +108,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// One attempt at a request: when it started counting, when it ended, how.
 struct Attempt {
     start: Option<Instant>,
+    /// When this attempt actually began, however late against its due time.
+    sent: Instant,
     done: Instant,
     kind: Kind,
 }
@@ -143,7 +145,7 @@ async fn execute(s: &Shared, req: Request) -> Vec<Attempt> {
             Ok(a) => (Kind::of_status(a.status, a.code.as_deref()), a.retry_after),
             Err(_) => (Kind::Transport, None),
         };
-        attempts.push(Attempt { start: (attempt > 0).then_some(started), done, kind });
+        attempts.push(Attempt { start: (attempt > 0).then_some(started), sent: started, done, kind });
         if let (Some(k), Ok(a)) = (&key, &answer) {
             if a.status == 201 {
                 s.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone());
@@ -222,6 +224,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             for a in attempts {
                 let from = a.start.unwrap_or(timing.due);
                 r.record(from.saturating_duration_since(start), a.done.saturating_duration_since(from), a.kind);
+                let lag = a.start.is_none().then(|| a.sent.saturating_duration_since(timing.due));
+                r.record_send(lag, a.done.saturating_duration_since(a.sent), a.kind);
                 d.fetch_add(1, Ordering::Relaxed);
                 if a.kind.is_error() {
                     e.fetch_add(1, Ordering::Relaxed);

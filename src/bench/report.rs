@@ -60,13 +60,29 @@ pub struct Recorder {
     all: Histogram<u64>,
     admitted: Histogram<u64>,
     refused: Histogram<u64>,
+    /// From the moment each attempt actually began, not its due time: what the server and the
+    /// wire took, without the bench's own lateness.
+    admitted_from_send: Histogram<u64>,
+    refused_from_send: Histogram<u64>,
+    /// How late first attempts began against their due time (the timer's granularity, a busy
+    /// machine): the part of open-loop latency that is the bench's.
+    send_lag: Histogram<u64>,
     kinds: BTreeMap<Kind, u64>,
     per_second: Vec<(Histogram<u64>, u64, u64)>,
 }
 
 impl Default for Recorder {
     fn default() -> Self {
-        Recorder { all: histogram(), admitted: histogram(), refused: histogram(), kinds: BTreeMap::new(), per_second: Vec::new() }
+        Recorder {
+            all: histogram(),
+            admitted: histogram(),
+            refused: histogram(),
+            admitted_from_send: histogram(),
+            refused_from_send: histogram(),
+            send_lag: histogram(),
+            kinds: BTreeMap::new(),
+            per_second: Vec::new(),
+        }
     }
 }
 
@@ -93,6 +109,19 @@ impl Recorder {
         }
     }
 
+    /// The same answer seen from when its attempt began; `lag` is how late a first attempt began.
+    pub fn record_send(&mut self, lag: Option<Duration>, from_send: Duration, kind: Kind) {
+        let us = |d: Duration| (d.as_micros() as u64).clamp(1, 600_000_000);
+        if let Some(lag) = lag {
+            self.send_lag.saturating_record(us(lag));
+        }
+        if kind.refused() {
+            self.refused_from_send.saturating_record(us(from_send));
+        } else if kind != Kind::Transport {
+            self.admitted_from_send.saturating_record(us(from_send));
+        }
+    }
+
     pub fn count(&self, kind: Kind) -> u64 {
         self.kinds.get(&kind).copied().unwrap_or(0)
     }
@@ -110,6 +139,9 @@ impl Recorder {
             latency_ms: Percentiles::of(&self.all),
             latency_admitted_ms: Percentiles::of(&self.admitted),
             latency_refused_ms: Percentiles::of(&self.refused),
+            latency_admitted_from_send_ms: Percentiles::of(&self.admitted_from_send),
+            latency_refused_from_send_ms: Percentiles::of(&self.refused_from_send),
+            send_lag_ms: Percentiles::of(&self.send_lag),
             answers: self.kinds.iter().map(|(k, n)| (*k, *n)).collect(),
             errors: self.kinds.iter().filter(|(k, _)| k.is_error()).map(|(k, n)| (*k, *n)).collect(),
             series: self
@@ -208,6 +240,15 @@ pub struct Report {
     pub latency_admitted_ms: Percentiles,
     /// 503 and 429 refusals alone: how fast a shed answer is.
     pub latency_refused_ms: Percentiles,
+    /// The two above counted from when each attempt actually began (wrk2's "uncorrected"):
+    /// compare them to tell the server's time from the bench's lateness.
+    #[serde(default)]
+    pub latency_admitted_from_send_ms: Percentiles,
+    #[serde(default)]
+    pub latency_refused_from_send_ms: Percentiles,
+    /// How late first attempts began against their due time.
+    #[serde(default)]
+    pub send_lag_ms: Percentiles,
     pub answers: BTreeMap<Kind, u64>,
     pub errors: BTreeMap<Kind, u64>,
     pub series: Vec<Second>,
@@ -239,9 +280,14 @@ impl Report {
             s += &format!("| bench's own CPU | {cores:.2} cores |\n");
         }
         s += "\n| latency (ms) | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|\n";
-        for (name, p) in
-            [("all", &self.latency_ms), ("admitted", &self.latency_admitted_ms), ("refused (503/429)", &self.latency_refused_ms)]
-        {
+        for (name, p) in [
+            ("all", &self.latency_ms),
+            ("admitted", &self.latency_admitted_ms),
+            ("refused (503/429)", &self.latency_refused_ms),
+            ("admitted, from send", &self.latency_admitted_from_send_ms),
+            ("refused, from send", &self.latency_refused_from_send_ms),
+            ("bench's lateness", &self.send_lag_ms),
+        ] {
             s += &format!("| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", p.p50, p.p90, p.p99, p.p999, p.max);
         }
         s += "\n| answer | count |\n|---|---|\n";
@@ -384,5 +430,28 @@ mod tests {
             (json["orders_accepted"].as_u64(), json["stock_sold"].as_i64(), json["oversell"].as_i64()),
             (Some(10), Some(10), Some(0))
         );
+    }
+
+    #[test]
+    fn latency_from_the_send_and_the_bench_s_lateness_are_kept_apart() {
+        let mut r = Recorder::default();
+        // Due at 0, begun 0.8 ms late, answered 0.2 ms after it began: a refusal.
+        r.record(Duration::ZERO, Duration::from_micros(1_000), Kind::Quota);
+        r.record_send(Some(Duration::from_micros(800)), Duration::from_micros(200), Kind::Quota);
+        // A retry: no lateness of its own to count.
+        r.record(Duration::ZERO, Duration::from_micros(3_000), Kind::Ok);
+        r.record_send(None, Duration::from_micros(3_000), Kind::Ok);
+        let report = r.finish(run(), Duration::from_secs(1));
+        assert!((report.latency_refused_ms.p50 - 1.0).abs() < 0.01);
+        assert!((report.latency_refused_from_send_ms.p50 - 0.2).abs() < 0.01);
+        assert!((report.send_lag_ms.max - 0.8).abs() < 0.01);
+        assert!((report.latency_admitted_from_send_ms.p50 - 3.0).abs() < 0.01);
+        assert!(report.to_markdown().contains("| bench's lateness |"));
+        // Reports written before these figures existed still read.
+        let mut old = serde_json::to_value(&report).unwrap();
+        for key in ["latency_admitted_from_send_ms", "latency_refused_from_send_ms", "send_lag_ms", "client_cpu_cores"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        assert!(serde_json::from_value::<Report>(old).is_ok());
     }
 }
