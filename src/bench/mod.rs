@@ -208,7 +208,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let (rec, d, e) = (recorder.clone(), done.clone(), errors.clone());
     schedule::run(
         mode,
-        schedule::Pacing::Thread,
         args.duration,
         // Buyers at once, counting those waiting to retry; the wire has its own bound.
         args.max_in_flight.saturating_mul(16),

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// How the load is offered.
@@ -16,59 +16,6 @@ use tokio::time::Instant;
 pub enum Mode {
     Open { rate: f64 },
     Closed { connections: usize },
-}
-
-/// What wakes an open loop at each due time. The runtime's timer ticks by the millisecond, so
-/// requests due between ticks go out together and up to a millisecond late; a thread of its
-/// own sleeps to the due time itself (tens of microseconds late). Tests on paused time pace on
-/// the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pacing {
-    Runtime,
-    Thread,
-}
-
-/// The due requests of an open loop, `(index, due time)`, each sent when it is due.
-fn pacer(pacing: Pacing, start: Instant, end: Instant, rate: f64) -> mpsc::UnboundedReceiver<(u64, Instant)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    match pacing {
-        Pacing::Runtime => {
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let at = start + due(rate, i);
-                    if at >= end {
-                        return;
-                    }
-                    tokio::time::sleep_until(at).await;
-                    if tx.send((i, at)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Pacing::Thread => {
-            let (start, end) = (start.into_std(), end.into_std());
-            std::thread::Builder::new()
-                .name("bench-pacer".into())
-                .spawn(move || {
-                    for i in 0.. {
-                        let at = start + due(rate, i);
-                        if at >= end {
-                            return;
-                        }
-                        let now = std::time::Instant::now();
-                        if at > now {
-                            std::thread::sleep(at - now);
-                        }
-                        if tx.send((i, Instant::from_std(at))).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .expect("spawn the bench's pacer thread");
-        }
-    }
-    rx
 }
 
 /// When the `i`-th request of an open-loop run is due, from the start.
@@ -93,14 +40,7 @@ impl Timing {
 /// in flight. `record` gets each request's index, timing and outcome. At most `max_in_flight`
 /// requests are outstanding in open loop; a due request that finds no room waits, and the wait
 /// is part of its latency.
-pub async fn run<F, Fut, T, R>(
-    mode: Mode,
-    pacing: Pacing,
-    duration: Duration,
-    max_in_flight: usize,
-    request: F,
-    record: R,
-) -> u64
+pub async fn run<F, Fut, T, R>(mode: Mode, duration: Duration, max_in_flight: usize, request: F, record: R) -> u64
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = T> + Send + 'static,
@@ -114,9 +54,13 @@ where
         Mode::Open { rate } => {
             let room = Arc::new(Semaphore::new(max_in_flight.max(1)));
             let mut tasks = tokio::task::JoinSet::new();
-            let mut due_now = pacer(pacing, start, end, rate);
-            let mut sent = 0u64;
-            while let Some((i, at)) = due_now.recv().await {
+            let mut i = 0u64;
+            loop {
+                let at = start + due(rate, i);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
                 let permit = room.clone().acquire_owned().await.expect("never closed");
                 let (request, record) = (request.clone(), record.clone());
                 tasks.spawn(async move {
@@ -124,12 +68,12 @@ where
                     record(i, Timing { due: at, done: Instant::now() }, out);
                     drop(permit);
                 });
-                sent = i + 1;
+                i += 1;
                 // Reap finished tasks as we go, so a long run does not hold them all.
                 while tasks.try_join_next().is_some() {}
             }
             while tasks.join_next().await.is_some() {}
-            sent
+            i
         }
         Mode::Closed { connections } => {
             let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -174,7 +118,6 @@ mod tests {
         let seen = latencies.clone();
         let sent = run(
             Mode::Open { rate: 200.0 },
-            Pacing::Runtime,
             Duration::from_millis(50),
             100,
             move |_| {
@@ -200,7 +143,6 @@ mod tests {
         let seen = count.clone();
         let sent = run(
             Mode::Closed { connections: 4 },
-            Pacing::Runtime,
             Duration::from_millis(100),
             0,
             |_| tokio::time::sleep(Duration::from_millis(10)),
@@ -212,27 +154,5 @@ mod tests {
         .await;
         assert_eq!(sent, 40, "4 connections x 10 requests of 10 ms in 100 ms");
         assert_eq!(*count.lock().unwrap(), 40);
-    }
-
-    /// The thread pacer, in real time: every request of the run, in order, none before its time.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_pacing_thread_releases_each_request_in_order_and_never_early() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let sent = run(
-            Mode::Open { rate: 2_000.0 },
-            Pacing::Thread,
-            Duration::from_millis(100),
-            16,
-            |_| async { Instant::now() },
-            move |i, t, began: Instant| s.lock().unwrap().push((i, t.due, began)),
-        )
-        .await;
-        assert_eq!(sent, 200);
-        let mut seen = seen.lock().unwrap().clone();
-        seen.sort_by_key(|(i, _, _)| *i);
-        assert_eq!(seen.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
-        assert!(seen.iter().all(|(_, due, began)| began >= due), "nothing is sent before it is due");
-        assert!(seen.windows(2).all(|w| w[1].1 - w[0].1 == Duration::from_micros(500)), "due every 0.5 ms");
     }
 }
