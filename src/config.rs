@@ -312,6 +312,7 @@ impl Config {
         }
         shown.events = self.events.redacted();
         shown.cache = self.cache.redacted();
+        shown.telemetry.otlp_endpoint = self.telemetry.otlp_endpoint.as_deref().map(crate::secrets::mask_url_password);
         for shard in &mut shown.postgres.shards {
             shard.primary = crate::secrets::mask_url_password(&shard.primary);
             shard.replicas = shard.replicas.iter().map(|r| crate::secrets::mask_url_password(r)).collect();
