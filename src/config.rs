@@ -155,6 +155,10 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Writes waiting for the writer before callers are made to wait.
     pub queue_len: usize,
+    /// WAL pages after which a commit copies the WAL back into the database file (SQLite's
+    /// `wal_autocheckpoint`). Each such commit stalls the single writer while it copies and
+    /// fsyncs; fewer, larger checkpoints copy a hot page once instead of once per checkpoint.
+    pub wal_autocheckpoint_pages: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +216,7 @@ impl Default for SqliteConfig {
             busy_timeout_ms: 5_000,
             max_batch: 256,
             queue_len: 4096,
+            wal_autocheckpoint_pages: 1000,
         }
     }
 }

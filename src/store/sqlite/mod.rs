@@ -132,6 +132,7 @@ fn configure(conn: &Connection, cfg: &SqliteConfig, read_only: bool) -> rusqlite
     conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", cfg.wal_autocheckpoint_pages)?;
     }
     conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
