@@ -401,8 +401,24 @@ fn nats_server(port: u16, dir: &std::path::Path) -> Option<KillOnDrop> {
     }
 }
 
-/// The broker killed with SIGKILL while events keep committing: the relay retries until a
-/// restarted broker (same storage) is back, and the stream ends with every event once.
+/// The sink breaker's state as `/metrics` shows it (0 closed, 1 half-open, 2 open).
+async fn sink_breaker(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let series = format!("vitrina_breaker_state{{dependency=\"sink\",name=\"{name}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_sink_breaker(app: &TestApp, name: &str, state: f64, what: &str) {
+    let t0 = Instant::now();
+    while sink_breaker(app, name).await != Some(state) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what}: breaker is {:?}", sink_breaker(app, name).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker killed with SIGKILL while events keep committing: the sink's breaker opens, the
+/// relay retries until a restarted broker (same storage) is back, the breaker closes, and the
+/// stream ends with every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_loses_nothing() {
     let port = crate::helpers::free_port();
@@ -416,7 +432,11 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
         c.events.poll_ms = 10;
         c.events.retry_base_ms = 50;
         c.events.retry_cap_ms = 300;
-        c.events.sinks = vec![sink(SinkKind::Nats, &u, "CRASH", Some("crash.events"))];
+        let mut nats = sink(SinkKind::Nats, &u, "CRASH", Some("crash.events"));
+        // A name of its own: the breaker's gauge is shared by every app in the test process.
+        nats.name = Some("crash-nats".into());
+        c.events.sinks = vec![nats];
+        c.breakers.sinks = vitrina::breaker::BreakerConfig { consecutive_failures: 2, open_ms: 300, ..Default::default() };
     })
     .await;
     let shop = app.shop_with_stock("acme", "MUG", 1).await;
@@ -426,11 +446,12 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
     for i in 0..20 {
         app.set_stock(&shop, "MUG", i).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_sink_breaker(&app, "crash-nats", 2.0, "the broker is gone").await;
     let _broker = nats_server(port, store.path()).unwrap();
     let expected: HashSet<String> =
         committed(&app, &shop, 23).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     let js = connect(&url).await;
     wait_stream(&js, "CRASH", expected.len() as u64, "every event after the restart").await;
     assert_eq!(stream_ids(&js, "CRASH").await, expected, "every committed event, none lost");
+    wait_sink_breaker(&app, "crash-nats", 0.0, "a probe found the broker back").await;
 }
