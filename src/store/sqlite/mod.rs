@@ -415,3 +415,21 @@ impl Store for SqliteStore {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_connection_takes_the_configured_durability_and_checkpoint_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let cfg = SqliteConfig { wal_autocheckpoint_pages: 250, ..SqliteConfig::default() };
+        configure(&conn, &cfg, false).unwrap();
+        let number = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0)).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(number("wal_autocheckpoint"), 250);
+        assert_eq!(number("synchronous"), 2, "FULL");
+    }
+}
