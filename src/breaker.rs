@@ -96,16 +96,17 @@ struct Inner {
 }
 
 pub struct Breaker {
-    /// What kind of dependency (`postgres`, `redis`, `nats`, ...) and which one, for metrics.
+    /// What kind of dependency (`store`, `redis`, `sink`, `webhook`) and which one, for metrics.
     dependency: &'static str,
     name: String,
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
 }
 
-/// Permission for one call; report its outcome with [`Breaker::record`].
+/// Permission for one call; its outcome goes to [`Breaker::record`]. Callers use [`Breaker::call`],
+/// which also frees a probe whose caller went away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Permit {
+struct Permit {
     probe: bool,
 }
 
@@ -191,7 +192,7 @@ impl Breaker {
     }
 
     /// May a call go through now? Open refuses; half-open lets one probe through at a time.
-    pub fn allow(&self, now: Instant) -> Option<Permit> {
+    fn allow(&self, now: Instant) -> Option<Permit> {
         let mut s = self.lock();
         match s.state {
             BreakerState::Closed => Some(Permit { probe: false }),
@@ -209,7 +210,7 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, permit: Permit, ok: bool, now: Instant) {
+    fn record(&self, permit: Permit, ok: bool, now: Instant) {
         let mut s = self.lock();
         if permit.probe {
             s.probing = false;

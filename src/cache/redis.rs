@@ -87,11 +87,10 @@ impl Redis {
 
     /// One command through the breaker, under the timeout, timed.
     pub async fn call<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, L2Error> {
-        let permit = self.breaker.allow(Instant::now()).ok_or(L2Error::Refused)?;
         let t0 = Instant::now();
-        let r = tokio::time::timeout(self.timeout, self.query(cmd)).await;
+        let failed = |r: &Result<redis::RedisResult<T>, _>| !matches!(r, Ok(Ok(_)));
+        let r = self.breaker.call(tokio::time::timeout(self.timeout, self.query(cmd)), failed).await.ok_or(L2Error::Refused)?;
         let elapsed = t0.elapsed();
-        self.breaker.record(permit, matches!(r, Ok(Ok(_))), Instant::now());
         let result = if matches!(r, Ok(Ok(_))) { "ok" } else { "error" };
         metrics::histogram!("vitrina_redis_seconds", "op" => op, "result" => result).record(elapsed.as_secs_f64());
         match r {
