@@ -50,6 +50,11 @@ impl Kind {
     }
 }
 
+/// A latency as the histograms hold it: whole microseconds within their bounds.
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 600_000_000)
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min at 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds are valid")
@@ -89,7 +94,7 @@ impl Default for Recorder {
 impl Recorder {
     /// One answer (or failure) `since_start` into the run, after `latency`.
     pub fn record(&mut self, since_start: Duration, latency: Duration, kind: Kind) {
-        let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
+        let us = micros(latency);
         self.all.saturating_record(us);
         if kind.refused() {
             self.refused.saturating_record(us);
@@ -111,14 +116,13 @@ impl Recorder {
 
     /// The same answer seen from when its attempt began; `lag` is how late a first attempt began.
     pub fn record_send(&mut self, lag: Option<Duration>, from_send: Duration, kind: Kind) {
-        let us = |d: Duration| (d.as_micros() as u64).clamp(1, 600_000_000);
         if let Some(lag) = lag {
-            self.send_lag.saturating_record(us(lag));
+            self.send_lag.saturating_record(micros(lag));
         }
         if kind.refused() {
-            self.refused_from_send.saturating_record(us(from_send));
+            self.refused_from_send.saturating_record(micros(from_send));
         } else if kind != Kind::Transport {
-            self.admitted_from_send.saturating_record(us(from_send));
+            self.admitted_from_send.saturating_record(micros(from_send));
         }
     }
 

@@ -129,6 +129,11 @@ pub fn current() -> Option<TraceParent> {
         .or_else(|| HANDED_OVER.with(Cell::get))
 }
 
+/// [`current`] in the W3C form, as an event records it.
+pub fn current_header() -> Option<String> {
+    current().map(|t| t.to_string())
+}
+
 /// Runs `f` on this thread as part of the request whose context is `tp`.
 pub fn on_this_thread<T>(tp: Option<TraceParent>, f: impl FnOnce() -> T) -> T {
     let before = HANDED_OVER.with(|h| h.replace(tp));
