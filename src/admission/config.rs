@@ -19,8 +19,10 @@ pub struct AdmissionConfig {
     pub shop_queue: usize,
     /// Longest a request waits in a queue before it is refused.
     pub queue_wait_ms: u64,
-    /// `Retry-After` on a refusal for a full gate.
+    /// `Retry-After` on a refusal for a full gate, in seconds: the base after a burst, doubled with
+    /// each quarter second the gate keeps refusing up to `retry_after_max_secs` (equal to the base: fixed).
     pub retry_after_secs: u64,
+    pub retry_after_max_secs: u64,
     /// Requests per second per shop (token bucket refill), 0 for none; `shop_burst` tokens at most.
     pub shop_rps: f64,
     pub shop_burst: u64,
@@ -43,6 +45,7 @@ impl Default for AdmissionConfig {
             shop_queue: 8,
             queue_wait_ms: 10,
             retry_after_secs: 1,
+            retry_after_max_secs: 30,
             shop_rps: 0.0,
             shop_burst: 0,
             client_rps: 0.0,
@@ -53,6 +56,11 @@ impl Default for AdmissionConfig {
 }
 
 impl AdmissionConfig {
+    /// The base and the ceiling of a gate's `Retry-After`.
+    pub fn retry_after(&self) -> (u64, u64) {
+        (self.retry_after_secs.max(1), self.retry_after_max_secs.max(self.retry_after_secs).max(1))
+    }
+
     pub fn check(&self) -> anyhow::Result<()> {
         if self.enabled && (self.reads == 0 || self.shard_writes == 0 || self.shop_writes == 0) {
             anyhow::bail!("admission: reads, shard_writes and shop_writes must be positive (or enabled = false)");

@@ -2,8 +2,10 @@
 //! visible refusal instead of a slow collapse. Shop writes pass a gate per shop (a shop over its
 //! share gets 429) and one per shard (a saturated shard gets 503); everything else passes one
 //! gate for the instance. Token buckets per shop and per client address refuse with 429. Every
-//! refusal carries `Retry-After` and is decided from memory, without touching the database.
+//! refusal carries `Retry-After` (longer while a gate keeps refusing) and is decided from memory,
+//! without touching the database.
 
+pub mod backoff;
 pub mod config;
 pub mod gate;
 pub mod rate;
@@ -84,7 +86,7 @@ impl Admission {
     pub fn new(cfg: &AdmissionConfig) -> Admission {
         let wait = Duration::from_millis(cfg.queue_wait_ms);
         Admission {
-            reads: Gate::new("reads", cfg.reads, cfg.reads_queue, wait),
+            reads: Gate::new("reads", cfg.reads, cfg.reads_queue, wait, cfg.retry_after()),
             shards: Mutex::new(HashMap::new()),
             shops: Mutex::new(HashMap::new()),
             shop_rate: Limiter::new(cfg.shop_rps, burst(cfg.shop_rps, cfg.shop_burst)),
@@ -117,15 +119,15 @@ impl Admission {
             gates.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
         }
         let wait = Duration::from_millis(self.cfg.queue_wait_ms);
-        gates.entry(key.to_owned()).or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait))).clone()
+        gates.entry(key.to_owned()).or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait, self.cfg.retry_after()))).clone()
     }
 
     fn too_many(&self, detail: String, retry_after: u64) -> ApiError {
         ApiError::TooManyRequests { code: "quota_exceeded", detail, retry_after: retry_after.max(1) }
     }
 
-    fn overloaded(&self, detail: String) -> ApiError {
-        ApiError::Overloaded { code: "overloaded", detail, retry_after: self.cfg.retry_after_secs.max(1) }
+    fn overloaded(&self, detail: String, retry_after: u64) -> ApiError {
+        ApiError::Overloaded { code: "overloaded", detail, retry_after: retry_after.max(1) }
     }
 
     /// Checks the buckets that apply; the verdict with the least left is the one reported.
@@ -152,7 +154,8 @@ impl Admission {
         match kind {
             Kind::Exempt => Ok(Vec::new()),
             Kind::Other(_) => {
-                let pass = self.reads.enter().await.map_err(|_| self.overloaded("the instance is at capacity".into()))?;
+                let pass =
+                    self.reads.enter().await.map_err(|r| self.overloaded("the instance is at capacity".into(), r.retry_after))?;
                 Ok(vec![pass])
             }
             Kind::ShopWrite(shop) => {
@@ -161,10 +164,11 @@ impl Admission {
                 let own = own
                     .enter()
                     .await
-                    .map_err(|_| self.too_many(format!("shop {shop} has too many writes in progress"), cfg.retry_after_secs))?;
+                    .map_err(|r| self.too_many(format!("shop {shop} has too many writes in progress"), r.retry_after))?;
                 let shard = state.store().shard_of(shop);
                 let shared = self.gate(&self.shards, &shard, "shard", cfg.shard_writes, cfg.shard_queue);
-                let shared = shared.enter().await.map_err(|_| self.overloaded(format!("shard {shard} is at capacity")))?;
+                let shared =
+                    shared.enter().await.map_err(|r| self.overloaded(format!("shard {shard} is at capacity"), r.retry_after))?;
                 Ok(vec![own, shared])
             }
         }
