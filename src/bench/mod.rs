@@ -123,6 +123,10 @@ struct Shared {
     end: Instant,
     accepted: Mutex<HashSet<String>>,
     retried: AtomicU64,
+    /// Buyers whose last answer was a refusal.
+    turned_away: AtomicU64,
+    /// Of those, the ones asked to come back after the end of the run.
+    past_end: AtomicU64,
 }
 
 async fn execute(s: &Shared, req: Request) -> Vec<Attempt> {
@@ -154,8 +158,14 @@ async fn execute(s: &Shared, req: Request) -> Vec<Attempt> {
         // Only orders are retried: a buyer told to come back does, after the time asked, give or
         // take a quarter second as real clients spread out.
         let wait = Duration::from_secs(retry_after.unwrap_or(1)) + Duration::from_millis(rand::random_range(0..250));
-        let retry = key.is_some() && matches!(kind, Kind::Shed | Kind::Quota) && attempt < s.retries && done + wait < s.end;
-        if !retry {
+        let refused = key.is_some() && matches!(kind, Kind::Shed | Kind::Quota);
+        if !(refused && attempt < s.retries && done + wait < s.end) {
+            if refused {
+                s.turned_away.fetch_add(1, Ordering::Relaxed);
+                if attempt < s.retries {
+                    s.past_end.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             break;
         }
         s.retried.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +209,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         end: start + args.duration,
         accepted: Mutex::new(HashSet::new()),
         retried: AtomicU64::new(0),
+        turned_away: AtomicU64::new(0),
+        past_end: AtomicU64::new(0),
     });
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let (done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -246,8 +258,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     report.client_cpu_cores = cpu_at_start.zip(cpu_seconds()).map(|(a, b)| (b - a) / elapsed.as_secs_f64());
     if args.scenario.buys() {
         let accepted = shared.accepted.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-        report.sale =
-            Some(setup::audit(&shared.http, &shared.world, args.stock, accepted, shared.retried.load(Ordering::Relaxed)).await?);
+        let mut sale = setup::audit(&shared.http, &shared.world, args.stock, accepted).await?;
+        sale.retries = shared.retried.load(Ordering::Relaxed);
+        sale.turned_away = shared.turned_away.load(Ordering::Relaxed);
+        sale.asked_past_end = shared.past_end.load(Ordering::Relaxed);
+        report.sale = Some(sale);
     }
     Ok(report)
 }

@@ -226,8 +226,14 @@ pub struct Sale {
     pub stock_sold: i64,
     /// Orders accepted beyond the stock, or units sold beyond it; must be 0.
     pub oversell: i64,
-    /// Retries after a 503, honouring `Retry-After`.
+    /// Retries after a 503 or 429, honouring `Retry-After`.
     pub retries: u64,
+    /// Buyers whose last answer was a refusal: out of retries, or asked to come back too late.
+    #[serde(default)]
+    pub turned_away: u64,
+    /// Of those, the ones whose `Retry-After` fell past the end of the run (not retried).
+    #[serde(default)]
+    pub asked_past_end: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,8 +309,14 @@ impl Report {
         }
         if let Some(sale) = &self.sale {
             s += &format!(
-                "\n| flash sale | |\n|---|---|\n| stock | {} |\n| orders accepted | {} |\n| stock sold | {} |\n| retries after 503 | {} |\n| **oversell** | **{}** |\n",
-                sale.stock_initial, sale.orders_accepted, sale.stock_sold, sale.retries, sale.oversell
+                "\n| flash sale | |\n|---|---|\n| stock | {} |\n| orders accepted | {} |\n| stock sold | {} |\n| retries after 503/429 | {} |\n| turned away | {} |\n| of them asked back after the end | {} |\n| **oversell** | **{}** |\n",
+                sale.stock_initial,
+                sale.orders_accepted,
+                sale.stock_sold,
+                sale.retries,
+                sale.turned_away,
+                sale.asked_past_end,
+                sale.oversell
             );
         }
         s
@@ -428,7 +440,7 @@ mod tests {
     #[test]
     fn a_sale_report_carries_the_audit_at_the_top_level() {
         let mut report = Recorder::default().finish(run(), Duration::from_secs(1));
-        report.sale = Some(Sale { stock_initial: 10, orders_accepted: 10, stock_sold: 10, oversell: 0, retries: 3 });
+        report.sale = Some(Sale { stock_initial: 10, orders_accepted: 10, stock_sold: 10, retries: 3, ..Sale::default() });
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
             (json["orders_accepted"].as_u64(), json["stock_sold"].as_i64(), json["oversell"].as_i64()),

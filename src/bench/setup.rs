@@ -92,7 +92,7 @@ pub async fn prepare(http: &Http, args: &BenchArgs) -> anyhow::Result<World> {
 }
 
 /// Orders accepted and units gone against the stock there was; oversell must be 0.
-pub async fn audit(http: &Http, world: &World, stock: i64, accepted: u64, retries: u64) -> anyhow::Result<Sale> {
+pub async fn audit(http: &Http, world: &World, stock: i64, accepted: u64) -> anyhow::Result<Sale> {
     let mut sold = 0;
     for sku in &world.sale_skus {
         let s = expect(http, Method::GET, &format!("/shops/{}/stock/{sku}", world.shop), None, None).await?;
@@ -101,5 +101,5 @@ pub async fn audit(http: &Http, world: &World, stock: i64, accepted: u64, retrie
     }
     let initial = stock * world.sale_skus.len() as i64;
     let oversell = (accepted as i64).max(sold) - initial;
-    Ok(Sale { stock_initial: initial, orders_accepted: accepted, stock_sold: sold, oversell: oversell.max(0), retries })
+    Ok(Sale { stock_initial: initial, orders_accepted: accepted, stock_sold: sold, oversell: oversell.max(0), ..Sale::default() })
 }

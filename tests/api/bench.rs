@@ -44,6 +44,27 @@ async fn a_short_flash_sale_sells_the_stock_once_and_reports_it() {
     }
 }
 
+/// Every buyer ends accepted or turned away; one told to come back after the end of the run is
+/// counted as such, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_turned_away_are_counted_with_those_asked_back_too_late() {
+    let app = spawn_with(|c| {
+        c.admission.shop_writes = 1;
+        c.admission.shop_queue = 0;
+    })
+    .await;
+    let extra = ["--scenario", "flash-sale", "--duration", "1s", "--rate", "3000", "--stock", "100000", "--retries", "1"];
+    let report = bench::run(&args(&app.base, &extra)).await.unwrap();
+    let sale = report.sale.clone().unwrap();
+    let refused = report.answers.get(&Kind::Quota).copied().unwrap_or(0);
+    assert!(refused > 0, "one place cannot take 3 000 orders a second: {:?}", report.answers);
+    assert_eq!(report.answers.keys().filter(|k| !matches!(k, Kind::Ok | Kind::Quota)).count(), 0, "{:?}", report.answers);
+    assert_eq!(sale.turned_away, refused, "one attempt each: every refusal turned a buyer away");
+    assert_eq!(sale.asked_past_end, refused, "Retry-After (at least 1 s) ends after a 1 s run");
+    assert_eq!(sale.retries, 0);
+    assert_eq!(sale.orders_accepted + sale.turned_away, report.requests);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_seed_and_mixed_run_closed_and_open_loop() {
     let app = spawn_with(|_| {}).await;
