@@ -72,6 +72,15 @@ impl Http {
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
+
+    /// Opens about `n` connections and leaves them idle in the pool, by sending `n` probes at once.
+    pub async fn warm(&self, n: usize) -> Result<(), String> {
+        let probes = (0..n).map(|_| self.send(Method::GET, "/health/live", None, &[], None));
+        for answer in futures::future::join_all(probes).await {
+            answer?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

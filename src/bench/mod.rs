@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// room.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Connections to open before the clock starts, as buyers are already on the site when a
+    /// sale opens. Default in open loop: 20 ms of arrivals (at least 16), so the first stall does
+    /// not have the bench connecting while it should be sending.
+    #[arg(long)]
+    pub warm: Option<usize>,
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -187,6 +192,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     };
     let http = Http::new(&args.url, connections, args.timeout);
     let world = setup::prepare(&http, args).await?;
+    let warm = match (args.warm, mode) {
+        (Some(n), _) => n,
+        (None, Mode::Open { rate }) => ((rate * 0.02) as usize).max(16),
+        (None, Mode::Closed { connections }) => connections,
+    };
+    http.warm(warm.min(connections)).await.map_err(|e| anyhow::anyhow!("opening connections to {}: {e}", args.url))?;
     let run_info = RunInfo {
         scenario: args.scenario.name().into(),
         url: args.url.clone(),
