@@ -6,6 +6,7 @@
 #   bash benches/sale_day.sh [SECONDS_AT_2X]      # default 30; needs python3 for the summary
 #
 # The server inherits VITRINA_* settings from the environment, e.g. VITRINA_ADMISSION__SHOP_WRITES=16.
+# SALE_DAY_SERVER_CPUS / SALE_DAY_BENCH_CPUS (taskset lists, e.g. 0 and 1) keep the two apart.
 #
 # Everything runs on loopback, in a temporary directory, and stops by itself.
 set -euo pipefail
@@ -19,7 +20,11 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 url="http://127.0.0.1:$port"
 token="sale-day-admin-token-0123456789"
 
-VITRINA_LOG_LEVEL=warn VITRINA_ADMIN_TOKEN=$token "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
+# taskset execs the program, so $! below is the server itself.
+server_cpus=() bench_cpus=()
+[ -n "${SALE_DAY_SERVER_CPUS:-}" ] && server_cpus=(taskset -c "$SALE_DAY_SERVER_CPUS")
+[ -n "${SALE_DAY_BENCH_CPUS:-}" ] && bench_cpus=(taskset -c "$SALE_DAY_BENCH_CPUS")
+VITRINA_LOG_LEVEL=warn VITRINA_ADMIN_TOKEN=$token "${server_cpus[@]}" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
   >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
@@ -31,7 +36,7 @@ run() {
   local name=$1; shift
   local t0 c0
   t0=$(date +%s.%N); c0=$(ticks)
-  "$bin" bench --url "$url" --admin-token "$token" --quiet --report "$work/$name.json" "$@" >"$work/$name.md"
+  "${bench_cpus[@]}" "$bin" bench --url "$url" --admin-token "$token" --quiet --report "$work/$name.json" "$@" >"$work/$name.md"
   echo "$(ticks) $c0 $(date +%s.%N) $t0" >"$work/$name.cpu"
   echo "ran $name" >&2
 }
@@ -95,6 +100,7 @@ print(f"- admitted p99 at 2x: {tw['latency_admitted_ms']['p99']:.2f} ms = {lat:.
 sold = [(x["orders_accepted"], x["stock_sold"], x["oversell"]) for x in (tw, rt)]
 print(f"- oversell (accepted vs stock sold): {sold}: {ok(all(o == 0 for _, _, o in sold))}")
 print(f"- answers at 2x: {answers}; 5xx other than deliberate 503 and transport failures: {unexpected_5xx}: {ok(unexpected_5xx == 0)}")
-print(f"- with buyers retrying after Retry-After: goodput {rt['goodput_rps']:.0f}/s, retries {rt['retries']}, answers {rt['answers']}")
+print(f"- with buyers retrying after Retry-After: goodput {rt['goodput_rps']:.0f}/s = {rt['goodput_rps'] / pk['goodput_rps']:.2f} of the peak, "
+      f"retries {rt['retries']}, turned away {rt['turned_away']} (of them asked back after the end {rt['asked_past_end']}), answers {rt['answers']}")
 PY
 cp "$work/twice.svg" "${SALE_DAY_PLOT:-/tmp/sale-day-twice.svg}"
