@@ -134,3 +134,72 @@ async fn token_buckets_per_shop_and_per_client_refuse_with_ratelimit_headers() {
     assert_eq!(app.get("/helloDoc/count").send().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(app.get("/health/ready").send().await.unwrap().status(), StatusCode::OK, "probes pass");
 }
+
+/// A shop that keeps its gate full: after a quarter second of heavy refusals the gate asks for a
+/// longer `Retry-After` and stops queueing; once calm it queues again and asks for 1 s.
+#[tokio::test]
+async fn a_sustained_overload_lengthens_retry_after_and_turns_the_queue_off_until_it_calms() {
+    const WAIT: Duration = Duration::from_secs(2);
+    let app = spawn_with(|c| {
+        c.admission.shop_writes = 1;
+        c.admission.shop_queue = 2;
+        c.admission.queue_wait_ms = WAIT.as_millis() as u64;
+    })
+    .await;
+    let busy = app.create_shop("busy").await;
+    let shard = shard_of(&app, &busy);
+    let (client, url, key) = (app.client.clone(), app.url(&format!("/shops/{}/products/A", busy.id)), busy.key.clone());
+    // One write: its status, its Retry-After, when it was sent and how long it took.
+    let put = move || {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        async move {
+            let sent = Instant::now();
+            let body = serde_json::json!({"name": "Mug", "category": "c", "price": {"amount": 100, "currency": "USD"}});
+            let r = client.put(url).bearer_auth(key).json(&body).send().await.unwrap();
+            let retry: u64 = r.headers().get("retry-after").map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+            (r.status(), retry, sent, sent.elapsed())
+        }
+    };
+    let holder = hold_write(&app, &busy).await;
+    wait_inside(&app, &shard, 1).await;
+
+    // Rounds of five writes every 50 ms, far more than the three (one place inside, two in the
+    // queue) refused per quarter second that make a window heavy. A refusal that asks for 3 s or
+    // more was drawn from at least 4 s, two heavy windows: the overload is judged sustained (and
+    // stays so through one light window, should this test stall), so nothing waits in the queue.
+    let (mut rounds, t0) = (tokio::task::JoinSet::new(), Instant::now());
+    let (mut longest, mut sustained_since) = (0, None::<Instant>);
+    let check = |(status, retry, sent, took): (StatusCode, u64, Instant, Duration), since: Option<Instant>| {
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        if since.is_some_and(|t| sent > t) {
+            assert!(took < WAIT / 2, "sent under a sustained overload, yet queued for {took:?}");
+        }
+        retry
+    };
+    while sustained_since.is_none_or(|t| t.elapsed() < WAIT + Duration::from_millis(500)) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "Retry-After never grew past 2 s");
+        for _ in 0..5 {
+            rounds.spawn(put());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Some(done) = rounds.try_join_next() {
+            longest = longest.max(check(done.unwrap(), sustained_since));
+        }
+        if longest >= 3 && sustained_since.is_none() {
+            sustained_since = Some(Instant::now());
+        }
+    }
+    while let Some(done) = rounds.join_next().await {
+        longest = longest.max(check(done.unwrap(), sustained_since));
+    }
+    assert!((3..=30).contains(&longest), "longer, never past retry_after_max_secs: {longest}");
+
+    drop(holder);
+    wait_inside(&app, &shard, 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _holder = hold_write(&app, &busy).await;
+    wait_inside(&app, &shard, 1).await;
+    let (status, retry, _, took) = put().await;
+    assert_eq!((status, retry), (StatusCode::TOO_MANY_REQUESTS, 1), "calm again: the base");
+    assert!(took >= WAIT, "queued again, refused only after the wait: {took:?}");
+}
