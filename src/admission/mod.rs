@@ -119,7 +119,10 @@ impl Admission {
             gates.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
         }
         let wait = Duration::from_millis(self.cfg.queue_wait_ms);
-        gates.entry(key.to_owned()).or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait, self.cfg.retry_after()))).clone()
+        gates
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait, self.cfg.retry_after())))
+            .clone()
     }
 
     fn too_many(&self, detail: String, retry_after: u64) -> ApiError {

@@ -11,8 +11,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue};
 use tokio::sync::{watch, OnceCell};
 
-use crate::breaker::{Breaker, BreakerState};
 use super::config::CacheConfig;
+use crate::breaker::{Breaker, BreakerState};
 
 /// Sent when an instance could not record an invalidation: every instance drops everything.
 pub const EVERYTHING: &str = "*";

@@ -49,7 +49,9 @@ impl IntoResponse for SeedError {
             SeedError::NotFound(d) => (StatusCode::NOT_FOUND, json!(d)),
             SeedError::Invalid(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!(issues)),
             SeedError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, json!("Request body too large")),
-            SeedError::Store(StoreError::Unavailable(m) | StoreError::Unreachable(m)) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
+            SeedError::Store(StoreError::Unavailable(m) | StoreError::Unreachable(m)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!(m))
+            }
             SeedError::Store(e) => {
                 tracing::error!(error = %e, "seed API store failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, json!("Internal Server Error"))

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::config::EventsConfig;
-use crate::breaker::{Breakers, BreakersConfig};
 use super::sinks::{self, webhook, Published, Sink, SinkError};
+use crate::breaker::{Breakers, BreakersConfig};
 use crate::store::outbox::{backoff, Outbox, OutboxEvent, SinkState};
 
 /// The sink name under which webhook subscriptions keep their fan-out progress.

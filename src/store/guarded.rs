@@ -30,13 +30,17 @@ impl Guarded {
     }
 
     async fn call<T>(&self, op: &'static str, fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        let span = tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %self.name, op);
+        let span =
+            tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %self.name, op);
         let unreachable = |r: &StoreResult<T>| matches!(r, Err(StoreError::Unreachable(_)));
         match self.breaker.call(fut.instrument(span), unreachable).await {
             Some(result) => result,
             None => {
                 metrics::counter!("vitrina_store_refused_total", "shard" => self.name.clone()).increment(1);
-                Err(StoreError::Unreachable(format!("shard {} is failing; calls wait for its recovery (breaker open)", self.name)))
+                Err(StoreError::Unreachable(format!(
+                    "shard {} is failing; calls wait for its recovery (breaker open)",
+                    self.name
+                )))
             }
         }
     }

@@ -128,7 +128,11 @@ async fn a_shard_cut_off_opens_its_breaker_fails_fast_and_closes_on_recovery() {
     let proxy = Proxy::start(upstream(&url_for(&db))).await;
     let open_ms = 1_500;
     let mut app = spawn_with(|c| {
-        c.postgres.shards.push(ShardConfig { name: "shard2".into(), primary: through(&url_for(&db), proxy.port), replicas: vec![] });
+        c.postgres.shards.push(ShardConfig {
+            name: "shard2".into(),
+            primary: through(&url_for(&db), proxy.port),
+            replicas: vec![],
+        });
         c.postgres.connect_timeout_ms = 400;
         c.postgres.pool_size = 4;
         c.breakers.store = BreakerConfig { consecutive_failures: 3, open_ms, ..BreakerConfig::default() };

@@ -98,7 +98,10 @@ async fn the_feed_pages_by_position_and_carries_the_traceparent() {
     assert_eq!(rest_events.len(), 4);
     // Each event continues the caller's trace under a span of ours (tests/api/tracing.rs).
     let trace = |e: &Value| e["traceparent"].as_str().unwrap_or_default().split('-').nth(1).unwrap_or_default().to_owned();
-    assert!(rest_events.iter().all(|e| trace(e) == "0af7651916cd43dd8448eb211c80319c" && e["traceparent"] != tp), "{rest_events:?}");
+    assert!(
+        rest_events.iter().all(|e| trace(e) == "0af7651916cd43dd8448eb211c80319c" && e["traceparent"] != tp),
+        "{rest_events:?}"
+    );
     let tail = rest["next"].as_str().unwrap().to_owned();
     let empty = feed(&app, &shop, Some(&tail), 100).await;
     assert_eq!(empty, json!({"events": [], "next": tail}), "nothing new: keep the same position");

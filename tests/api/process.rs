@@ -37,15 +37,17 @@ fn start(dir: &std::path::Path, port: u16) -> Server {
 }
 
 fn start_with(port: u16, args: &[&str]) -> Server {
-    Server(Command::new(env!("CARGO_BIN_EXE_vitrina"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("VITRINA_ADMIN_TOKEN", ADMIN)
-        .env("VITRINA_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start vitrina"))
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_vitrina"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("VITRINA_ADMIN_TOKEN", ADMIN)
+            .env("VITRINA_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vitrina"),
+    )
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) {

@@ -124,8 +124,12 @@ async fn exported_spans_chain_the_request_its_store_call_and_the_event_it_wrote(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(request.span_context.span_id().to_bytes(), answered.span_id, "the answer names the request's span");
-    let attribute = |s: &SpanData, key: &str| s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
-    assert_eq!(attribute(&store, "shard").as_deref(), Some(app.state.store().shard_of(&vitrina::shops::ShopId::parse("spans").unwrap()).as_str()));
+    let attribute =
+        |s: &SpanData, key: &str| s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
+    assert_eq!(
+        attribute(&store, "shard").as_deref(),
+        Some(app.state.store().shard_of(&vitrina::shops::ShopId::parse("spans").unwrap()).as_str())
+    );
     assert_eq!(attribute(&request, "route").as_deref(), Some("/shops/{shop}/orders"));
     // A consumer of the event continues under the span that wrote it.
     assert_eq!((event.trace_id, event.span_id), (sent.trace_id, outbox.span_context.span_id().to_bytes()));

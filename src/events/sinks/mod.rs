@@ -84,7 +84,11 @@ impl Sink for Guarded {
 
 /// The configured sinks, ready to connect on first use (a sink down at start is retried later,
 /// never a reason to refuse to start), each behind its own breaker.
-pub fn build(configs: &[SinkConfig], timeout: std::time::Duration, breaker: &BreakerConfig) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+pub fn build(
+    configs: &[SinkConfig],
+    timeout: std::time::Duration,
+    breaker: &BreakerConfig,
+) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     configs
         .iter()
         .map(|c| -> anyhow::Result<Arc<dyn Sink>> {
