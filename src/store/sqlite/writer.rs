@@ -152,7 +152,10 @@ fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>) {
 
 /// A failed or panicking operation is undone alone; its neighbours in the group keep theirs.
 fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
-    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+    // Cached statements: these two run around every operation, and parsing them each time was
+    // work on the one thread every write waits for.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
+    if let Err(e) = run("SAVEPOINT op") {
         tracing::error!(error = %e, "sqlite savepoint failed");
         return;
     }
@@ -160,8 +163,8 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
         tracing::error!("a store operation panicked; its writes were rolled back");
         false
     });
-    let end = if keep { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-    if let Err(e) = conn.execute_batch(end) {
+    let end = if keep { run("RELEASE op") } else { conn.execute_batch("ROLLBACK TO op; RELEASE op") };
+    if let Err(e) = end {
         tracing::error!(error = %e, "sqlite savepoint release failed");
     }
 }
