@@ -155,9 +155,10 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Writes waiting for the writer before callers are made to wait.
     pub queue_len: usize,
-    /// WAL pages after which a commit copies the WAL back into the database file (SQLite's
-    /// `wal_autocheckpoint`). Each such commit stalls the single writer while it copies and
-    /// fsyncs; fewer, larger checkpoints copy a hot page once instead of once per checkpoint.
+    /// WAL pages after which a commit copies the WAL back into the database file (as SQLite's
+    /// `wal_autocheckpoint`, 0 for never; timed in `vitrina_sqlite_checkpoint_seconds`). Each
+    /// such commit stalls the single writer while it copies and fsyncs; fewer, larger checkpoints
+    /// copy a hot page once instead of once per checkpoint.
     pub wal_autocheckpoint_pages: u32,
 }
 

@@ -74,7 +74,7 @@ impl SqliteStore {
                 Ok(c)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1));
+        let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1), cfg.wal_autocheckpoint_pages);
         Ok(SqliteStore {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -132,7 +132,8 @@ fn configure(conn: &Connection, cfg: &SqliteConfig, read_only: bool) -> rusqlite
     conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", cfg.wal_autocheckpoint_pages)?;
+        // The writer thread's commit hook checkpoints instead, timing each (writer.rs).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -421,7 +422,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_writer_connection_takes_the_configured_durability_and_checkpoint_size() {
+    fn the_writer_connection_takes_the_configured_durability_and_leaves_checkpoints_to_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("t.db")).unwrap();
         let cfg = SqliteConfig { wal_autocheckpoint_pages: 250, ..SqliteConfig::default() };
@@ -429,7 +430,7 @@ mod tests {
         let number = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0)).unwrap();
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        assert_eq!(number("wal_autocheckpoint"), 250);
+        assert_eq!(number("wal_autocheckpoint"), 0, "the writer thread's hook checkpoints at 250 pages");
         assert_eq!(number("synchronous"), 2, "FULL");
     }
 }

@@ -3,9 +3,12 @@
 //! operation in its own savepoint (a failing one is rolled back alone), commits once, and only
 //! then answers every caller: one fsync acknowledges the whole group (group commit).
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,11 +74,13 @@ impl WriterThread {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, queue_len: usize, max_batch: usize) -> (Writer, WriterThread) {
+    /// `checkpoint_pages`: WAL pages after which a commit checkpoints (0: never). It replaces the
+    /// connection's `wal_autocheckpoint`.
+    pub fn start(conn: Connection, queue_len: usize, max_batch: usize, checkpoint_pages: u32) -> (Writer, WriterThread) {
         let (tx, rx) = mpsc::channel(queue_len);
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch))
+            .spawn(move || run(conn, rx, max_batch, checkpoint_pages))
             .expect("spawn sqlite writer thread");
         (Writer { queue: tx }, WriterThread(handle))
     }
@@ -99,7 +104,33 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+thread_local! {
+    /// The WAL size at which this thread's commits checkpoint (0: never).
+    static CHECKPOINT_PAGES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// What SQLite's `wal_autocheckpoint` does, inside the COMMIT that fills the WAL, but timed:
+/// those copies stall the one writer (`vitrina_sqlite_checkpoint_seconds`). Answering the group
+/// first and copying after was tried: fewer slow groups, but the places freed early let in
+/// orders that then waited for the copy, and the admitted p99 rose (docs/benchmarks.md).
+fn checkpoint_when_full(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    let due = CHECKPOINT_PAGES.with(Cell::get);
+    if due == 0 || pages < 0 || (pages as u32) < due {
+        return Ok(());
+    }
+    let started = Instant::now();
+    // As SQLite's own hook: a checkpoint that cannot finish now is retried on the next commit,
+    // and its failure must not fail the commit that is already durable.
+    if let Err(e) = wal.checkpoint() {
+        tracing::warn!(error = %e, "sqlite checkpoint failed");
+    }
+    metrics::histogram!("vitrina_sqlite_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, checkpoint_pages: u32) {
+    CHECKPOINT_PAGES.with(|p| p.set(checkpoint_pages));
+    conn.wal_hook(Some(checkpoint_when_full));
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -177,7 +208,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER NOT NULL UNIQUE)").unwrap();
-        let (w, t) = Writer::start(conn, 1024, 64);
+        let (w, t) = Writer::start(conn, 1024, 64, 1000);
         (w, t, dir)
     }
 
@@ -216,6 +247,30 @@ mod tests {
         assert_eq!(rows, 80, "only the successful operations left rows");
         let bad: i64 = c.query_row("SELECT count(*) FROM t WHERE n % 10 IN (3, 7)", [], |r| r.get(0)).unwrap();
         assert_eq!(bad, 0);
+    }
+
+    /// Until a checkpoint, committed pages live only in the WAL; the database file grows when the
+    /// writer copies them back.
+    #[tokio::test]
+    async fn the_writer_checkpoints_once_the_wal_passes_its_size_and_never_at_zero() {
+        for (pages, grows) in [(8, true), (0, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("w.db");
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t (n INTEGER, pad TEXT)")
+                .unwrap();
+            let size = || std::fs::metadata(&path).unwrap().len();
+            let before = size();
+            let (w, thread) = Writer::start(conn, 1024, 64, pages);
+            for n in 0..50i64 {
+                w.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![n, "x".repeat(2000)])?))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(size() >= before + 50 * 2000 / 2, grows, "checkpoint at {pages} pages: file {} from {before}", size());
+            drop(w);
+            thread.join();
+        }
     }
 
     #[tokio::test]
