@@ -203,7 +203,8 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
     let started = Instant::now();
     let kind = classify(req.method(), req.uri().path());
-    let client = client_address(&req, admission.cfg.trust_forwarded_for);
+    // Only a client bucket needs the address, and formatting it is per request.
+    let client = admission.client_rate.as_ref().and_then(|_| client_address(&req, admission.cfg.trust_forwarded_for));
     let shop = match &kind {
         Kind::ShopWrite(s) | Kind::Other(Some(s)) => Some(s),
         _ => None,
