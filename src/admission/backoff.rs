@@ -21,6 +21,9 @@ pub struct Backoff {
     heavy: u64,
     window: Duration,
     origin: Instant,
+    /// The highest level: the first whose ask reaches the ceiling, and at least 1 so that
+    /// `sustained` can say so even when the ceiling is the base.
+    top: u32,
     state: Mutex<State>,
 }
 
@@ -37,7 +40,20 @@ impl Backoff {
     pub fn new(base: u64, max: u64, heavy: u64, window: Duration, origin: Instant) -> Backoff {
         let base = base.max(1);
         let window = window.max(Duration::from_millis(1));
-        Backoff { base, max: max.max(base), heavy: heavy.max(1), window, origin, state: Mutex::new(State::default()) }
+        let mut b = Backoff {
+            base,
+            max: max.max(base),
+            heavy: heavy.max(1),
+            window,
+            origin,
+            top: 0,
+            state: Mutex::new(State::default()),
+        };
+        while b.ask(b.top) < b.max {
+            b.top += 1;
+        }
+        b.top = b.top.max(1);
+        b
     }
 
     /// Counts a refusal at `now` and returns the `Retry-After` to ask for, before jitter.
@@ -63,20 +79,10 @@ impl Backoff {
         if window > s.window {
             let quiet = window - s.window - 1;
             s.level = if s.refused >= self.heavy { s.level + 1 } else { s.level.saturating_sub(1) };
-            // At least one level even when the ceiling is the base, so `sustained` still says so.
-            s.level = s.level.saturating_sub(u32::try_from(quiet).unwrap_or(u32::MAX)).min(self.top().max(1));
+            s.level = s.level.saturating_sub(u32::try_from(quiet).unwrap_or(u32::MAX)).min(self.top);
             s.window = window;
             s.refused = 0;
         }
-    }
-
-    /// The level past which the ceiling is reached (so the doubling cannot overflow).
-    fn top(&self) -> u32 {
-        let mut level = 0;
-        while self.ask(level) < self.max {
-            level += 1;
-        }
-        level
     }
 
     fn ask(&self, level: u32) -> u64 {

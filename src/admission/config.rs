@@ -56,9 +56,9 @@ impl Default for AdmissionConfig {
 }
 
 impl AdmissionConfig {
-    /// The base and the ceiling of a gate's `Retry-After`.
+    /// The base and the ceiling of a gate's `Retry-After` (the gate's backoff bounds them).
     pub fn retry_after(&self) -> (u64, u64) {
-        (self.retry_after_secs.max(1), self.retry_after_max_secs.max(self.retry_after_secs).max(1))
+        (self.retry_after_secs, self.retry_after_max_secs)
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
