@@ -185,8 +185,8 @@ fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>) {
 fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
     // Cached statements: these two run around every operation, and parsing them each time was
     // work on the one thread every write waits for.
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
-    if let Err(e) = run("SAVEPOINT op") {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
+    if let Err(e) = exec("SAVEPOINT op") {
         tracing::error!(error = %e, "sqlite savepoint failed");
         return;
     }
@@ -194,7 +194,7 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
         tracing::error!("a store operation panicked; its writes were rolled back");
         false
     });
-    let end = if keep { run("RELEASE op") } else { conn.execute_batch("ROLLBACK TO op; RELEASE op") };
+    let end = if keep { exec("RELEASE op") } else { conn.execute_batch("ROLLBACK TO op; RELEASE op") };
     if let Err(e) = end {
         tracing::error!(error = %e, "sqlite savepoint release failed");
     }
