@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use super::adaptive::AdaptiveConfig;
+
 /// `[admission]`: how much work an instance lets in, and the quotas of shops and clients.
 /// The defaults keep a 2-core machine responsive; rate limits are off until set. Write places
 /// sit at the knee of one SQLite writer measured in docs/benchmarks.md: more inside adds
@@ -31,6 +33,8 @@ pub struct AdmissionConfig {
     pub client_burst: u64,
     /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy only).
     pub trust_forwarded_for: bool,
+    /// Shard gates that find their own limit below `shard_writes` from the times of their writes.
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Default for AdmissionConfig {
@@ -51,6 +55,7 @@ impl Default for AdmissionConfig {
             client_rps: 0.0,
             client_burst: 0,
             trust_forwarded_for: false,
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
@@ -70,6 +75,6 @@ impl AdmissionConfig {
                 anyhow::bail!("admission: {name} must be a number of requests per second, 0 for no limit");
             }
         }
-        Ok(())
+        self.adaptive.check()
     }
 }

@@ -5,6 +5,7 @@
 //! refusal carries `Retry-After` (longer while a gate keeps refusing) and is decided from memory,
 //! without touching the database.
 
+pub mod adaptive;
 pub mod backoff;
 pub mod config;
 pub mod gate;
@@ -48,6 +49,8 @@ pub struct AdmissionReport {
     pub reads_waiting: usize,
     /// Writes inside per shard.
     pub shard_writes_inside: HashMap<String, usize>,
+    /// Places for writes per shard: the configured number, or where the adaptive limit is now.
+    pub shard_writes_limit: HashMap<String, usize>,
 }
 
 /// What a request is, for admission: a shop write, or anything else (perhaps of a shop).
@@ -102,6 +105,7 @@ impl Admission {
             reads_inside: self.reads.inside(),
             reads_waiting: self.reads.waiting(),
             shard_writes_inside: shards.iter().map(|(k, g)| (k.clone(), g.inside())).collect(),
+            shard_writes_limit: shards.iter().map(|(k, g)| (k.clone(), g.limit())).collect(),
         }
     }
 
@@ -119,10 +123,17 @@ impl Admission {
             gates.retain(|_, g| Arc::strong_count(g) > 1 || !g.idle());
         }
         let wait = Duration::from_millis(self.cfg.queue_wait_ms);
-        gates
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Gate::new(name, limit, queue, wait, self.cfg.retry_after())))
-            .clone()
+        let make = || {
+            let gate = Gate::new(name, limit, queue, wait, self.cfg.retry_after());
+            // The knee belongs to the shard's store, so only its gate adapts; a shop's places are
+            // its share of the shard, a policy that stays as configured. Two gates adapting to
+            // the same times would also take their baselines twice as often between them.
+            if self.cfg.adaptive.enabled && name == "shard" {
+                return Arc::new(gate.adaptive(&self.cfg.adaptive, Some(key.to_owned())));
+            }
+            Arc::new(gate)
+        };
+        gates.entry(key.to_owned()).or_insert_with(make).clone()
     }
 
     fn too_many(&self, detail: String, retry_after: u64) -> ApiError {

@@ -82,6 +82,16 @@ pub fn metrics_handle() -> PrometheusHandle {
                         &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1],
                     )
                 })
+                // The time a request spends admitted: fine enough to read a p99 ratio from.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("vitrina_admission_inside_seconds".into()),
+                        &[
+                            0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01,
+                            0.012_5, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 1.0,
+                        ],
+                    )
+                })
                 .expect("static bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();

@@ -203,3 +203,38 @@ async fn a_sustained_overload_lengthens_retry_after_and_turns_the_queue_off_unti
     assert_eq!((status, retry), (StatusCode::TOO_MANY_REQUESTS, 1), "calm again: the base");
     assert!(took >= WAIT, "queued again, refused only after the wait: {took:?}");
 }
+
+#[tokio::test]
+async fn an_adaptive_shard_gate_holds_its_fewest_places_for_its_baseline_then_grows() {
+    let app = spawn_with(|c| {
+        c.admission.shard_queue = 0;
+        c.admission.shard_writes = 16;
+        c.admission.adaptive.enabled = true;
+        c.admission.adaptive.min_places = 2;
+        c.admission.adaptive.baseline_samples = 4;
+        c.admission.adaptive.window_ms = 20;
+        c.admission.adaptive.window_samples = 4;
+    })
+    .await;
+    let shop = app.create_shop("adapts").await;
+    let shard = shard_of(&app, &shop);
+    let limit = || app.state.admission.report().shard_writes_limit.get(&shard).copied();
+
+    let holders = [hold_write(&app, &shop).await, hold_write(&app, &shop).await];
+    wait_inside(&app, &shard, 2).await;
+    assert_eq!(limit(), Some(2), "a new shard gate measures its baseline at its fewest places");
+    let (status, p) = problem(put(&app, &shop, "A").await).await;
+    assert_eq!((status, p["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")));
+    drop(holders);
+    wait_inside(&app, &shard, 0).await;
+
+    // Writes one at a time never wait for each other: well inside the target, so it opens up.
+    let t0 = Instant::now();
+    while limit() < Some(16) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "stuck at {:?} places", limit());
+        assert!(put(&app, &shop, "A").await.status().is_success());
+    }
+    let metrics = app.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("vitrina_admission_limit{{gate=\"shard\",key=\"{shard}\"}} 16")), "{metrics}");
+    assert!(metrics.contains("vitrina_admission_inside_seconds_bucket{gate=\"shard\",le=\"0.0001\"}"));
+}
