@@ -336,6 +336,9 @@ fn env_value(existing: Option<&toml::Value>, raw: &str) -> toml::Value {
             if let Ok(i) = raw.parse::<i64>() {
                 return toml::Value::Integer(i);
             }
+            if let (Some(toml::Value::Float(_)), Ok(f)) = (existing, raw.parse::<f64>()) {
+                return toml::Value::Float(f);
+            }
             match raw {
                 "true" => toml::Value::Boolean(true),
                 "false" => toml::Value::Boolean(false),
@@ -402,6 +405,13 @@ mod tests {
         assert_eq!(c.sqlite.synchronous, Synchronous::Normal);
         let c = Config::from_layers(Some(&file), &e, &Overrides::default()).unwrap();
         assert_eq!(c.listen, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn a_fractional_setting_takes_a_fractional_value_from_the_environment() {
+        let e = env(&[("VITRINA_ADMISSION__SHOP_RPS", "2.5"), ("VITRINA_ADMISSION__ADAPTIVE__TOLERANCE", "3")]);
+        let c = Config::from_layers(None, &e, &Overrides::default()).unwrap();
+        assert_eq!((c.admission.shop_rps, c.admission.adaptive.tolerance), (2.5, 3.0));
     }
 
     #[test]
