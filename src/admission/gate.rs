@@ -18,7 +18,6 @@ use super::backoff::Backoff;
 const BACKOFF_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct Gate {
-    name: &'static str,
     places: Arc<Places>,
     queue: usize,
     wait: Duration,
@@ -127,7 +126,7 @@ impl Gate {
             adaptive: None,
             resizing: Mutex::new(()),
         };
-        Gate { name, places: Arc::new(places), queue, wait, waiting: AtomicUsize::new(0), backoff }
+        Gate { places: Arc::new(places), queue, wait, waiting: AtomicUsize::new(0), backoff }
     }
 
     /// Lets the limit move between `cfg.min_places` and the configured one. `key` labels the
@@ -144,9 +143,9 @@ impl Gate {
     }
 
     fn refuse(&self, why: Shed) -> Refused {
-        metrics::counter!("vitrina_admission_total", "gate" => self.name, "result" => "shed").increment(1);
+        metrics::counter!("vitrina_admission_total", "gate" => self.places.name, "result" => "shed").increment(1);
         let ask = self.backoff.refuse(Instant::now().into_std());
-        metrics::gauge!("vitrina_admission_retry_after_seconds", "gate" => self.name).set(ask as f64);
+        metrics::gauge!("vitrina_admission_retry_after_seconds", "gate" => self.places.name).set(ask as f64);
         Refused { why, retry_after: self.backoff.jitter(ask) }
     }
 
@@ -157,7 +156,7 @@ impl Gate {
     pub async fn enter(&self) -> Result<Pass, Refused> {
         if let Ok(p) = self.places.permits.try_acquire() {
             p.forget();
-            metrics::counter!("vitrina_admission_total", "gate" => self.name, "result" => "admitted").increment(1);
+            metrics::counter!("vitrina_admission_total", "gate" => self.places.name, "result" => "admitted").increment(1);
             return Ok(self.pass());
         }
         // A queue absorbs a burst; under an overload that goes on it only adds its wait to the
@@ -174,11 +173,11 @@ impl Gate {
         let t0 = Instant::now();
         let got = tokio::time::timeout(self.wait, self.places.permits.acquire()).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        metrics::histogram!("vitrina_admission_queue_seconds", "gate" => self.name).record(t0.elapsed().as_secs_f64());
+        metrics::histogram!("vitrina_admission_queue_seconds", "gate" => self.places.name).record(t0.elapsed().as_secs_f64());
         match got {
             Ok(Ok(p)) => {
                 p.forget();
-                metrics::counter!("vitrina_admission_total", "gate" => self.name, "result" => "queued").increment(1);
+                metrics::counter!("vitrina_admission_total", "gate" => self.places.name, "result" => "queued").increment(1);
                 Ok(self.pass())
             }
             _ => Err(self.refuse(Shed::Waited)),
