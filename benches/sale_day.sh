@@ -50,12 +50,12 @@ peak=$(python3 -c "import json; print(round(json.load(open('$work/peak.json'))['
 # SALE_DAY_PEAK offers the later stages another configuration's peak, so that two are compared
 # at the same load (an adaptive gate starts from its fewest places, which lowers its own peak run).
 peak=${SALE_DAY_PEAK:-$peak}
-curl -s "$url/metrics" >"$work/metrics.unloaded.before"
+# Scrapes around the two stages the server's own figures are read for: 0-1 unloaded, 1-2 at 2x.
+curl -s "$url/metrics" >"$work/metrics.0"
 run unloaded "${common[@]}" --duration 15s --rate $((peak / 10))
-curl -s "$url/metrics" >"$work/metrics.unloaded.after"
-curl -s "$url/metrics" >"$work/metrics.before"
+curl -s "$url/metrics" >"$work/metrics.1"
 run twice "${common[@]}" --duration "${secs}s" --rate $((2 * peak)) --retries 0 --plot "$work/twice.svg"
-curl -s "$url/metrics" >"$work/metrics.after"
+curl -s "$url/metrics" >"$work/metrics.2"
 run probe --scenario probe --duration 15s --rate $((2 * peak))
 # Buyers told to come back do, after Retry-After (offered load grows past 2x with them).
 run retrying "${common[@]}" --duration "${secs}s" --rate $((2 * peak)) --retries 3
@@ -74,11 +74,11 @@ def buckets(path, metric="vitrina_admission_refusal_seconds", labels=""):
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
-def inside_p99(stage):
+def inside_p99(first, last):
     """p99 of the time orders spent admitted by the shop gate during a stage, from the server's
     histogram (linear within a bucket): the server's side of the admitted latency."""
     f = lambda p: buckets(p, "vitrina_admission_inside_seconds", 'gate="shop",')
-    b0, b1 = f(f"{work}/metrics.{stage}before"), f(f"{work}/metrics.{stage}after")
+    b0, b1 = f(f"{work}/metrics.{first}"), f(f"{work}/metrics.{last}")
     d = sorted((float(le), b1[le] - b0.get(le, 0)) for le in b1 if le != "+Inf")
     total = b1.get("+Inf", 0) - b0.get("+Inf", 0)
     lo, below = 0.0, 0.0
@@ -87,12 +87,12 @@ def inside_p99(stage):
             return 1000 * (lo + (le - lo) * (0.99 * total - below) / max(n - below, 1e-9))
         lo, below = le, n
     return float("nan")
-b0, b1 = buckets(f"{work}/metrics.before"), buckets(f"{work}/metrics.after")
+b0, b1 = buckets(f"{work}/metrics.1"), buckets(f"{work}/metrics.2")
 refusals = {le: b1.get(le, 0) - b0.get(le, 0) for le in b1}
 total = refusals.get("+Inf", 0)
 under_ms = refusals.get("0.001", 0)
 under_100us = refusals.get("0.0001", 0)
-pk, un, tw, pr, rt = r["peak"], r["unloaded"], r["twice"], r["probe"], r["retrying"]
+un, tw, pr, rt = r["unloaded"], r["twice"], r["probe"], r["retrying"]
 answers = tw["answers"]
 unexpected_5xx = answers.get("server_error", 0) + answers.get("transport", 0)
 print("| run | offered | goodput/s | p50 ms | p99 ms | refused p50/p99 ms | server CPU | bench CPU |")
@@ -116,8 +116,8 @@ print(f"- counted from when each request was actually sent: refused p50 {fs['p50
       f"admitted p99 {ta['p99']:.2f} ms against {ua['p99']:.2f} ms unloaded ({ta['p99'] / ua['p99']:.2f}x); "
       f"the bench's own lateness p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms")
 print(f"- admitted p99 at 2x: {tw['latency_admitted_ms']['p99']:.2f} ms = {lat:.2f}x the unloaded {un['latency_admitted_ms']['p99']:.2f} ms (<= 2): {ok(lat <= 2.0)}")
-si, su = inside_p99(""), inside_p99("unloaded.")
-limits = re.findall(r'vitrina_admission_limit\{[^}]*\} (\S+)', open(f"{work}/metrics.after").read())
+si, su = inside_p99(1, 2), inside_p99(0, 1)
+limits = re.findall(r'vitrina_admission_limit\{[^}]*\} (\S+)', open(f"{work}/metrics.2").read())
 print(f"- admitted p99 inside the server (vitrina_admission_inside_seconds, shop gate): {si:.2f} ms at 2x against "
       f"{su:.2f} ms unloaded ({si / su:.2f}x); adaptive shard limit at the end of 2x: {limits or 'fixed'}")
 sold = [(x["orders_accepted"], x["stock_sold"], x["oversell"]) for x in (tw, rt)]
