@@ -7,6 +7,8 @@
 #
 # The server inherits VITRINA_* settings from the environment, e.g. VITRINA_ADMISSION__SHOP_WRITES=16
 # or VITRINA_ADMISSION__ADAPTIVE__ENABLED=true.
+# SALE_DAY_BIN runs a vitrina built elsewhere instead of building this checkout (two builds compared
+# in one session, one after the other on the same machine).
 # SALE_DAY_SERVER_CPUS / SALE_DAY_BENCH_CPUS (taskset lists, e.g. 0 and 1) keep the two apart.
 #
 # Everything runs on loopback, in a temporary directory, and stops by itself.
@@ -14,8 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vitrina-target}"
-cargo build --release --locked --quiet
-bin="$CARGO_TARGET_DIR/release/vitrina"
+if [ -n "${SALE_DAY_BIN:-}" ]; then
+  bin=$SALE_DAY_BIN
+else
+  cargo build --release --locked --quiet
+  bin="$CARGO_TARGET_DIR/release/vitrina"
+fi
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
