@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::orders::idempotency::InFlight;
 use crate::shops::hash_secret;
 use crate::store::Store;
-use crate::{catalog, collections, events, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
+use crate::{auth, catalog, collections, events, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
 
 /// Shared by every request handler; cheap to clone.
 #[derive(Clone)]
@@ -118,19 +118,30 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vitrina", description = "A shop backend that survives sale day: catalog, stock and orders per shop, plus the seed (pymongo-api) routes."),
-    modifiers(&BearerAuth),
+    modifiers(&Credentials),
     tags(
         (name = "seed", description = "The original pymongo-api contract, unchanged"),
         (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "events"), (name = "ingest"), (name = "operations"))
 )]
 struct ApiDoc;
 
-struct BearerAuth;
+/// The credentials operations name in their `security`: `auth::gate` enforces these names.
+struct Credentials;
 
-impl Modify for BearerAuth {
+impl Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        let bearer = |what: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what.to_owned())).build())
+        };
+        components.add_security_scheme(
+            auth::ADMIN_SCHEME,
+            bearer("The operator's admin token (`admin_token` in the configuration): creates and moves shops."),
+        );
+        components.add_security_scheme(
+            auth::SHOP_KEY_SCHEME,
+            bearer("A shop's API key, shown once when the shop is created: acts on that shop only."),
+        );
     }
 }
 
@@ -204,23 +215,26 @@ impl Application {
             config: config.clone(),
         }));
         let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let router = Self::router(&config, state.clone());
+        let router = Self::router(&config, state.clone())?;
         Ok(Application { listener, router, state, reload: None })
     }
 
-    fn router(config: &Config, state: AppState) -> Router {
+    fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
         let (router, spec) = routes(config).split_for_parts();
+        let guards = Arc::new(auth::Guards::from_spec(&spec)?);
         let request_id = HeaderName::from_static("x-request-id");
-        router
+        Ok(router
             .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
             .fallback(telemetry::not_found)
             .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
+            // Outside admission: a caller without valid credentials takes no place in its gates.
+            .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
             .layer(axum::middleware::from_fn(crate::consistency::track))
             .layer(axum::middleware::from_fn(telemetry::track))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
             .layer(axum::middleware::from_fn(telemetry::trace::request))
             .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-            .with_state(state)
+            .with_state(state))
     }
 
     /// Re-read the configuration from `source` on SIGHUP and apply a changed storage topology.

@@ -1,7 +1,17 @@
-//! Who may write: the admin token creates shops; a shop's API key writes only that shop.
+//! Who may call what: the admin token creates and moves shops; a shop's API key acts only on that
+//! shop. Each operation declares the credential it needs once, as its OpenAPI security
+//! requirement. `gate` enforces it in front of admission and before any handler reads a body, so a
+//! caller without valid credentials takes no admission place and gets 401 whatever it sends. The
+//! extractors `Admin` and `ShopKey` hand the handler what the gate established.
 
-use axum::http::{header, HeaderMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,22 +22,148 @@ use crate::error::ApiError;
 use crate::money::Currency;
 use crate::shops::{secret_matches, Shop, ShopId, ShopRecord};
 
+/// The OpenAPI security scheme of the admin token.
+pub const ADMIN_SCHEME: &str = "admin_token";
+/// The OpenAPI security scheme of a shop's API key.
+pub const SHOP_KEY_SCHEME: &str = "shop_key";
+
+/// A credential an operation requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Admin,
+    /// The key of the shop named by the path's `{shop}`.
+    ShopKey,
+}
+
+/// Who the gate found the caller to be, kept in the request's extensions for the extractors.
+#[derive(Clone)]
+enum Caller {
+    Admin,
+    Shop(ShopRecord),
+}
+
+/// The credential each operation (method and route template) requires, read from the spec.
+#[derive(Debug, Default)]
+pub struct Guards(HashMap<(Method, String), Credential>);
+
+impl Guards {
+    /// Reads each operation's security requirement. An operation naming an unknown scheme, or
+    /// a shop key on a route without `{shop}`, is a programming error caught at start-up.
+    pub fn from_spec(spec: &utoipa::openapi::OpenApi) -> anyhow::Result<Guards> {
+        let doc = serde_json::to_value(spec)?;
+        let mut guards = HashMap::new();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else { continue };
+                let schemes: Vec<&str> = op["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|req| req.as_object())
+                    .flat_map(|req| req.keys().map(String::as_str))
+                    .collect();
+                let credential = match schemes.as_slice() {
+                    [] => continue,
+                    [ADMIN_SCHEME] => Credential::Admin,
+                    [SHOP_KEY_SCHEME] if path.contains("{shop}") => Credential::ShopKey,
+                    other => anyhow::bail!("{method} {path}: unsupported security requirement {other:?}"),
+                };
+                guards.insert((method, path.clone()), credential);
+            }
+        }
+        Ok(Guards(guards))
+    }
+
+    fn required(&self, method: &Method, route: &str) -> Option<Credential> {
+        // HEAD is served by the GET route.
+        let method = if method == Method::HEAD { &Method::GET } else { method };
+        self.0.get(&(method.clone(), route.to_owned())).copied()
+    }
+}
+
+/// The middleware in front of admission: authenticates what the route's spec requires.
+pub async fn gate(State((state, guards)): State<(AppState, Arc<Guards>)>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let Some(credential) = route.and_then(|r| guards.required(req.method(), &r)) else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    let caller = match credential {
+        Credential::Admin => admin(&state, &parts.headers).map(|()| Caller::Admin),
+        Credential::ShopKey => match path_shop(&mut parts, &state).await {
+            Ok(shop) => shop_key(&state, &parts.headers, &shop).await.map(Caller::Shop),
+            Err(e) => Err(e),
+        },
+    };
+    match caller {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The admin token, checked by the gate (or here, on a route the spec does not guard).
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        if matches!(parts.extensions.get::<Caller>(), Some(Caller::Admin)) {
+            return Ok(Admin);
+        }
+        admin(state, &parts.headers).map(|()| Admin)
+    }
+}
+
+/// The shop named by the path's `{shop}`, whose key the caller holds.
+pub struct ShopKey(pub ShopRecord);
+
+impl ShopKey {
+    pub fn id(&self) -> &ShopId {
+        &self.0.shop.id
+    }
+}
+
+impl FromRequestParts<AppState> for ShopKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<ShopKey, ApiError> {
+        if let Some(Caller::Shop(record)) = parts.extensions.get::<Caller>() {
+            return Ok(ShopKey(record.clone()));
+        }
+        let shop = path_shop(parts, state).await?;
+        shop_key(state, &parts.headers, &shop).await.map(ShopKey)
+    }
+}
+
+async fn path_shop(parts: &mut Parts, state: &AppState) -> Result<ShopId, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::Internal(format!("path parameters: {e}")))?;
+    let raw = params.iter().find(|(k, _)| *k == "shop").map(|(_, v)| v.to_owned());
+    shop_id(&raw.ok_or_else(|| ApiError::Internal("a shop-key route without {shop}".into()))?)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
-pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(t) if secret_matches(t, &state.admin_token_hash) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }
 
-/// Loads the shop named in the path (404 when unknown) and checks the caller holds its key.
-/// Another shop's key is refused exactly like no key, so keys never reach across tenants.
-pub async fn require_shop_key(state: &AppState, headers: &HeaderMap, shop: &ShopId) -> Result<ShopRecord, ApiError> {
+/// Loads the shop (404 when unknown) and checks the caller holds its key. Another shop's key is
+/// refused exactly like no key, so keys never reach across tenants.
+async fn shop_key(state: &AppState, headers: &HeaderMap, shop: &ShopId) -> Result<ShopRecord, ApiError> {
     let record = load_shop(state, shop).await?;
     match bearer(headers) {
         Some(t) if secret_matches(t, &record.api_key_hash) => Ok(record),
@@ -91,4 +227,18 @@ impl TryFrom<CachedShop> for ShopRecord {
 /// A shop id from the path; one that could never exist is simply not found.
 pub fn shop_id(raw: &str) -> Result<ShopId, ApiError> {
     ShopId::parse(raw).map_err(|_| ApiError::NotFound(format!("shop {raw}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guarded_operation_names_one_known_credential() {
+        let guards = Guards::from_spec(&crate::app::openapi()).expect("the spec's security requirements are supported");
+        assert_eq!(guards.required(&Method::POST, "/shops/{shop}/orders"), Some(Credential::ShopKey));
+        assert_eq!(guards.required(&Method::POST, "/shops"), Some(Credential::Admin));
+        assert_eq!(guards.required(&Method::GET, "/shops/{shop}/products"), None);
+        assert_eq!(guards.required(&Method::HEAD, "/shops/{shop}/orders"), Some(Credential::ShopKey));
+    }
 }

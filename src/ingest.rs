@@ -3,7 +3,7 @@
 //! never aborting the good ones, and re-sending a feed changes nothing.
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use futures::StreamExt;
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::ShopKey;
 use crate::catalog::{ProductBody, ProductInput};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::inventory::{valid_on_hand, MAX_QUANTITY};
@@ -123,16 +123,16 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
 #[utoipa::path(post, path = "/shops/{shop}/feed", tag = "ingest",
     params(("shop" = String, Path)),
     request_body(content = String, content_type = "application/x-ndjson"),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = FeedReport), (status = 401, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
 async fn post_feed(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
+    key: ShopKey,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<FeedReport>> {
-    let shop = auth::shop_id(&shop)?;
-    let record = auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
+    let record = key.0;
     let limits = state.config.limits.clone();
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limits.feed_body_bytes) {

@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Product, ProductBody, ProductPage, ProductQuery};
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, ShopKey};
 use crate::cache::{http, shop_scope, Family, Loaded};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
@@ -25,19 +25,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Create or replace a product. Re-sending the same content changes nothing (same version).
 #[utoipa::path(put, path = "/shops/{shop}/products/{sku}", tag = "catalog", request_body = ProductBody,
     params(("shop" = String, Path), ("sku" = String, Path)),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses(
         (status = 201, description = "Created", body = Product),
         (status = 200, description = "Updated or unchanged", body = Product),
         (status = 401, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn put_product(
     State(state): State<AppState>,
-    Path((shop, sku)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, sku)): Path<(String, String)>,
+    key: ShopKey,
     ApiJson(body): ApiJson<ProductBody>,
 ) -> ApiResult<Response> {
-    let shop = auth::shop_id(&shop)?;
-    let record = auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
+    let record = key.0;
     let input = body.validate(&sku, record.shop.currency)?;
     let (product, upserted) = state.store().upsert_product(&shop, input, state.clock.now()).await?;
     state.cache.invalidate(&shop_scope(shop.as_str())).await;
@@ -89,15 +89,14 @@ fn with_etag(status: StatusCode, product: &Product) -> Response {
 /// Delete a product and its stock row. Refused while open orders hold a reservation on it.
 #[utoipa::path(delete, path = "/shops/{shop}/products/{sku}", tag = "catalog",
     params(("shop" = String, Path), ("sku" = String, Path)),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn delete_product(
     State(state): State<AppState>,
-    Path((shop, sku)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, sku)): Path<(String, String)>,
+    key: ShopKey,
 ) -> ApiResult<StatusCode> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     if validate::sku(&sku).is_err() {
         return Err(ApiError::NotFound(format!("product {sku}")));
     }

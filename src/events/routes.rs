@@ -1,6 +1,6 @@
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::ShopKey;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
 use crate::pagination;
@@ -46,16 +46,14 @@ pub struct EventParams {
 /// `after` = the previous `next`. An event committed late is never skipped.
 #[utoipa::path(get, path = "/shops/{shop}/events", tag = "events",
     params(("shop" = String, Path), EventParams),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = EventPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn list_events(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> ApiResult<Json<EventPage>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let limit = pagination::limit(q.limit, 100, MAX_EVENTS)
         .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_EVENTS}")))?;
     if q.after.as_ref().is_some_and(|a| a.len() > 64) {
@@ -77,17 +75,16 @@ pub struct StreamParams {
 /// reconnects with `Last-Event-ID` continues from there (at least once: dedupe by event id).
 #[utoipa::path(get, path = "/shops/{shop}/events/stream", tag = "events",
     params(("shop" = String, Path), StreamParams),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, content_type = "text/event-stream", description = "CloudEvents as SSE"),
         (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn stream_events(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
+    key: ShopKey,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let after = resume.or(q.after).filter(|a| a.len() <= 64);
     // Validate the position once, up front, so a bad one is a 400 rather than a silent stream.

@@ -2,14 +2,14 @@
 //! of the configured sinks. Deliveries themselves are the relay's work (`events::relay`).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::ShopKey;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::pagination;
@@ -68,17 +68,15 @@ fn check(body: &NewWebhook) -> Result<(), ApiError> {
 /// (`Vitrina-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`), retried with
 /// exponential backoff and jitter for up to 24 hours, and kept in the delivery log.
 #[utoipa::path(post, path = "/shops/{shop}/webhooks", tag = "events",
-    params(("shop" = String, Path)), request_body = NewWebhook, security(("bearer" = [])),
+    params(("shop" = String, Path)), request_body = NewWebhook, security(("shop_key" = [])),
     responses((status = 201, body = Webhook), (status = 401, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)))]
 async fn create_webhook(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> ApiResult<(StatusCode, Json<Webhook>)> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     check(&body)?;
     let store = state.store();
     if store.webhooks(&shop).await?.len() >= MAX_WEBHOOKS {
@@ -105,29 +103,26 @@ pub struct WebhookList {
 
 /// The shop's subscriptions.
 #[utoipa::path(get, path = "/shops/{shop}/webhooks", tag = "events",
-    params(("shop" = String, Path)), security(("bearer" = [])),
+    params(("shop" = String, Path)), security(("shop_key" = [])),
     responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
 async fn list_webhooks(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
 ) -> ApiResult<Json<WebhookList>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     Ok(Json(WebhookList { webhooks: state.store().webhooks(&shop).await? }))
 }
 
 /// Unsubscribes: nothing more is sent, and the delivery log goes with it.
 #[utoipa::path(delete, path = "/shops/{shop}/webhooks/{id}", tag = "events",
-    params(("shop" = String, Path), ("id" = String, Path)), security(("bearer" = [])),
+    params(("shop" = String, Path), ("id" = String, Path)), security(("shop_key" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn delete_webhook(
     State(state): State<AppState>,
-    Path((shop, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, id)): Path<(String, String)>,
+    key: ShopKey,
 ) -> ApiResult<StatusCode> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     state.store().delete_webhook(&shop, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -148,16 +143,15 @@ pub struct DeliveryLog {
 
 /// The subscription's delivery log, newest first: attempts, last answer, next try.
 #[utoipa::path(get, path = "/shops/{shop}/webhooks/{id}/deliveries", tag = "events",
-    params(("shop" = String, Path), ("id" = String, Path), DeliveryParams), security(("bearer" = [])),
+    params(("shop" = String, Path), ("id" = String, Path), DeliveryParams), security(("shop_key" = [])),
     responses((status = 200, body = DeliveryLog), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn list_deliveries(
     State(state): State<AppState>,
-    Path((shop, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, id)): Path<(String, String)>,
+    key: ShopKey,
     ApiQuery(q): ApiQuery<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryLog>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     if q.status.as_deref().is_some_and(|s| !["pending", "delivered", "dead"].contains(&s)) {
         return Err(ApiError::bad_request("invalid_status", "status must be pending, delivered or dead"));
     }
@@ -175,15 +169,14 @@ pub struct Replayed {
 /// Puts the subscription's dead deliveries back in line, with fresh attempts and a new 24-hour
 /// window; they go out in their original order.
 #[utoipa::path(post, path = "/shops/{shop}/webhooks/{id}/replay", tag = "events",
-    params(("shop" = String, Path), ("id" = String, Path)), security(("bearer" = [])),
+    params(("shop" = String, Path), ("id" = String, Path)), security(("shop_key" = [])),
     responses((status = 202, body = Replayed), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn replay_webhook(
     State(state): State<AppState>,
-    Path((shop, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, id)): Path<(String, String)>,
+    key: ShopKey,
 ) -> ApiResult<(StatusCode, Json<Replayed>)> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let now = state.clock.now();
     let deliver_by = now + chrono::Duration::seconds(state.config.events.webhooks.deliver_for_secs as i64);
     let replayed = state.store().replay_webhook(&shop, &id, deliver_by, now).await?;
@@ -198,15 +191,13 @@ pub struct DeadLetters {
 /// Events of this shop that a configured sink (NATS, RabbitMQ, Kafka, webhook) gave up on
 /// after its attempts, newest first.
 #[utoipa::path(get, path = "/shops/{shop}/events/dead-letters", tag = "events",
-    params(("shop" = String, Path)), security(("bearer" = [])),
+    params(("shop" = String, Path)), security(("shop_key" = [])),
     responses((status = 200, body = DeadLetters), (status = 401, body = Problem)))]
 async fn list_dead_letters(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
 ) -> ApiResult<Json<DeadLetters>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     Ok(Json(DeadLetters { dead_letters: state.store().dead_letters(&shop, 1000).await? }))
 }
 
@@ -220,16 +211,14 @@ pub struct ReplayParams {
 /// Asks the relay to publish the shop's dead letters again; each leaves the list once its sink
 /// acknowledges it.
 #[utoipa::path(post, path = "/shops/{shop}/events/dead-letters/replay", tag = "events",
-    params(("shop" = String, Path), ReplayParams), security(("bearer" = [])),
+    params(("shop" = String, Path), ReplayParams), security(("shop_key" = [])),
     responses((status = 202, body = Replayed), (status = 401, body = Problem)))]
 async fn replay_dead_letters(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
     ApiQuery(q): ApiQuery<ReplayParams>,
 ) -> ApiResult<(StatusCode, Json<Replayed>)> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let replayed = state.store().replay_dead_letters(&shop, q.sink.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }

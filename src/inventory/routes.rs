@@ -1,11 +1,10 @@
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{valid_delta, valid_on_hand, AdjustStock, SetStock, Stock, MAX_QUANTITY};
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, ShopKey};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
 use crate::validate;
@@ -21,17 +20,16 @@ fn sku_or_404(sku: &str) -> ApiResult<()> {
 /// Set the quantity on hand. Refused (409) below what open orders have reserved.
 #[utoipa::path(put, path = "/shops/{shop}/stock/{sku}", tag = "inventory", request_body = SetStock,
     params(("shop" = String, Path), ("sku" = String, Path)),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = Stock), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn set_stock(
     State(state): State<AppState>,
-    Path((shop, sku)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, sku)): Path<(String, String)>,
+    key: ShopKey,
     ApiJson(body): ApiJson<SetStock>,
 ) -> ApiResult<Json<Stock>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     sku_or_404(&sku)?;
     if !valid_on_hand(body.on_hand) {
         return Err(ApiError::field("on_hand", &format!("must be an integer from 0 to {MAX_QUANTITY}")));
@@ -44,17 +42,16 @@ async fn set_stock(
 /// Receive (positive) or write off (negative) stock. Never below what is reserved (409).
 #[utoipa::path(post, path = "/shops/{shop}/stock/{sku}/adjust", tag = "inventory", request_body = AdjustStock,
     params(("shop" = String, Path), ("sku" = String, Path)),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = Stock), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn adjust_stock(
     State(state): State<AppState>,
-    Path((shop, sku)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, sku)): Path<(String, String)>,
+    key: ShopKey,
     ApiJson(body): ApiJson<AdjustStock>,
 ) -> ApiResult<Json<Stock>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     sku_or_404(&sku)?;
     if !valid_delta(body.delta) {
         return Err(ApiError::field("delta", &format!("must be a non-zero integer within ±{MAX_QUANTITY}")));

@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::idempotency::valid_key;
 use super::{Action, Order, OrderPage, OrderQuery, OrderStatus, PlaceOrder, PlaceOrderBody, PlaceOutcome};
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::ShopKey;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::pagination;
@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// stored answer, with another body it is 422, and while the first request is still running 409.
 #[utoipa::path(post, path = "/shops/{shop}/orders", tag = "orders", request_body = PlaceOrderBody,
     params(("shop" = String, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen unique key, 1-255 printable ASCII")),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses(
         (status = 201, body = Order),
         (status = 400, body = Problem, description = "Missing or malformed Idempotency-Key"),
@@ -34,12 +34,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 422, body = Problem, description = "Invalid body, unknown SKU, or key reused with another body")))]
 async fn place_order(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
+    key: ShopKey,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderBody>,
 ) -> ApiResult<Response> {
-    let shop = auth::shop_id(&shop)?;
-    let record = auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
+    let record = key.0;
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => return Err(ApiError::bad_request("idempotency_key_required", "the Idempotency-Key header is required")),
         Some(Ok(k)) if valid_key(k) => k.to_owned(),
@@ -134,15 +134,14 @@ fn answer(outcome: PlaceOutcome) -> ApiResult<Response> {
 /// An order with its lines and status history.
 #[utoipa::path(get, path = "/shops/{shop}/orders/{id}", tag = "orders",
     params(("shop" = String, Path), ("id" = String, Path)),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn get_order(
     State(state): State<AppState>,
-    Path((shop, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((_shop, id)): Path<(String, String)>,
+    key: ShopKey,
 ) -> ApiResult<Json<Order>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store().get_order(&shop, &id).await? } else { None };
     order.map(Json).ok_or_else(|| ApiError::NotFound(format!("order {id}")))
 }
@@ -159,16 +158,14 @@ pub struct ListParams {
 /// A shop's orders, newest first.
 #[utoipa::path(get, path = "/shops/{shop}/orders", tag = "orders",
     params(("shop" = String, Path), ListParams),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = OrderPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)))]
 async fn list_orders(
     State(state): State<AppState>,
-    Path(shop): Path<String>,
-    headers: HeaderMap,
+    key: ShopKey,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<OrderPage>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let (limit, before) = pagination::from_query::<String>(q.limit, q.cursor.as_deref(), &state.config.limits)?;
     let status = match q.status.as_deref() {
         None => None,
@@ -185,16 +182,15 @@ async fn list_orders(
 /// on hand), `deliver` (shipped→delivered), `cancel` (placed|paid→cancelled, stock released).
 #[utoipa::path(post, path = "/shops/{shop}/orders/{id}/{action}", tag = "orders",
     params(("shop" = String, Path), ("id" = String, Path), ("action" = String, Path, description = "pay | ship | deliver | cancel")),
-    security(("bearer" = [])),
+    security(("shop_key" = [])),
     responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "Not allowed from the current status")))]
 async fn transition(
     State(state): State<AppState>,
-    Path((shop, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Path((_shop, id, action)): Path<(String, String, String)>,
+    key: ShopKey,
 ) -> ApiResult<Json<Order>> {
-    let shop = auth::shop_id(&shop)?;
-    auth::require_shop_key(&state, &headers, &shop).await?;
+    let shop = key.id().clone();
     let action = Action::parse(&action).ok_or_else(|| ApiError::NotFound(format!("action {action}")))?;
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::NotFound(format!("order {id}")));

@@ -1,5 +1,5 @@
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -7,7 +7,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{generate_api_key, hash_secret, CreateShop, Shop};
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, Admin};
 use crate::error::{ApiResult, Problem};
 use crate::extract::ApiJson;
 
@@ -29,16 +29,15 @@ pub struct CreatedShop {
 
 /// Create a shop (admin token required). The answer carries the shop's API key, shown once.
 #[utoipa::path(post, path = "/shops", tag = "shops", request_body = CreateShop,
-    security(("bearer" = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 201, body = CreatedShop),
         (status = 401, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_shop(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Admin,
     ApiJson(body): ApiJson<CreateShop>,
 ) -> ApiResult<(StatusCode, Json<CreatedShop>)> {
-    auth::require_admin(&state, &headers)?;
     let api_key = generate_api_key();
     let new = body.validate(hash_secret(&api_key), state.clock.now())?;
     let shop = state.store().create_shop(new).await?;
@@ -68,17 +67,17 @@ pub struct MoveShop {
 /// (503 + Retry-After), its rows are copied and verified, the directory is flipped.
 #[utoipa::path(post, path = "/shops/{shop}/move", tag = "shops", request_body = MoveShop,
     params(("shop" = String, Path, description = "Shop id")),
-    security(("bearer" = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, body = crate::store::moving::MoveReport),
         (status = 401, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn move_shop(
     State(state): State<AppState>,
+    _admin: Admin,
     Path(shop): Path<String>,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<MoveShop>,
 ) -> ApiResult<Json<crate::store::moving::MoveReport>> {
-    auth::require_admin(&state, &headers)?;
+
     let id = auth::shop_id(&shop)?;
     auth::load_shop(&state, &id).await?;
     Ok(Json(state.store().move_shop(&id, &body.to, state.clock.now()).await?))
@@ -87,9 +86,8 @@ async fn move_shop(
 /// Move every shop that lives off its ring owner to it, one at a time (admin token required):
 /// after a shard is added, this moves exactly the shops whose owner changed.
 #[utoipa::path(post, path = "/shards/rebalance", tag = "shops",
-    security(("bearer" = [])),
+    security(("admin_token" = [])),
     responses((status = 200, body = crate::store::moving::RebalanceReport), (status = 401, body = Problem)))]
-async fn rebalance(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<crate::store::moving::RebalanceReport>> {
-    auth::require_admin(&state, &headers)?;
+async fn rebalance(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<crate::store::moving::RebalanceReport>> {
     Ok(Json(state.store().rebalance(state.clock.now()).await?))
 }

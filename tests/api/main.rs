@@ -13,6 +13,7 @@ mod cache_cluster;
 mod catalog;
 mod cluster;
 mod concurrency;
+mod edges;
 mod events;
 mod feed;
 mod inventory;
