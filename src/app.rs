@@ -159,6 +159,10 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(telemetry::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
+            Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
+            crate::extract::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.request_timeout_secs.max(1)),
             telemetry::deadline,
         ));
@@ -275,9 +279,12 @@ impl Application {
             tokio::time::sleep(drain).await;
             let _ = closing_tx.send(true);
         };
-        let server =
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
-        let server = tokio::spawn(async move { server.await });
+        let limits = crate::server::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(state.config.limits.header_read_timeout_secs.max(1)),
+            per_client: state.config.limits.connections_per_client,
+            unbounded: state.config.limits.unbounded_clients.clone(),
+        };
+        let server = tokio::spawn(crate::server::serve(listener, router, limits, graceful));
         // Bound the wait for in-flight requests once the listener has closed.
         let served = async {
             let _ = closing_rx.wait_for(|c| *c).await;

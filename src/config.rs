@@ -173,6 +173,18 @@ pub struct LimitsConfig {
     pub page_default: usize,
     pub page_max: usize,
     pub request_timeout_secs: u64,
+    /// How long a JSON body may take to arrive after its request's head; slower is 408.
+    pub body_read_timeout_secs: u64,
+    /// How long a connection may take to send a request head, counted from when it starts
+    /// waiting for one: a slow head, a new connection that stays silent and an idle keep-alive
+    /// connection are all closed after this.
+    pub header_read_timeout_secs: u64,
+    /// Open connections per client address, 0 for no bound. Behind a gateway every request
+    /// comes from its few addresses: list them in `unbounded_clients`.
+    pub connections_per_client: usize,
+    /// Client ranges the bound does not apply to: by default loopback, where a local gateway,
+    /// the health checker and `vitrina bench` connect from.
+    pub unbounded_clients: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -232,6 +244,10 @@ impl Default for LimitsConfig {
             page_default: 20,
             page_max: 100,
             request_timeout_secs: 30,
+            body_read_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            connections_per_client: 256,
+            unbounded_clients: ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect(),
         }
     }
 }
@@ -282,6 +298,9 @@ impl Config {
         }
         if self.routing.vnodes == 0 || self.sqlite.shards == 0 {
             bail!("routing.vnodes and sqlite.shards must be positive");
+        }
+        if self.limits.body_read_timeout_secs == 0 || self.limits.header_read_timeout_secs == 0 {
+            bail!("limits: body_read_timeout_secs and header_read_timeout_secs must be positive");
         }
         if self.limits.feed_batch == 0 || self.sqlite.max_batch == 0 {
             bail!("feed_batch and sqlite.max_batch must be positive");

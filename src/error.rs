@@ -27,6 +27,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, detail: String },
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body did not arrive within the body-read timeout.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     #[error("unsupported media type: expected {expected}")]
     UnsupportedMediaType { expected: &'static str },
     #[error("{0}")]
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::InsufficientStock(_) => (StatusCode::CONFLICT, "insufficient_stock"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
@@ -127,6 +131,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a body that came too slowly is not worth waiting for on this connection.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -1,10 +1,15 @@
 //! Request extractors whose refusals speak the API's error format instead of axum's plain text.
 
+use std::time::Duration;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::error::ApiError;
 
@@ -20,11 +25,46 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = axum::Json::<T>::from_request(req, state);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at, read).await.map_err(|_| ApiError::BodyTimeout(d.limit.as_secs()))?,
+            None => read.await,
+        };
+        match read {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// When the body of a request must have arrived: the body-read timeout after its handler began.
+/// A body that trickles in is answered 408 instead of holding a handler (and its admission
+/// places) until the request deadline.
+#[derive(Clone, Copy)]
+pub struct BodyDeadline {
+    at: Instant,
+    limit: Duration,
+}
+
+/// The raw body, read within the request's `BodyDeadline` and under its size limit.
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
+    let deadline = req.extensions().get::<BodyDeadline>().copied();
+    let read = bytes::Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(d) => tokio::time::timeout_at(d.at, read).await.map_err(|_| ApiError::BodyTimeout(d.limit.as_secs()))?,
+        None => read.await,
+    };
+    read.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(e.body_text()),
+        _ => ApiError::bad_request("unreadable_body", e.body_text()),
+    })
+}
+
+/// Stamps each request with its `BodyDeadline`.
+pub async fn body_deadline(State(limit): State<Duration>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(BodyDeadline { at: Instant::now() + limit, limit });
+    next.run(req).await
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {

@@ -30,6 +30,7 @@ pub mod pagination;
 pub mod routing;
 pub mod secrets;
 pub mod seed;
+pub mod server;
 pub mod shops;
 pub mod store;
 pub mod telemetry;

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
 use crate::app::AppState;
 use crate::cache::{collection_scope, http, CacheError, Family, Loaded};
+use crate::error::ApiError;
 use crate::store::StoreError;
 use crate::topology::{self, Topology};
 
@@ -34,6 +34,8 @@ pub enum SeedError {
     NotFound(String),
     Invalid(Vec<ValidationIssue>),
     TooLarge,
+    /// The body did not arrive within the body-read timeout.
+    TimedOut,
     Store(StoreError),
 }
 
@@ -49,6 +51,7 @@ impl IntoResponse for SeedError {
             SeedError::NotFound(d) => (StatusCode::NOT_FOUND, json!(d)),
             SeedError::Invalid(issues) => (StatusCode::UNPROCESSABLE_ENTITY, json!(issues)),
             SeedError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, json!("Request body too large")),
+            SeedError::TimedOut => (StatusCode::REQUEST_TIMEOUT, json!("Request body timed out")),
             SeedError::Store(StoreError::Unavailable(m) | StoreError::Unreachable(m)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, json!(m))
             }
@@ -279,13 +282,14 @@ async fn get_user(
 async fn create_user(
     State(state): State<AppState>,
     Path(collection): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<(StatusCode, Json<UserDoc>), SeedError> {
     check_collection(&collection)?;
-    let body =
-        body.map_err(
-            |e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { SeedError::TooLarge } else { SeedError::Invalid(vec![]) },
-        )?;
+    let body = crate::extract::body_bytes(req, &state).await.map_err(|e| match e {
+        ApiError::PayloadTooLarge(_) => SeedError::TooLarge,
+        ApiError::BodyTimeout(_) => SeedError::TimedOut,
+        _ => SeedError::Invalid(vec![]),
+    })?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         SeedError::Invalid(vec![ValidationIssue {
             kind: "json_invalid",

@@ -1,5 +1,5 @@
 //! The edges an anonymous caller reaches: credentials are checked before a request takes an
-//! admission place or has its body read.
+//! admission place or has its body read, and every connection is bounded in time and number.
 
 use std::time::{Duration, Instant};
 
@@ -117,4 +117,85 @@ async fn every_guarded_operation_answers_401_to_a_bad_body_without_credentials()
         }
     }
     assert!(checked >= 40, "the spec guards the shop and admin operations ({checked} checks)");
+}
+
+#[tokio::test]
+async fn slow_or_silent_heads_and_idle_keep_alives_are_closed_after_the_header_timeout() {
+    let app = spawn_with(|c| c.limits.header_read_timeout_secs = 1).await;
+    // Silent after connecting.
+    let mut silent = TcpStream::connect(addr(&app)).await.unwrap();
+    // A head a byte at a time, slower than the timeout allows in total.
+    let mut slow = TcpStream::connect(addr(&app)).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /health/live HTTP/1.1\r\nhost: x\r\n" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let mut buf = [0u8; 64];
+        matches!(slow.read(&mut buf).await, Ok(0) | Err(_))
+    });
+    // One request answered, then idle on keep-alive.
+    let mut idle = TcpStream::connect(addr(&app)).await.unwrap();
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let t0 = Instant::now();
+    assert!(read_until_closed(&mut silent, Duration::from_secs(5)).await.1, "a silent connection is closed");
+    assert!(read_until_closed(&mut idle, Duration::from_secs(5)).await.1, "an idle keep-alive is closed");
+    assert!(tokio::time::timeout(Duration::from_secs(10), trickle).await.unwrap().unwrap(), "a trickled head is cut off");
+    assert!(t0.elapsed() < Duration::from_secs(8), "closed after the timeout, not held: {:?}", t0.elapsed());
+    // The server still serves.
+    assert_eq!(app.get("/health/live").send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_body_timeout_is_answered_408_and_writes_nothing() {
+    let app = spawn_with(|c| c.limits.body_read_timeout_secs = 1).await;
+    let shop = app.shop_with_stock("acme", "A", 10).await;
+    let mut s = half_sent(&app, "/shops/acme/orders", Some(&shop.key)).await;
+    let (answer, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout") && answer.contains("application/problem+json"), "{answer}");
+    // The seed API's public write too, in its own error shape.
+    let mut s = half_sent(&app, "/helloDoc/users", None).await;
+    let (answer, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("\"detail\""), "{answer}");
+    assert_eq!(app.stock(&shop, "A").await, (10, 0, 10));
+    assert_eq!(app.order_count(&shop).await, 0);
+    assert_eq!(writes_inside(&app), 0);
+}
+
+#[tokio::test]
+async fn one_client_address_holds_at_most_its_connections() {
+    let app = spawn_with(|c| {
+        c.limits.connections_per_client = 4;
+        c.limits.unbounded_clients.clear();
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr(&app)).await.unwrap());
+    }
+    // The fifth is accepted by the kernel and closed by the server without an answer.
+    let mut fifth = TcpStream::connect(addr(&app)).await.unwrap();
+    let _ = fifth.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let (answer, closed) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
+    assert!(closed && answer.is_empty(), "refused: {answer:?}");
+    // A place comes back when a connection closes.
+    drop(held.pop());
+    let t0 = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+        s.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let (answer, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the freed place was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
