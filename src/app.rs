@@ -1,179 +1,26 @@
-//! Assembles the application: state, routes (declared with their OpenAPI spec), middleware,
-//! background tasks, and a server that shuts down gracefully. `Application::build` binds first
-//! (port 0 works), so tests start the real thing in-process.
+//! The process lifecycle: `Application::build` opens the store, makes the state and binds the
+//! listener first (port 0 works, so tests start the real thing in-process); `run_until_stopped`
+//! starts the background tasks, serves, and on a signal drains, finishes what is in flight and
+//! closes the store. SIGHUP re-reads the storage configuration.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::orders::idempotency::InFlight;
 use crate::shops::hash_secret;
-use crate::store::Store;
-use crate::{auth, catalog, collections, events, health, ingest, inventory, orders, secrets, seed, shops, telemetry};
-
-/// Shared by every request handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
-    /// Swapped whole when the storage configuration is reloaded (SIGHUP); read it per request.
-    store: RwLock<Arc<dyn Store>>,
-    pub cache: Arc<crate::cache::Cache>,
-    pub in_flight: InFlight,
-    /// SKUs known to have nothing available, refused without a store transaction.
-    pub sold_out: Arc<inventory::sold_out::SoldOut>,
-    pub admission: Arc<crate::admission::Admission>,
-    pub clock: Clock,
-    pub admin_token_hash: [u8; 32],
-    pub metrics: PrometheusHandle,
-    pub started: Instant,
-    ready: AtomicBool,
-    store_config: Mutex<StoreSettings>,
-    /// Bumped when the store is swapped, so background tasks reattach to the new one.
-    store_generation: watch::Sender<u64>,
-    /// Every committed event of every shard, for this instance's own subscribers.
-    pub bus: events::bus::Bus,
-    pub relay_status: Arc<events::relay::RelayStatus>,
-    /// This instance's relay, when `events.relay` is on.
-    relay: Option<Arc<events::relay::Relay>>,
-}
-
-/// The part of the configuration that a reload may change: where the data lives.
-#[derive(Clone, PartialEq)]
-struct StoreSettings(String);
-
-impl StoreSettings {
-    fn of(config: &Config) -> StoreSettings {
-        let shown = (&config.store, &config.postgres, &config.sqlite.shards, &config.data_dir, &config.routing.vnodes);
-        StoreSettings(format!("{shown:?}"))
-    }
-}
+use crate::state::AppState;
+use crate::{events, inventory, orders, secrets, seed};
 
 /// Where a running instance re-reads its configuration from on SIGHUP.
 pub type ConfigSource = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// The store in force now. A request keeps the one it started with until it finishes.
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Re-opens the store if `config` describes another storage topology (a new primary URL,
-    /// other shards), swaps it in, and closes the old one once the requests using it are done.
-    /// On failure the current store stays. Returns whether a swap happened.
-    pub async fn reload_store(&self, config: &Config) -> anyhow::Result<bool> {
-        let current = self.store_config.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if current == StoreSettings::of(config) {
-            return Ok(false);
-        }
-        let fresh = crate::store::open(config).await?;
-        let old = std::mem::replace(&mut *self.store.write().unwrap_or_else(|p| p.into_inner()), fresh);
-        *self.store_config.lock().unwrap_or_else(|p| p.into_inner()) = StoreSettings::of(config);
-        self.store_generation.send_modify(|g| *g += 1);
-        tracing::info!("storage configuration reloaded");
-        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            while Arc::strong_count(&old) > 1 && t0.elapsed() < grace {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let _ = tokio::task::spawn_blocking(move || old.close()).await;
-        });
-        Ok(true)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-    fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "vitrina", description = "A shop backend that survives sale day: catalog, stock and orders per shop, plus the seed (pymongo-api) routes."),
-    modifiers(&Credentials),
-    tags(
-        (name = "seed", description = "The original pymongo-api contract, unchanged"),
-        (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "events"), (name = "ingest"), (name = "operations"))
-)]
-struct ApiDoc;
-
-/// The credentials operations name in their `security`: `auth::gate` enforces these names.
-struct Credentials;
-
-impl Modify for Credentials {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let bearer = |what: &str| {
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what.to_owned())).build())
-        };
-        components.add_security_scheme(
-            auth::ADMIN_SCHEME,
-            bearer("The operator's admin token (`admin_token` in the configuration): creates and moves shops."),
-        );
-        components.add_security_scheme(
-            auth::SHOP_KEY_SCHEME,
-            bearer("A shop's API key, shown once when the shop is created: acts on that shop only."),
-        );
-    }
-}
-
-/// Every route with its spec. Split out so the spec can be produced without a server.
-fn routes(config: &Config) -> OpenApiRouter<AppState> {
-    let bounded = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(collections::routes::router())
-        .merge(shops::routes::router())
-        .merge(catalog::routes::router())
-        .merge(inventory::routes::router())
-        .merge(orders::routes::router())
-        .merge(events::routes::router())
-        .merge(events::webhooks::router())
-        .merge(health::router())
-        .merge(telemetry::router())
-        .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
-            crate::extract::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Duration::from_secs(config.limits.request_timeout_secs.max(1)),
-            telemetry::deadline,
-        ));
-    // Feeds stream large bodies for as long as they take; they bound themselves.
-    bounded.merge(ingest::router())
-}
-
-/// The OpenAPI document, as served at `/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(&Config::default()).into_openapi()
-}
 
 pub struct Application {
     listener: TcpListener,
@@ -195,50 +42,10 @@ impl Application {
         if config.seed_on_start {
             seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
         }
-        let relay_status = Arc::new(events::relay::RelayStatus::default());
-        let relay = match config.events.relay {
-            true => Some(Arc::new(events::relay::Relay::new(&config.events, &config.breakers, relay_status.clone())?)),
-            false => None,
-        };
-        let state = AppState(Arc::new(Inner {
-            store_generation: watch::channel(0).0,
-            bus: events::bus::Bus::new(4096),
-            relay_status,
-            relay,
-            cache: Arc::new(crate::cache::Cache::new(&config.cache)?),
-            in_flight: InFlight::default(),
-            admission: Arc::new(crate::admission::Admission::new(&config.admission)),
-            sold_out: Arc::new(inventory::sold_out::SoldOut::new(Duration::from_millis(config.orders.sold_out_ttl_ms))),
-            clock,
-            admin_token_hash: hash_secret(&admin_token),
-            metrics: telemetry::metrics_handle(),
-            started: Instant::now(),
-            ready: AtomicBool::new(false),
-            store_config: Mutex::new(StoreSettings::of(&config)),
-            store: RwLock::new(store),
-            config: config.clone(),
-        }));
+        let state = AppState::new(config.clone(), store, clock, hash_secret(&admin_token))?;
         let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let router = Self::router(&config, state.clone())?;
+        let router = crate::api::router(&config, state.clone())?;
         Ok(Application { listener, router, state, reload: None })
-    }
-
-    fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
-        let (router, spec) = routes(config).split_for_parts();
-        let guards = Arc::new(auth::Guards::from_spec(&spec)?);
-        let request_id = HeaderName::from_static("x-request-id");
-        Ok(router
-            .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
-            .fallback(telemetry::not_found)
-            .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
-            // Outside admission: a caller without valid credentials takes no place in its gates.
-            .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
-            .layer(axum::middleware::from_fn(crate::consistency::track))
-            .layer(axum::middleware::from_fn(telemetry::track))
-            .layer(PropagateRequestIdLayer::new(request_id.clone()))
-            .layer(axum::middleware::from_fn(telemetry::trace::request))
-            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-            .with_state(state))
     }
 
     /// Re-read the configuration from `source` on SIGHUP and apply a changed storage topology.
@@ -316,7 +123,7 @@ impl Application {
 /// The bus tails, the relay (when on) and its status, attached to the store in force and
 /// restarted on the new one when the store is swapped.
 async fn run_events(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut generation = state.store_generation.subscribe();
+    let mut generation = state.store_changes();
     loop {
         // Whatever this instance cached came from the store it had before.
         state.cache.bump_local(crate::cache::redis::EVERYTHING, None);
@@ -330,7 +137,7 @@ async fn run_events(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let status = state.relay_status.clone();
         tasks.spawn(events::relay::watch_status(outboxes.clone(), state.config.events.clone(), status, inner_rx.clone()));
-        if let Some(relay) = &state.relay {
+        if let Some(relay) = state.relay() {
             tasks.spawn(relay.clone().run(outboxes, inner_rx));
         }
         let stopping = tokio::select! {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::cache::{shop_scope, Family};
 use crate::error::ApiError;
 use crate::money::Currency;
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_guarded_operation_names_one_known_credential() {
-        let guards = Guards::from_spec(&crate::app::openapi()).expect("the spec's security requirements are supported");
+        let guards = Guards::from_spec(&crate::api::openapi()).expect("the spec's security requirements are supported");
         assert_eq!(guards.required(&Method::POST, "/shops/{shop}/orders"), Some(Credential::ShopKey));
         assert_eq!(guards.required(&Method::POST, "/shops"), Some(Credential::Admin));
         assert_eq!(guards.required(&Method::GET, "/shops/{shop}/products"), None);

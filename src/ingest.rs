@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::ShopKey;
 use crate::catalog::{ProductBody, ProductInput};
 use crate::error::{ApiError, ApiResult, Problem};

@@ -6,6 +6,7 @@
 //! `store::sqlite` or `store::postgres`, writing the outbox `events` relay from.
 
 pub mod admission;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
@@ -32,6 +33,7 @@ pub mod secrets;
 pub mod seed;
 pub mod server;
 pub mod shops;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -25,7 +25,7 @@ use serde::Serialize;
 use self::config::AdmissionConfig;
 use self::gate::{Gate, Pass};
 use self::rate::{Limiter, Verdict};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::error::ApiError;
 use crate::shops::ShopId;
 

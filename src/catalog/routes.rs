@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Product, ProductBody, ProductPage, ProductQuery};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{self, ShopKey};
 use crate::cache::{http, shop_scope, Family, Loaded};
 use crate::error::{ApiError, ApiResult, Problem};

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::cache::{collection_scope, http, CacheError, Family, Loaded};
 use crate::error::ApiError;
 use crate::store::StoreError;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::ShopKey;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;

@@ -3,7 +3,7 @@ use axum::Json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{valid_delta, valid_on_hand, AdjustStock, SetStock, Stock, MAX_QUANTITY};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{self, ShopKey};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;

@@ -8,7 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::idempotency::valid_key;
 use super::{Action, Order, OrderPage, OrderQuery, OrderStatus, PlaceOrder, PlaceOrderBody, PlaceOutcome};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::ShopKey;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};

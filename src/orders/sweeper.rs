@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Action;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::StoreError;
 
 const BATCH: usize = 100;

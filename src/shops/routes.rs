@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{generate_api_key, hash_secret, CreateShop, Shop};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::auth::{self, Admin};
 use crate::error::{ApiResult, Problem};
 use crate::extract::ApiJson;

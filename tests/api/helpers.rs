@@ -4,7 +4,8 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use vitrina::app::{AppState, Application};
+use vitrina::app::Application;
+use vitrina::state::AppState;
 use vitrina::clock::Clock;
 use vitrina::config::Config;
 

@@ -1,0 +1,99 @@
+//! The HTTP API assembled: every capability's routes with their OpenAPI spec, declared together,
+//! and the middleware around them, outermost last: request id, trace context, RED metrics,
+//! read-your-writes token, credentials, admission.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::state::AppState;
+use crate::{auth, catalog, collections, events, health, ingest, inventory, orders, shops, telemetry};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vitrina", description = "A shop backend that survives sale day: catalog, stock and orders per shop, plus the seed (pymongo-api) routes."),
+    modifiers(&Credentials),
+    tags(
+        (name = "seed", description = "The original pymongo-api contract, unchanged"),
+        (name = "shops"), (name = "catalog"), (name = "inventory"), (name = "orders"), (name = "events"), (name = "ingest"), (name = "operations"))
+)]
+struct ApiDoc;
+
+/// The credentials operations name in their `security`: `auth::gate` enforces these names.
+struct Credentials;
+
+impl Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |what: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what.to_owned())).build())
+        };
+        components.add_security_scheme(
+            auth::ADMIN_SCHEME,
+            bearer("The operator's admin token (`admin_token` in the configuration): creates and moves shops."),
+        );
+        components.add_security_scheme(
+            auth::SHOP_KEY_SCHEME,
+            bearer("A shop's API key, shown once when the shop is created: acts on that shop only."),
+        );
+    }
+}
+
+/// Every route with its spec. Split out so the spec can be produced without a server.
+fn routes(config: &Config) -> OpenApiRouter<AppState> {
+    let bounded = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(collections::routes::router())
+        .merge(shops::routes::router())
+        .merge(catalog::routes::router())
+        .merge(inventory::routes::router())
+        .merge(orders::routes::router())
+        .merge(events::routes::router())
+        .merge(events::webhooks::router())
+        .merge(health::router())
+        .merge(telemetry::router())
+        .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
+            crate::extract::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_secs(config.limits.request_timeout_secs.max(1)),
+            telemetry::deadline,
+        ));
+    // Feeds stream large bodies for as long as they take; they bound themselves.
+    bounded.merge(ingest::router())
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(&Config::default()).into_openapi()
+}
+
+/// The service: routes, spec, documentation and middleware, over `state`.
+pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
+    let (router, spec) = routes(config).split_for_parts();
+    let guards = Arc::new(auth::Guards::from_spec(&spec)?);
+    let request_id = HeaderName::from_static("x-request-id");
+    Ok(router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .fallback(telemetry::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
+        // Outside admission: a caller without valid credentials takes no place in its gates.
+        .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
+        .layer(axum::middleware::from_fn(crate::consistency::track))
+        .layer(axum::middleware::from_fn(telemetry::track))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(axum::middleware::from_fn(telemetry::trace::request))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state))
+}
+
