@@ -16,7 +16,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::state::AppState;
-use crate::{auth, catalog, collections, events, health, ingest, inventory, orders, shops, telemetry};
+use crate::http::auth;
+use crate::{catalog, collections, events, health, ingest, inventory, orders, shops, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -63,14 +64,14 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
-            crate::extract::body_deadline,
+            crate::http::extract::body_deadline,
         ))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.request_timeout_secs.max(1)),
             telemetry::deadline,
         ));
     // Feeds stream large bodies for as long as they take; they bound themselves.
-    bounded.merge(ingest::router())
+    bounded.merge(ingest::routes::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.
@@ -89,7 +90,7 @@ pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
         // Outside admission: a caller without valid credentials takes no place in its gates.
         .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
-        .layer(axum::middleware::from_fn(crate::consistency::track))
+        .layer(axum::middleware::from_fn(crate::http::consistency::track))
         .layer(axum::middleware::from_fn(telemetry::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(axum::middleware::from_fn(telemetry::trace::request))

@@ -2,12 +2,8 @@
 //! (ms since the epoch, taken after it committed); a client that sends it back on a later read
 //! as `vitrina-read-after` is served only by a replica that had replayed past that moment, or by
 //! the primary. Within one instance the store already routes a just-written shop to the
-//! primary; the token carries the same guarantee to any instance behind a balancer.
-
-use axum::extract::Request;
-use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::Response;
+//! primary; the token carries the same guarantee to any instance behind a balancer. This is the
+//! token as the store and the cache read it; `http::consistency` takes it off the request.
 
 pub const WRITTEN_AT: &str = "vitrina-written-at";
 pub const READ_AFTER: &str = "vitrina-read-after";
@@ -35,16 +31,7 @@ pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Out
     CONTEXT.scope(context, fut).await
 }
 
-pub async fn track(req: Request, next: Next) -> Response {
-    let read_after_ms = req.headers().get(READ_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
-    let context = Context { read_after_ms };
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut resp = CONTEXT.scope(context, next.run(req)).await;
-    if writes && resp.status().is_success() {
-        let now = chrono::Utc::now().timestamp_millis();
-        if let Ok(v) = HeaderValue::from_str(&now.to_string()) {
-            resp.headers_mut().insert(WRITTEN_AT, v);
-        }
-    }
-    resp
+/// Runs `fut` as the work of a request that carried `read_after_ms`.
+pub async fn serving<T>(read_after_ms: Option<i64>, fut: impl std::future::Future<Output = T>) -> T {
+    CONTEXT.scope(Context { read_after_ms }, fut).await
 }

@@ -34,8 +34,8 @@ pub fn from_query<K: DeserializeOwned>(
     limit_param: Option<i64>,
     cursor: Option<&str>,
     limits: &crate::config::LimitsConfig,
-) -> Result<(usize, Option<K>), crate::error::ApiError> {
-    use crate::error::ApiError;
+) -> Result<(usize, Option<K>), crate::http::error::ApiError> {
+    use crate::http::error::ApiError;
     let n = limit(limit_param, limits.page_default, limits.page_max)
         .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{}", limits.page_max)))?;
     let after = match cursor {

@@ -26,7 +26,7 @@ use self::config::AdmissionConfig;
 use self::gate::{Gate, Pass};
 use self::rate::{Limiter, Verdict};
 use crate::state::AppState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::shops::ShopId;
 
 /// Beyond this many shop gates, idle ones are dropped (they are made anew on the next write).

@@ -10,10 +10,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Product, ProductBody, ProductPage, ProductQuery};
 use crate::state::AppState;
-use crate::auth::{self, ShopKey};
+use crate::http::auth::{self, ShopKey};
 use crate::cache::{http, shop_scope, Family, Loaded};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
 use crate::store::Upserted;
 use crate::validate;

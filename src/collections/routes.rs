@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
 use crate::state::AppState;
 use crate::cache::{collection_scope, http, CacheError, Family, Loaded};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store::StoreError;
 use crate::topology::{self, Topology};
 
@@ -285,7 +285,7 @@ async fn create_user(
     req: Request,
 ) -> Result<(StatusCode, Json<UserDoc>), SeedError> {
     check_collection(&collection)?;
-    let body = crate::extract::body_bytes(req, &state).await.map_err(|e| match e {
+    let body = crate::http::extract::body_bytes(req, &state).await.map_err(|e| match e {
         ApiError::PayloadTooLarge(_) => SeedError::TooLarge,
         ApiError::BodyTimeout(_) => SeedError::TimedOut,
         _ => SeedError::Invalid(vec![]),

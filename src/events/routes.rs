@@ -10,9 +10,9 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::state::AppState;
-use crate::auth::ShopKey;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiQuery;
+use crate::http::auth::ShopKey;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ApiQuery;
 use crate::pagination;
 use crate::store::{EventPage, StoreError};
 

@@ -9,9 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::state::AppState;
-use crate::auth::ShopKey;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::http::auth::ShopKey;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
 use crate::store::outbox::{DeadLetter, Delivery, Webhook};
 use crate::validate::FieldError;
@@ -46,11 +46,11 @@ fn check(body: &NewWebhook) -> Result<(), ApiError> {
         Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && body.url.len() <= 2048 => {}
         _ => errors.push(FieldError::new("url", "must be an http(s) URL of at most 2048 characters")),
     }
-    if body.events.is_empty() || body.events.len() > super::EVENT_TYPES.len() {
+    if body.events.is_empty() || body.events.len() > super::envelope::EVENT_TYPES.len() {
         errors.push(FieldError::new("events", "must name 1 or more event types, or \"*\""));
     }
     for e in &body.events {
-        if e != "*" && !super::EVENT_TYPES.contains(&e.as_str()) {
+        if e != "*" && !super::envelope::EVENT_TYPES.contains(&e.as_str()) {
             errors.push(FieldError::new("events", format!("unknown event type {:?}", e.chars().take(64).collect::<String>())));
         }
     }

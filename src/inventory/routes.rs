@@ -4,9 +4,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{valid_delta, valid_on_hand, AdjustStock, SetStock, Stock, MAX_QUANTITY};
 use crate::state::AppState;
-use crate::auth::{self, ShopKey};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiJson;
+use crate::http::auth::{self, ShopKey};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ApiJson;
 use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -9,9 +9,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::idempotency::valid_key;
 use super::{Action, Order, OrderPage, OrderQuery, OrderStatus, PlaceOrder, PlaceOrderBody, PlaceOutcome};
 use crate::state::AppState;
-use crate::auth::ShopKey;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::http::auth::ShopKey;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
 use crate::store::StoreError;
 

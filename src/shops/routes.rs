@@ -7,9 +7,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{generate_api_key, hash_secret, CreateShop, Shop};
 use crate::state::AppState;
-use crate::auth::{self, Admin};
-use crate::error::{ApiResult, Problem};
-use crate::extract::ApiJson;
+use crate::http::auth::{self, Admin};
+use crate::http::error::{ApiResult, Problem};
+use crate::http::extract::ApiJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

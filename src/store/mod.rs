@@ -8,6 +8,7 @@
 
 pub mod dump;
 pub mod guarded;
+pub mod inbox;
 pub mod moving;
 pub mod outbox;
 pub mod postgres;

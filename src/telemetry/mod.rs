@@ -3,6 +3,7 @@
 //! request a W3C context, `otlp` exports spans when a collector is configured. Metrics are
 //! Prometheus text at `GET /metrics`.
 
+pub mod context;
 pub mod otlp;
 pub mod trace;
 
@@ -134,13 +135,13 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => crate::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response(),
+        Err(_) => crate::http::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response(),
     }
 }
 
 /// A 404 for unknown routes, in the API's problem format.
 pub async fn not_found() -> Response {
-    crate::error::ApiError::NotFound("route".into()).into_response()
+    crate::http::error::ApiError::NotFound("route".into()).into_response()
 }
 
 #[cfg(test)]

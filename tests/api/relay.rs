@@ -61,7 +61,7 @@ fn apply_in_order(inbox: &rusqlite::Connection, events: &[Value]) -> HashSet<Str
     for e in events {
         let id = e["id"].as_str().unwrap();
         let now = chrono::Utc::now();
-        if !vitrina::events::inbox::sqlite::first_time(inbox, "test-consumer", id, now).unwrap() {
+        if !vitrina::store::inbox::sqlite::first_time(inbox, "test-consumer", id, now).unwrap() {
             continue;
         }
         let (subject, seq) = (e["subject"].as_str().unwrap().to_owned(), e["sequence"].as_i64().unwrap());
@@ -139,7 +139,7 @@ fn start_relay(config: &std::path::Path) -> KillOnDrop {
 
 fn inbox() -> rusqlite::Connection {
     let c = rusqlite::Connection::open_in_memory().unwrap();
-    vitrina::events::inbox::sqlite::create_table(&c).unwrap();
+    vitrina::store::inbox::sqlite::create_table(&c).unwrap();
     c
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
-use vitrina::telemetry::trace::TraceParent;
+use vitrina::telemetry::context::TraceParent;
 
 use crate::events::feed_at_least;
 use crate::helpers::{one_line, spawn, Shop, TestApp};

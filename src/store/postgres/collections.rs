@@ -33,7 +33,7 @@ pub async fn insert(c: &impl GenericClient, collection: &str, docs: &[UserDoc]) 
     // instances race.
     let inserted: std::collections::HashSet<String> =
         c.query(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?.iter().map(|r| r.get(0)).collect();
-    let events = docs.iter().filter(|d| inserted.contains(&d.id)).map(|d| crate::events::user_created(collection, d)).collect();
+    let events = docs.iter().filter(|d| inserted.contains(&d.id)).map(|d| crate::events::envelope::user_created(collection, d)).collect();
     super::outbox::emit_all(c, events, chrono::Utc::now()).await
 }
 

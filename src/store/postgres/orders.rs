@@ -109,9 +109,9 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
         )
         .await?;
     c.execute(&stmt, &[&shop.as_str(), &p.idempotency_key, &&p.fingerprint[..], &body, &now]).await?;
-    super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
+    super::outbox::emit(c, crate::events::envelope::order_changed(&order), now).await?;
     for stock in &drained {
-        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now).await?;
+        super::outbox::emit(c, crate::events::envelope::stock_changed(shop, stock), now).await?;
     }
     Ok(PlaceOutcome::Created(order))
 }
@@ -190,9 +190,9 @@ pub async fn transition(
     let seq: i32 = c.query_one(&stmt, &[&id]).await?.get(0);
     append_history(c, id, seq, to, now, action.reason()).await?;
     let order = load(c, shop, id).await?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
-    super::outbox::emit(c, crate::events::order_changed(&order), now).await?;
+    super::outbox::emit(c, crate::events::envelope::order_changed(&order), now).await?;
     for stock in &refilled {
-        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now).await?;
+        super::outbox::emit(c, crate::events::envelope::stock_changed(shop, stock), now).await?;
     }
     Ok(order)
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tracing::Instrument;
 
-use crate::events::{envelope, NewEvent};
+use crate::events::envelope::{envelope, NewEvent};
 use crate::shops::ShopId;
 use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
@@ -26,7 +26,7 @@ async fn emit_traced(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) ->
         .await?;
     let seq: i64 = c.query_one(&stmt, &[&e.aggregate]).await?.get(0);
     let id = uuid::Uuid::now_v7().to_string();
-    let tp = crate::telemetry::trace::current_header();
+    let tp = crate::telemetry::context::current_header();
     let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     let stmt = c
@@ -59,7 +59,7 @@ pub async fn emit_all(c: &impl GenericClient, events: Vec<NewEvent>, now: DateTi
         seqs[i] = *s;
         *s -= 1;
     }
-    let tp = crate::telemetry::trace::current_header();
+    let tp = crate::telemetry::context::current_header();
     let (mut ids, mut shops, mut kinds, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (e, seq) in events.iter().zip(&seqs) {
         let id = uuid::Uuid::now_v7().to_string();

@@ -17,7 +17,7 @@ pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
         return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
     }
     let shop = Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at };
-    super::outbox::emit(c, crate::events::shop_created(&shop), created_at).await?;
+    super::outbox::emit(c, crate::events::envelope::shop_created(&shop), created_at).await?;
     Ok(shop)
 }
 

@@ -180,7 +180,7 @@ pub async fn enqueue(
         }
         // A subscription receives what happened from its creation on.
         let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
-        if wanted.is_empty() || !crate::events::inbox::postgres::first_time(c, "webhooks", &e.id).await? {
+        if wanted.is_empty() || !crate::store::inbox::postgres::first_time(c, "webhooks", &e.id).await? {
             continue;
         }
         for w in wanted {

@@ -8,7 +8,7 @@ use super::moves::check_home;
 use super::outbox::emit;
 use super::{parse_ts, ts};
 use crate::catalog::{Product, ProductInput, ProductQuery};
-use crate::events;
+use crate::events::envelope as events;
 use crate::ingest::FeedOp;
 use crate::inventory::{plan_adjust, plan_set, Stock};
 use crate::money::{Currency, Money};

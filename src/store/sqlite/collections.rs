@@ -22,7 +22,7 @@ pub fn insert(c: &Connection, collection: &str, docs: &[UserDoc]) -> StoreResult
     for d in docs {
         let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
         if stmt.execute(params![d.id, collection, d.name, d.age, extra])? == 1 {
-            super::outbox::emit(c, crate::events::user_created(collection, d), chrono::Utc::now())?;
+            super::outbox::emit(c, crate::events::envelope::user_created(collection, d), chrono::Utc::now())?;
         }
     }
     Ok(())

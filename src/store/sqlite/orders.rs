@@ -93,9 +93,9 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
         "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES (?1, ?2, ?3, 201, ?4, ?5)",
     )?
     .execute(params![shop.as_str(), p.idempotency_key, &p.fingerprint[..], body, now])?;
-    super::outbox::emit(c, crate::events::order_changed(&order), p.now)?;
+    super::outbox::emit(c, crate::events::envelope::order_changed(&order), p.now)?;
     for stock in &drained {
-        super::outbox::emit(c, crate::events::stock_changed(shop, stock), p.now)?;
+        super::outbox::emit(c, crate::events::envelope::stock_changed(shop, stock), p.now)?;
     }
     Ok(PlaceOutcome::Created(order))
 }
@@ -179,9 +179,9 @@ pub fn transition(c: &Connection, shop: &ShopId, id: &str, action: Action, now: 
     let seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1", [id], |r| r.get(0))?;
     append_history(c, id, seq, to, &now_s, action.reason())?;
     let order = load(c, shop, id)?.ok_or_else(|| StoreError::Backend("order vanished after update".into()))?;
-    super::outbox::emit(c, crate::events::order_changed(&order), now)?;
+    super::outbox::emit(c, crate::events::envelope::order_changed(&order), now)?;
     for stock in &refilled {
-        super::outbox::emit(c, crate::events::stock_changed(shop, stock), now)?;
+        super::outbox::emit(c, crate::events::envelope::stock_changed(shop, stock), now)?;
     }
     Ok(order)
 }

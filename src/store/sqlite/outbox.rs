@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{parse_ts, ts};
-use crate::events::{envelope, NewEvent};
+use crate::events::envelope::{envelope, NewEvent};
 use crate::shops::ShopId;
 use crate::store::dump::{EventRow, ShopDump, ShopEvents};
 use crate::store::{EventPage, StoreError, StoreResult};
@@ -20,7 +20,7 @@ pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> 
         )?
         .query_row([&e.aggregate], |r| r.get(0))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let tp = crate::telemetry::trace::current_header();
+    let tp = crate::telemetry::context::current_header();
     let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     c.prepare_cached(

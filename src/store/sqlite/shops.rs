@@ -17,7 +17,7 @@ pub fn create(c: &Connection, s: &NewShop) -> StoreResult<Shop> {
     // Stored to the microsecond: the answer matches what a later read returns.
     let shop =
         Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at: crate::store::micros(s.created_at) };
-    super::outbox::emit(c, crate::events::shop_created(&shop), s.created_at)?;
+    super::outbox::emit(c, crate::events::envelope::shop_created(&shop), s.created_at)?;
     Ok(shop)
 }
 

@@ -124,7 +124,7 @@ pub fn enqueue(c: &Connection, events: &[OutboxEvent], deliver_by: DateTime<Utc>
         }
         // A subscription receives what happened from its creation on.
         let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
-        if wanted.is_empty() || !crate::events::inbox::sqlite::first_time(c, "webhooks", &e.id, now)? {
+        if wanted.is_empty() || !crate::store::inbox::sqlite::first_time(c, "webhooks", &e.id, now)? {
             continue;
         }
         for w in wanted {

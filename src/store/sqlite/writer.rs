@@ -26,7 +26,7 @@ struct PendingOp<T, F> {
     /// The caller's span and trace context, continued on the writer thread by the events the
     /// operation records.
     span: tracing::Span,
-    trace: Option<crate::telemetry::trace::TraceParent>,
+    trace: Option<crate::telemetry::context::TraceParent>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
@@ -38,7 +38,7 @@ where
 {
     fn execute(&mut self, conn: &Connection) -> bool {
         let Some(op) = self.op.take() else { return false };
-        let result = self.span.in_scope(|| crate::telemetry::trace::on_this_thread(self.trace, || op(conn)));
+        let result = self.span.in_scope(|| crate::telemetry::context::on_this_thread(self.trace, || op(conn)));
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -97,7 +97,7 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let (span, trace) = (tracing::Span::current(), crate::telemetry::trace::current());
+        let (span, trace) = (tracing::Span::current(), crate::telemetry::context::current());
         let job: Job = Box::new(PendingOp { op: Some(op), span, trace, result: None, reply });
         self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?

@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// `Json<T>` whose refusals are problem documents: 400 malformed, 415 wrong type, 413 too
 /// large, 422 well-formed but wrong shape.

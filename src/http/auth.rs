@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::AppState;
 use crate::cache::{shop_scope, Family};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::money::Currency;
 use crate::shops::{secret_matches, Shop, ShopId, ShopRecord};
 
