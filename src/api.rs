@@ -60,7 +60,7 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(events::routes::router())
         .merge(events::webhooks::router())
         .merge(health::router())
-        .merge(telemetry::router())
+        .merge(telemetry::http::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
@@ -68,7 +68,7 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         ))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.limits.request_timeout_secs.max(1)),
-            telemetry::deadline,
+            telemetry::http::deadline,
         ));
     // Feeds stream large bodies for as long as they take; they bound themselves.
     bounded.merge(ingest::routes::router())
@@ -86,12 +86,15 @@ pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let request_id = HeaderName::from_static("x-request-id");
     Ok(router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
-        .fallback(telemetry::not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admission::middleware))
+        .fallback(telemetry::http::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            (state.admission.clone(), state.store_slot()),
+            crate::admission::middleware::admit,
+        ))
         // Outside admission: a caller without valid credentials takes no place in its gates.
         .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
         .layer(axum::middleware::from_fn(crate::http::consistency::track))
-        .layer(axum::middleware::from_fn(telemetry::track))
+        .layer(axum::middleware::from_fn(telemetry::http::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(axum::middleware::from_fn(telemetry::trace::request))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

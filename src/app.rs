@@ -37,7 +37,7 @@ impl Application {
 
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let admin_token = secrets::admin_token(&config)?;
+        let admin_token = secrets::admin_token(config.admin_token.as_deref(), &config.data_dir)?;
         let store = crate::store::open(&config).await?;
         if config.seed_on_start {
             seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
@@ -68,7 +68,9 @@ impl Application {
         let Application { listener, router, state, reload } = self;
         let reloader = reload.map(|source| tokio::spawn(reload_on_hangup(state.clone(), source)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let sweeper = tokio::spawn(orders::sweeper::run(state.clone(), stop_rx.clone()));
+        let sweeper = tokio::spawn(
+            sweeper(&state).run(Duration::from_millis(state.config.orders.sweep_interval_ms), stop_rx.clone()),
+        );
         let cache = tokio::spawn(crate::cache::invalidation::run(state.cache.clone(), state.bus.subscribe(), stop_rx.clone()));
         let sold_out = tokio::spawn(inventory::sold_out::run(state.sold_out.clone(), state.bus.subscribe(), stop_rx.clone()));
         let events = tokio::spawn(run_events(state.clone(), stop_rx));
@@ -118,6 +120,11 @@ impl Application {
         tracing::info!("vitrina stopped");
         Ok(())
     }
+}
+
+/// The expiry sweep over this instance's parts.
+pub fn sweeper(state: &AppState) -> orders::sweeper::Sweeper {
+    orders::sweeper::Sweeper { store: state.store_slot(), clock: state.clock.clone(), sold_out: state.sold_out.clone() }
 }
 
 /// The bus tails, the relay (when on) and its status, attached to the store in force and

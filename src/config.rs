@@ -36,7 +36,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub admission: crate::admission::config::AdmissionConfig,
     pub events: crate::events::config::EventsConfig,
-    pub telemetry: crate::telemetry::otlp::TelemetryConfig,
+    pub telemetry: crate::telemetry::config::TelemetryConfig,
     pub breakers: crate::breaker::BreakersConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
     pub shutdown_grace_secs: u64,

@@ -26,6 +26,7 @@ pub mod inventory;
 pub mod money;
 pub mod orders;
 pub mod pagination;
+pub mod refusal;
 pub mod routing;
 pub mod secrets;
 pub mod seed;

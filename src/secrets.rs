@@ -5,15 +5,14 @@ use std::io::Write;
 
 use anyhow::Context;
 
-use crate::config::Config;
-
 pub const ADMIN_TOKEN_FILE: &str = "admin_token";
 
-pub fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
+/// The configured token, else the one generated earlier into `data_dir`, else a new one.
+pub fn admin_token(configured: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(t) = configured {
+        return Ok(t.to_owned());
     }
-    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let t = existing.trim().to_owned();
         if t.len() >= 16 {

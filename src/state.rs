@@ -3,7 +3,7 @@
 //! knows nothing of routes or of the process lifecycle.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::orders::idempotency::InFlight;
-use crate::store::Store;
+use crate::store::{Slot, Store};
 use crate::{events, inventory, telemetry};
 
 /// Shared by every request handler; cheap to clone.
@@ -22,7 +22,7 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     /// Swapped whole when the storage configuration is reloaded (SIGHUP); read it per request.
-    store: RwLock<Arc<dyn Store>>,
+    store: Slot,
     pub cache: Arc<crate::cache::Cache>,
     pub in_flight: InFlight,
     /// SKUs known to have nothing available, refused without a store transaction.
@@ -84,7 +84,7 @@ impl AppState {
             started: Instant::now(),
             ready: AtomicBool::new(false),
             store_config: Mutex::new(StoreSettings::of(&config)),
-            store: RwLock::new(store),
+            store: Slot::new(store),
             config,
         })))
     }
@@ -101,7 +101,12 @@ impl AppState {
 
     /// The store in force now. A request keeps the one it started with until it finishes.
     pub fn store(&self) -> Arc<dyn Store> {
-        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.store.get()
+    }
+
+    /// The store in force, for a background task that outlives one store.
+    pub fn store_slot(&self) -> Slot {
+        self.store.clone()
     }
 
     /// Re-opens the store if `config` describes another storage topology (a new primary URL,
@@ -113,7 +118,7 @@ impl AppState {
             return Ok(false);
         }
         let fresh = crate::store::open(config).await?;
-        let old = std::mem::replace(&mut *self.store.write().unwrap_or_else(|p| p.into_inner()), fresh);
+        let old = self.store.swap(fresh);
         *self.store_config.lock().unwrap_or_else(|p| p.into_inner()) = StoreSettings::of(config);
         self.store_generation.send_modify(|g| *g += 1);
         tracing::info!("storage configuration reloaded");

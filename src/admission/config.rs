@@ -1,7 +1,5 @@
 use serde::{Deserialize, Serialize};
 
-use super::adaptive::AdaptiveConfig;
-
 /// `[admission]`: how much work an instance lets in, and the quotas of shops and clients.
 /// The defaults keep a 2-core machine responsive; rate limits are off until set. Write places
 /// sit at the knee of one SQLite writer measured in docs/benchmarks.md: more inside adds
@@ -76,5 +74,57 @@ impl AdmissionConfig {
             }
         }
         self.adaptive.check()
+    }
+}
+
+/// `[admission.adaptive]`: whether write gates find their own limit, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    pub enabled: bool,
+    /// The admitted times may reach this multiple of the baseline before the limit shrinks.
+    pub tolerance: f64,
+    /// Fewest places a gate keeps, also the places while the baseline is measured.
+    pub min_places: usize,
+    /// Which percentile of a window's times is judged (0.9 = p90).
+    pub percentile: f64,
+    pub window_ms: u64,
+    /// Fewest times a window needs before it is judged; a quieter window is extended.
+    pub window_samples: usize,
+    /// How often the baseline is measured again, and from how many times.
+    pub baseline_every_secs: u64,
+    pub baseline_samples: usize,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            enabled: false,
+            tolerance: 2.0,
+            min_places: 4,
+            percentile: 0.9,
+            window_ms: 250,
+            window_samples: 32,
+            baseline_every_secs: 30,
+            baseline_samples: 64,
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(self.tolerance.is_finite() && self.tolerance >= 1.0) {
+            anyhow::bail!("admission.adaptive.tolerance must be a multiple of the baseline, at least 1");
+        }
+        if !(self.percentile > 0.0 && self.percentile < 1.0) {
+            anyhow::bail!("admission.adaptive.percentile must be between 0 and 1 (0.9 for p90)");
+        }
+        if self.min_places == 0 || self.window_ms == 0 || self.window_samples == 0 || self.baseline_samples == 0 {
+            anyhow::bail!("admission.adaptive: min_places, window_ms, window_samples and baseline_samples must be positive");
+        }
+        if self.baseline_every_secs == 0 {
+            anyhow::bail!("admission.adaptive.baseline_every_secs must be positive");
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::adaptive::{AdaptiveConfig, Controller};
+use super::adaptive::Controller;
+use super::config::AdaptiveConfig;
 use super::backoff::Backoff;
 
 /// How often a gate judges whether it is still refusing heavily (see `backoff`).

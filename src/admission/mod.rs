@@ -9,36 +9,32 @@ pub mod adaptive;
 pub mod backoff;
 pub mod config;
 pub mod gate;
+pub mod middleware;
 pub mod rate;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use serde::Serialize;
 
 use self::config::AdmissionConfig;
 use self::gate::{Gate, Pass};
-use self::rate::{Limiter, Verdict};
-use crate::state::AppState;
-use crate::http::error::ApiError;
+pub use self::rate::Verdict;
+use self::rate::Limiter;
 use crate::shops::ShopId;
 
 /// Beyond this many shop gates, idle ones are dropped (they are made anew on the next write).
 const MAX_GATES: usize = 10_000;
 
 pub struct Admission {
-    cfg: AdmissionConfig,
+    pub(crate) cfg: AdmissionConfig,
     reads: Gate,
     shards: Mutex<HashMap<String, Arc<Gate>>>,
     shops: Mutex<HashMap<String, Arc<Gate>>>,
     shop_rate: Option<Limiter>,
-    client_rate: Option<Limiter>,
+    pub(crate) client_rate: Option<Limiter>,
 }
 
 /// What `GET /` shows of admission: the gates' occupancy now.
@@ -53,15 +49,24 @@ pub struct AdmissionReport {
     pub shard_writes_limit: HashMap<String, usize>,
 }
 
+/// Why a request was not let in: a shop or client over its quota (429), or a full gate (503).
+/// Decided from memory; `retry_after` in seconds.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub over_quota: bool,
+    pub detail: String,
+    pub retry_after: u64,
+}
+
 /// What a request is, for admission: a shop write, or anything else (perhaps of a shop).
-enum Kind {
+pub enum Kind {
     ShopWrite(ShopId),
     Other(Option<ShopId>),
     /// Health, readiness and metrics: the balancer and the scraper must get through overload.
     Exempt,
 }
 
-fn classify(method: &Method, path: &str) -> Kind {
+pub fn classify(method: &Method, path: &str) -> Kind {
     if path.starts_with("/health/") || path == "/metrics" {
         return Kind::Exempt;
     }
@@ -136,16 +141,16 @@ impl Admission {
         gates.entry(key.to_owned()).or_insert_with(make).clone()
     }
 
-    fn too_many(&self, detail: String, retry_after: u64) -> ApiError {
-        ApiError::TooManyRequests { code: "quota_exceeded", detail, retry_after: retry_after.max(1) }
+    fn too_many(&self, detail: String, retry_after: u64) -> Refused {
+        Refused { over_quota: true, detail, retry_after: retry_after.max(1) }
     }
 
-    fn overloaded(&self, detail: String, retry_after: u64) -> ApiError {
-        ApiError::Overloaded { code: "overloaded", detail, retry_after: retry_after.max(1) }
+    fn overloaded(&self, detail: String, retry_after: u64) -> Refused {
+        Refused { over_quota: false, detail, retry_after: retry_after.max(1) }
     }
 
     /// Checks the buckets that apply; the verdict with the least left is the one reported.
-    fn rate(&self, client: Option<&str>, shop: Option<&ShopId>, now: Instant) -> Result<Option<Verdict>, ApiError> {
+    pub fn rate(&self, client: Option<&str>, shop: Option<&ShopId>, now: Instant) -> Result<Option<Verdict>, Refused> {
         let mut shown: Option<Verdict> = None;
         let checks = [(&self.client_rate, client, "client"), (&self.shop_rate, shop.map(ShopId::as_str), "shop")];
         for (limiter, key, scope) in checks {
@@ -163,8 +168,9 @@ impl Admission {
         Ok(shown)
     }
 
-    /// Admits a request or says why not. The passes are held until the response is produced.
-    async fn admit(&self, state: &AppState, kind: &Kind) -> Result<Vec<Pass>, ApiError> {
+    /// Admits a request or says why not. The passes are held until the response is produced;
+    /// `shard_of` names a shop's shard.
+    pub async fn admit(&self, kind: &Kind, shard_of: impl FnOnce(&ShopId) -> String) -> Result<Vec<Pass>, Refused> {
         match kind {
             Kind::Exempt => Ok(Vec::new()),
             Kind::Other(_) => {
@@ -179,85 +185,12 @@ impl Admission {
                     .enter()
                     .await
                     .map_err(|r| self.too_many(format!("shop {shop} has too many writes in progress"), r.retry_after))?;
-                let shard = state.store().shard_of(shop);
+                let shard = shard_of(shop);
                 let shared = self.gate(&self.shards, &shard, "shard", cfg.shard_writes, cfg.shard_queue);
                 let shared =
                     shared.enter().await.map_err(|r| self.overloaded(format!("shard {shard} is at capacity"), r.retry_after))?;
                 Ok(vec![own, shared])
             }
         }
-    }
-}
-
-fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<String> {
-    if trust_forwarded_for {
-        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        if let Some(first) = forwarded.and_then(|v| v.split(',').next()).map(str::trim).filter(|s| !s.is_empty()) {
-            return Some(first.to_owned());
-        }
-    }
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip().to_string())
-}
-
-fn rate_headers(headers: &mut HeaderMap, v: &Verdict) {
-    for (name, value) in [("ratelimit-limit", v.limit), ("ratelimit-remaining", v.remaining), ("ratelimit-reset", v.reset_secs)] {
-        headers.insert(name, HeaderValue::from(value));
-    }
-}
-
-/// The middleware in front of every route.
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let admission = state.admission.clone();
-    if !admission.cfg.enabled {
-        return next.run(req).await;
-    }
-    // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
-    let started = Instant::now();
-    let kind = classify(req.method(), req.uri().path());
-    // Only a client bucket needs the address, and formatting it is per request.
-    let client = admission.client_rate.as_ref().and_then(|_| client_address(&req, admission.cfg.trust_forwarded_for));
-    let shop = match &kind {
-        Kind::ShopWrite(s) | Kind::Other(Some(s)) => Some(s),
-        _ => None,
-    };
-    let verdict = match &kind {
-        Kind::Exempt => Ok(None),
-        _ => admission.rate(client.as_deref(), shop, Instant::now()),
-    };
-    let refused = |e: ApiError| {
-        metrics::histogram!("vitrina_admission_refusal_seconds").record(started.elapsed().as_secs_f64());
-        e.into_response()
-    };
-    let verdict = match verdict {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let passes = match admission.admit(&state, &kind).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
-    let mut resp = next.run(req).await;
-    drop(passes);
-    if let Some(v) = verdict {
-        rate_headers(resp.headers_mut(), &v);
-    }
-    resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_sorted_into_shop_writes_reads_and_exempt() {
-        let is_write = |m: Method, p: &str| matches!(classify(&m, p), Kind::ShopWrite(s) if s.as_str() == "acme");
-        assert!(is_write(Method::POST, "/shops/acme/orders"));
-        assert!(is_write(Method::PUT, "/shops/acme/products/MUG"));
-        assert!(matches!(classify(&Method::GET, "/shops/acme/products"), Kind::Other(Some(_))));
-        assert!(matches!(classify(&Method::POST, "/shops"), Kind::Other(None)));
-        assert!(matches!(classify(&Method::POST, "/helloDoc/users"), Kind::Other(None)));
-        assert!(matches!(classify(&Method::POST, "/shops/Not A Shop/orders"), Kind::Other(None)));
-        assert!(matches!(classify(&Method::GET, "/health/ready"), Kind::Exempt));
-        assert!(matches!(classify(&Method::GET, "/metrics"), Kind::Exempt));
     }
 }

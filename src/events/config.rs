@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The relay's name for webhook delivery, beside the configured sinks' names.
+pub const WEBHOOKS_SINK: &str = "webhooks";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
@@ -118,7 +121,7 @@ impl EventsConfig {
             anyhow::bail!("events: batch, poll_ms, lease_ms and max_attempts must be positive");
         }
         let mut names: Vec<String> = self.sinks.iter().map(SinkConfig::name).collect();
-        names.push(crate::events::relay::WEBHOOKS_SINK.to_owned());
+        names.push(WEBHOOKS_SINK.to_owned());
         names.sort_unstable();
         let n = names.len();
         names.dedup();

@@ -20,11 +20,11 @@ use tokio::task::JoinSet;
 
 use super::config::EventsConfig;
 use super::sinks::{self, webhook, Published, Sink, SinkError};
+use crate::events::config::WEBHOOKS_SINK;
 use crate::breaker::{Breakers, BreakersConfig};
 use crate::store::outbox::{backoff, Outbox, OutboxEvent, SinkState};
 
 /// The sink name under which webhook subscriptions keep their fan-out progress.
-pub const WEBHOOKS_SINK: &str = "webhooks";
 
 /// What `GET /` shows of the relay of one shard, as this instance sees it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

@@ -7,7 +7,7 @@ pub mod sold_out;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::refusal::Refusal;
 
 /// Bound on any stock figure or adjustment; far above real shelves, far below overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
@@ -43,9 +43,9 @@ pub struct AdjustStock {
 
 /// The on-hand figure a set leaves, or `None` when it is unchanged (nothing to write).
 /// Never below what open orders have reserved.
-pub fn plan_set(current: &Stock, on_hand: i64) -> Result<Option<i64>, StoreError> {
+pub fn plan_set(current: &Stock, on_hand: i64) -> Result<Option<i64>, Refusal> {
     if on_hand < current.reserved {
-        return Err(StoreError::conflict(
+        return Err(Refusal::conflict(
             "below_reserved",
             format!("on_hand {on_hand} is below the {} units reserved for {}", current.reserved, current.sku),
         ));
@@ -54,10 +54,10 @@ pub fn plan_set(current: &Stock, on_hand: i64) -> Result<Option<i64>, StoreError
 }
 
 /// The on-hand figure an adjustment leaves: never below what is reserved, never above the bound.
-pub fn plan_adjust(current: &Stock, delta: i64) -> Result<i64, StoreError> {
+pub fn plan_adjust(current: &Stock, delta: i64) -> Result<i64, Refusal> {
     let on_hand = current.on_hand + delta;
     if on_hand < current.reserved {
-        return Err(StoreError::conflict(
+        return Err(Refusal::conflict(
             "below_reserved",
             format!(
                 "adjusting {} by {delta} would leave {on_hand} on hand, below the {} reserved",
@@ -66,7 +66,7 @@ pub fn plan_adjust(current: &Stock, delta: i64) -> Result<i64, StoreError> {
         ));
     }
     if on_hand > MAX_QUANTITY {
-        return Err(StoreError::invalid("quantity_too_large", format!("on_hand would exceed {MAX_QUANTITY}")));
+        return Err(Refusal::invalid("quantity_too_large", format!("on_hand would exceed {MAX_QUANTITY}")));
     }
     Ok(on_hand)
 }
@@ -88,9 +88,9 @@ mod tests {
         let s = Stock::new("A".into(), 10, 4);
         assert_eq!(plan_set(&s, 10), Ok(None), "unchanged: nothing to write");
         assert_eq!(plan_set(&s, 4), Ok(Some(4)));
-        assert!(matches!(plan_set(&s, 3), Err(StoreError::Conflict { code: "below_reserved", .. })));
+        assert!(matches!(plan_set(&s, 3), Err(Refusal::Conflict { code: "below_reserved", .. })));
         assert_eq!(plan_adjust(&s, -6), Ok(4));
         assert!(plan_adjust(&s, -7).is_err());
-        assert!(matches!(plan_adjust(&s, MAX_QUANTITY), Err(StoreError::Invalid { .. })));
+        assert!(matches!(plan_adjust(&s, MAX_QUANTITY), Err(Refusal::Invalid { .. })));
     }
 }

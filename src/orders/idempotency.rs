@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use super::PlaceOutcome;
 use crate::shops::ShopId;
-use crate::store::{StoreError, StoreResult};
 
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -39,17 +38,16 @@ impl Drop for Claim {
 pub struct IdempotencyRecord {
     pub request_hash: Vec<u8>,
     pub status: u16,
-    pub body: String,
+    pub body: serde_json::Value,
 }
 
 impl IdempotencyRecord {
     /// The stored answer again for the same request, a refusal for another one under the key.
-    pub fn outcome(self, fingerprint: &[u8; 32]) -> StoreResult<PlaceOutcome> {
+    pub fn outcome(self, fingerprint: &[u8; 32]) -> PlaceOutcome {
         if self.request_hash != fingerprint[..] {
-            return Ok(PlaceOutcome::KeyReused);
+            return PlaceOutcome::KeyReused;
         }
-        let body = serde_json::from_str(&self.body).map_err(|e| StoreError::Backend(format!("stored response: {e}")))?;
-        Ok(PlaceOutcome::Replayed { status: self.status, body })
+        PlaceOutcome::Replayed { status: self.status, body: self.body }
     }
 }
 

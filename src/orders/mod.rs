@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::money::{Currency, Money};
+use crate::refusal::Refusal;
 use crate::shops::ShopId;
 use crate::validate::{self, FieldError};
 
@@ -226,6 +227,15 @@ pub fn sum_lines(lines: &[LineBody]) -> Vec<WantedLine> {
 pub enum PricingError {
     UnknownSkus(Vec<String>),
     Overflow,
+}
+
+impl From<PricingError> for Refusal {
+    fn from(e: PricingError) -> Refusal {
+        match e {
+            PricingError::UnknownSkus(skus) => Refusal::invalid("unknown_sku", format!("unknown SKUs: {}", skus.join(", "))),
+            PricingError::Overflow => Refusal::invalid("amount_overflow", "the order total is out of range"),
+        }
+    }
 }
 
 /// Prices the wanted lines from catalog entries `(name, unit price)` looked up by SKU.

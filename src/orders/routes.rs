@@ -97,7 +97,7 @@ async fn refuse_sold_out(
         return Ok(None);
     }
     let outcome = match state.store().idempotency_record(shop, key).await? {
-        Some(record) => record.outcome(&body.fingerprint()),
+        Some(record) => Ok(record.outcome(&body.fingerprint())),
         None => Err(StoreError::InsufficientStock { skus: sold_out, sold_out: Vec::new() }),
     };
     count_outcome(&outcome, "sold_out");

@@ -84,6 +84,21 @@ pub fn home_check(shop: &ShopId, moved_to: Option<String>) -> StoreResult<()> {
     }
 }
 
+/// A domain rule's refusal, as the store reports it.
+impl From<crate::refusal::Refusal> for StoreError {
+    fn from(r: crate::refusal::Refusal) -> StoreError {
+        match r {
+            crate::refusal::Refusal::Conflict { code, detail } => StoreError::Conflict { code, detail },
+            crate::refusal::Refusal::Invalid { code, detail } => StoreError::Invalid { code, detail },
+        }
+    }
+}
+
+/// The answer an idempotency record stored, read back; unreadable means the row is corrupt.
+pub fn stored_answer(text: &str) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("stored response: {e}")))
+}
+
 impl StoreError {
     pub fn not_found(entity: &'static str, id: impl Into<String>) -> Self {
         StoreError::NotFound { entity, id: id.into() }
@@ -97,6 +112,26 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store in force, swapped whole when the storage configuration is reloaded. Cheap to
+/// clone; a caller keeps the store it got until it finishes, while new calls get the new one.
+#[derive(Clone)]
+pub struct Slot(std::sync::Arc<std::sync::RwLock<std::sync::Arc<dyn Store>>>);
+
+impl Slot {
+    pub fn new(store: std::sync::Arc<dyn Store>) -> Slot {
+        Slot(std::sync::Arc::new(std::sync::RwLock::new(store)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<dyn Store> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `fresh` in force and returns the store it replaced.
+    pub fn swap(&self, fresh: std::sync::Arc<dyn Store>) -> std::sync::Arc<dyn Store> {
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(|p| p.into_inner()), fresh)
+    }
+}
 
 /// Opens the configured backend, migrated and ready.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {

@@ -192,7 +192,7 @@ async fn unpaid_orders_expire_after_the_hold() {
     act(&app, &shop, paid["id"].as_str().unwrap(), "pay").await;
 
     // Before the hold ends the sweeper leaves everything alone.
-    assert_eq!(vitrina::orders::sweeper::sweep_once(&app.state).await.unwrap(), 0);
+    assert_eq!(vitrina::app::sweeper(&app.state).sweep_once().await.unwrap(), 0);
     app.clock.advance(chrono::Duration::seconds(601));
     let mut expired = None;
     for _ in 0..200 {

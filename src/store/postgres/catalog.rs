@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 
-use super::moves::check_home;
+use super::shops::check_home;
 use super::outbox::emit;
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::events::envelope as events;

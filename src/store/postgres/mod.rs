@@ -356,7 +356,7 @@ impl Store for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        moves::check_home(&tx, shop).await?;
+        shops::check_home(&tx, shop).await?;
         webhooks::create(&tx, &hook).await?;
         tx.commit().await?;
         Ok(hook)
@@ -369,7 +369,7 @@ impl Store for PgStore {
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        moves::check_home(&tx, shop).await?;
+        shops::check_home(&tx, shop).await?;
         webhooks::delete(&tx, shop.as_str(), id).await?;
         tx.commit().await?;
         Ok(())

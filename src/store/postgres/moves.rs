@@ -7,21 +7,7 @@ use deadpool_postgres::GenericClient;
 use super::{catalog, orders, outbox, shops, webhooks};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
-
-/// Refuses a shop's write on a shard it has left (or is leaving). Writers hold the shop's fence
-/// lock shared until they commit; a move takes it exclusively to set its mark, so it waits for
-/// writes already running, and writes that start later wait for the mark and then see it.
-/// An advisory lock rather than `FOR SHARE` on the shop row: a hot shop's concurrent orders
-/// would otherwise pile up as a multixact on that one row.
-pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
-    let stmt = c.prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || $1::text, 0))").await?;
-    c.execute(&stmt, &[&shop.as_str()]).await?;
-    // A statement of its own: its snapshot must be taken after the lock was granted.
-    let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
-    let moved: Option<String> = c.query_opt(&stmt, &[&shop.as_str()]).await?.and_then(|r| r.get(0));
-    home_check(shop, moved)
-}
+use crate::store::{mark_precondition, mark_refused, StoreError, StoreResult};
 
 pub async fn directory(c: &impl GenericClient) -> StoreResult<Vec<(ShopId, String)>> {
     let stmt = c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop").await?;

@@ -6,14 +6,15 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::moves::check_home;
+use super::shops::check_home;
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{
-    price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
+    price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome,
     StockEffect,
 };
+use crate::refusal::Refusal;
 use crate::shops::ShopId;
 use crate::store::{micros, StoreError, StoreResult};
 
@@ -28,7 +29,7 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
         ));
     }
     if let Some(record) = idempotency_record(c, shop, &p.idempotency_key).await? {
-        return record.outcome(&p.fingerprint);
+        return Ok(record.outcome(&p.fingerprint));
     }
 
     let skus: Vec<&str> = p.lines.iter().map(|l| l.sku.as_str()).collect();
@@ -39,10 +40,7 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
         let row = catalog.iter().find(|r| r.get::<_, &str>(0) == sku)?;
         Some((row.get::<_, String>(1), Money::new(row.get(2), Currency::parse(row.get::<_, &str>(3))?)))
     })
-    .map_err(|e| match e {
-        PricingError::UnknownSkus(skus) => StoreError::invalid("unknown_sku", format!("unknown SKUs: {}", skus.join(", "))),
-        PricingError::Overflow => StoreError::invalid("amount_overflow", "the order total is out of range"),
-    })?;
+    .map_err(Refusal::from)?;
 
     let now = micros(p.now);
     let take = c
@@ -119,11 +117,9 @@ pub async fn place(c: &impl GenericClient, shop: &ShopId, p: &PlaceOrder) -> Sto
 pub async fn idempotency_record(c: &impl GenericClient, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
     let stmt =
         c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = $1 AND key = $2").await?;
-    Ok(c.query_opt(&stmt, &[&shop.as_str(), &key]).await?.map(|row| IdempotencyRecord {
-        request_hash: row.get(0),
-        status: row.get::<_, i32>(1) as u16,
-        body: row.get(2),
-    }))
+    let Some(row) = c.query_opt(&stmt, &[&shop.as_str(), &key]).await? else { return Ok(None) };
+    let body = crate::store::stored_answer(row.get::<_, &str>(2))?;
+    Ok(Some(IdempotencyRecord { request_hash: row.get(0), status: row.get::<_, i32>(1) as u16, body }))
 }
 
 async fn append_history(

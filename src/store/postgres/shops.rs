@@ -2,7 +2,7 @@ use deadpool_postgres::GenericClient;
 
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{home_check, StoreError, StoreResult};
 
 pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
     let stmt = c
@@ -39,4 +39,18 @@ pub async fn get(c: &impl GenericClient, id: &ShopId) -> StoreResult<Option<Shop
 pub async fn live_ids(c: &impl GenericClient) -> StoreResult<Vec<ShopId>> {
     let stmt = c.prepare_cached("SELECT id FROM shops WHERE moved_to IS NULL ORDER BY id").await?;
     Ok(c.query(&stmt, &[]).await?.iter().map(|r| ShopId::trusted(r.get(0))).collect())
+}
+
+/// Refuses a shop's write on a shard it has left (or is leaving). Writers hold the shop's fence
+/// lock shared until they commit; a move takes it exclusively to set its mark, so it waits for
+/// writes already running, and writes that start later wait for the mark and then see it.
+/// An advisory lock rather than `FOR SHARE` on the shop row: a hot shop's concurrent orders
+/// would otherwise pile up as a multixact on that one row.
+pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
+    let stmt = c.prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || $1::text, 0))").await?;
+    c.execute(&stmt, &[&shop.as_str()]).await?;
+    // A statement of its own: its snapshot must be taken after the lock was granted.
+    let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
+    let moved: Option<String> = c.query_opt(&stmt, &[&shop.as_str()]).await?.and_then(|r| r.get(0));
+    home_check(shop, moved)
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::moves::check_home;
+use super::shops::check_home;
 use super::outbox::emit;
 use super::{parse_ts, ts};
 use crate::catalog::{Product, ProductInput, ProductQuery};

@@ -325,7 +325,7 @@ impl Store for SqliteStore {
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let shop = shop.clone();
         self.write(move |c| {
-            moves::check_home(c, &shop)?;
+            shops::check_home(c, &shop)?;
             webhooks::create(c, &hook)?;
             Ok(hook)
         })
@@ -340,7 +340,7 @@ impl Store for SqliteStore {
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
         let (shop, id) = (shop.clone(), id.to_owned());
         self.write(move |c| {
-            moves::check_home(c, &shop)?;
+            shops::check_home(c, &shop)?;
             webhooks::delete(c, shop.as_str(), &id)
         })
         .await

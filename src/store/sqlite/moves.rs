@@ -7,15 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{catalog, orders, outbox, parse_ts, shops, ts, webhooks};
 use crate::shops::ShopId;
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{home_check, mark_precondition, mark_refused, StoreError, StoreResult};
-
-/// Refuses a shop's write on a shard it has left (or is leaving). Runs inside the write's own
-/// transaction, and the single writer orders it against the move's mark.
-pub fn check_home(c: &Connection, shop: &ShopId) -> StoreResult<()> {
-    let moved: Option<Option<String>> =
-        c.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?;
-    home_check(shop, moved.flatten())
-}
+use crate::store::{mark_precondition, mark_refused, StoreError, StoreResult};
 
 pub fn directory(c: &Connection) -> StoreResult<Vec<(ShopId, String)>> {
     Ok(c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop")?

@@ -4,22 +4,23 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::moves::check_home;
+use super::shops::check_home;
 use super::{parse_ts, ts};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{
-    price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, PricingError,
+    price_lines, Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome,
     StockEffect,
 };
+use crate::refusal::Refusal;
 use crate::shops::ShopId;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{stored_answer, StoreError, StoreResult};
 
 pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
     check_home(c, shop)?;
     if let Some(record) = idempotency_record(c, shop, &p.idempotency_key)? {
-        return record.outcome(&p.fingerprint);
+        return Ok(record.outcome(&p.fingerprint));
     }
 
     let mut price_stmt = c.prepare_cached("SELECT name, price_amount, currency FROM products WHERE shop = ?1 AND sku = ?2")?;
@@ -29,10 +30,7 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
             .ok()
             .and_then(|(name, amount, cur)| Some((name, Money::new(amount, Currency::parse(&cur)?))))
     })
-    .map_err(|e| match e {
-        PricingError::UnknownSkus(skus) => StoreError::invalid("unknown_sku", format!("unknown SKUs: {}", skus.join(", "))),
-        PricingError::Overflow => StoreError::invalid("amount_overflow", "the order total is out of range"),
-    })?;
+    .map_err(Refusal::from)?;
 
     // The only way stock is taken: a conditional update that cannot pass below zero available.
     let mut take = c.prepare_cached(
@@ -103,9 +101,13 @@ pub fn place(c: &Connection, shop: &ShopId, p: &PlaceOrder) -> StoreResult<Place
 pub fn idempotency_record(c: &Connection, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
     Ok(c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
         .query_row(params![shop.as_str(), key], |r| {
-            Ok(IdempotencyRecord { request_hash: r.get(0)?, status: r.get(1)?, body: r.get(2)? })
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?))
         })
-        .optional()?)
+        .optional()?
+        .map(|(request_hash, status, body)| -> StoreResult<IdempotencyRecord> {
+            Ok(IdempotencyRecord { request_hash, status, body: stored_answer(&body)? })
+        })
+        .transpose()?)
 }
 
 /// Which of `skus` have nothing available (rather than less than was asked).

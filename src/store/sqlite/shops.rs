@@ -3,7 +3,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{parse_ts, ts};
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{home_check, StoreError, StoreResult};
 
 pub fn create(c: &Connection, s: &NewShop) -> StoreResult<Shop> {
     let inserted = c.execute(
@@ -49,4 +49,12 @@ pub fn live_ids(c: &Connection) -> StoreResult<Vec<ShopId>> {
     Ok(c.prepare_cached("SELECT id FROM shops WHERE moved_to IS NULL ORDER BY id")?
         .query_map([], |r| Ok(ShopId::trusted(r.get(0)?)))?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Refuses a shop's write on a shard it has left (or is leaving). Runs inside the write's own
+/// transaction, and the single writer orders it against the move's mark.
+pub fn check_home(c: &Connection, shop: &ShopId) -> StoreResult<()> {
+    let moved: Option<Option<String>> =
+        c.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?;
+    home_check(shop, moved.flatten())
 }
