@@ -58,7 +58,7 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(inventory::routes::router())
         .merge(orders::routes::router())
         .merge(events::routes::router())
-        .merge(events::webhooks::router())
+        .merge(events::webhook_routes::router())
         .merge(health::router())
         .merge(telemetry::http::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::shops::hash_secret;
 use crate::state::AppState;
-use crate::{events, inventory, orders, secrets, seed};
+use crate::{demo, events, inventory, orders, secrets};
 
 /// Where a running instance re-reads its configuration from on SIGHUP.
 pub type ConfigSource = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
@@ -40,7 +40,7 @@ impl Application {
         let admin_token = secrets::admin_token(config.admin_token.as_deref(), &config.data_dir)?;
         let store = crate::store::open(&config).await?;
         if config.seed_on_start {
-            seed::seed_if_empty(store.as_ref(), &config, &clock).await?;
+            demo::seed_if_empty(store.as_ref(), &config, &clock).await?;
         }
         let state = AppState::new(config.clone(), store, clock, hash_secret(&admin_token))?;
         let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;

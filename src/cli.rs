@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{shutdown_signal, Application};
 use crate::clock::Clock;
 use crate::config::{Config, Overrides};
-use crate::{seed, telemetry};
+use crate::{demo, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "vitrina", version, about = "A shop backend built to survive sale day")]
@@ -115,7 +115,7 @@ async fn seed_command(config: Config) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = seed::seed(store.as_ref(), &config, &Clock::system(), &|done, total| {
+    let report = demo::seed(store.as_ref(), &config, &Clock::system(), &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })

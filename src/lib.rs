@@ -1,9 +1,11 @@
 //! vitrina: a shop backend built to survive sale day.
 //!
-//! Request path: `app` (router, middleware: telemetry, `admission`) → a capability module's
-//! `routes` (catalog, inventory, orders, shops, ingest, collections, events) → its pure rules →
-//! `cache` for reads → `store` (the one seam between the domain and a backend) →
-//! `store::sqlite` or `store::postgres`, writing the outbox `events` relay from.
+//! Request path: `server` (connections) → `api` (routes and middleware: request id, trace,
+//! metrics, `http::auth`, `admission`) → a capability's `routes` (catalog, inventory, orders,
+//! shops, ingest, collections, events) → its rules → `cache` for reads → `store` (the seam
+//! between the domain and a backend) → `store::sqlite` or `store::postgres`, writing the outbox
+//! the `events` relay publishes from. The layers and what each may import are in
+//! docs/architecture.md; `tests/api/architecture.rs` holds the code to them.
 
 pub mod admission;
 pub mod api;
@@ -29,7 +31,7 @@ pub mod pagination;
 pub mod refusal;
 pub mod routing;
 pub mod secrets;
-pub mod seed;
+pub mod demo;
 pub mod server;
 pub mod shops;
 pub mod state;

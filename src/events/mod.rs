@@ -10,4 +10,4 @@ pub mod envelope;
 pub mod relay;
 pub mod routes;
 pub mod sinks;
-pub mod webhooks;
+pub mod webhook_routes;

@@ -5,6 +5,7 @@ mod backend;
 mod helpers;
 
 mod admission;
+mod architecture;
 mod bad_input;
 mod bench;
 mod breakers;
