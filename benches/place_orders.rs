@@ -78,10 +78,10 @@ async fn through_store(sync: Synchronous, orders: usize, concurrency: usize) -> 
     use vitrina::money::Currency;
     use vitrina::orders::{PlaceOrder, PlaceOutcome, WantedLine};
     use vitrina::shops::{hash_secret, NewShop, ShopId};
-    use vitrina::store::Store;
+    use vitrina::store::Shard;
 
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
+    let store: Arc<dyn Shard> = Arc::new(
         vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite, "bench").unwrap(),
     );
     let usd = Currency::parse("USD").unwrap();

@@ -56,7 +56,7 @@ async fn pg_admin(sql: &str) -> Result<(), tokio_postgres::Error> {
 /// A fresh store of the given kind with a shop selling `SKUS` products with plenty of stock.
 /// The returned guard removes the data when dropped (the PostgreSQL database is dropped by
 /// [`close`]).
-async fn fresh_store(backend: Backend, stream: &str) -> (Config, Arc<dyn Store>, ShopId, tempfile::TempDir) {
+async fn fresh_store(backend: Backend, stream: &str) -> (Config, Arc<Store>, ShopId, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config { data_dir: dir.path().to_owned(), seed_on_start: false, ..Config::default() };
     if backend == Backend::Postgres {
@@ -76,7 +76,7 @@ async fn fresh_store(backend: Backend, stream: &str) -> (Config, Arc<dyn Store>,
         subject: Some(format!("{}.events", stream.to_lowercase())),
         secret: None,
     }];
-    let store = vitrina::store::open(&c).await.unwrap();
+    let store = vitrina::store::Store::open(&c).await.unwrap();
     let shop = ShopId::parse("bench").unwrap();
     let usd = Currency::parse("USD").unwrap();
     store
@@ -97,13 +97,14 @@ async fn fresh_store(backend: Backend, stream: &str) -> (Config, Arc<dyn Store>,
             price: vitrina::money::Money { amount: 999, currency: usd },
             attributes: serde_json::json!({}),
         };
-        store.upsert_product(&shop, input, Utc::now()).await.unwrap();
-        store.set_stock(&shop, &format!("SKU-{i}"), 1_000_000_000, Utc::now()).await.unwrap();
+        let (sku, now) = (format!("SKU-{i}"), Utc::now());
+        store.on_shop(&shop, "upsert_product", |s| s.upsert_product(&shop, input.clone(), now)).await.unwrap();
+        store.on_shop(&shop, "set_stock", |s| s.set_stock(&shop, &sku, 1_000_000_000, now)).await.unwrap();
     }
     (c, store, shop, dir)
 }
 
-async fn close(backend: Backend, store: Arc<dyn Store>) {
+async fn close(backend: Backend, store: Arc<Store>) {
     tokio::task::spawn_blocking(move || store.close()).await.unwrap();
     if backend == Backend::Postgres {
         let _ = pg_admin(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await;
@@ -111,7 +112,7 @@ async fn close(backend: Backend, store: Arc<dyn Store>) {
 }
 
 /// One order of two lines; its `vitrina.order.placed` event is what the relay carries.
-async fn place(store: &dyn Store, shop: &ShopId, i: u64) {
+async fn place(store: &Store, shop: &ShopId, i: u64) {
     let now = Utc::now();
     let order = PlaceOrder {
         id: uuid::Uuid::now_v7().to_string(),
@@ -126,7 +127,7 @@ async fn place(store: &dyn Store, shop: &ShopId, i: u64) {
         now,
         expires_at: now + chrono::Duration::minutes(15),
     };
-    assert!(matches!(store.place_order(shop, order).await.unwrap(), PlaceOutcome::Created(_)));
+    assert!(matches!(store.on_shop(shop, "place_order", |s| s.place_order(shop, order.clone())).await.unwrap(), PlaceOutcome::Created(_)));
 }
 
 async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {

@@ -38,7 +38,7 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let admin_token = secrets::admin_token(config.admin_token.as_deref(), &config.data_dir)?;
-        let store = crate::store::open(&config).await?;
+        let store = crate::store::Store::open(&config).await?;
         if config.seed_on_start {
             demo::seed_if_empty(store.as_ref(), &config, &clock).await?;
         }

@@ -94,7 +94,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn relay_command(config: Config) -> anyhow::Result<()> {
     use crate::events::relay::{Relay, RelayStatus};
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = crate::store::open(&config).await?;
+    let store = crate::store::Store::open(&config).await?;
     let relay = std::sync::Arc::new(Relay::new(&config.events, &config.breakers, std::sync::Arc::new(RelayStatus::default()))?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
@@ -109,7 +109,7 @@ async fn relay_command(config: Config) -> anyhow::Result<()> {
 
 async fn seed_command(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = crate::store::open(&config).await?;
+    let store = crate::store::Store::open(&config).await?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}")

@@ -53,7 +53,7 @@ fn seed_id(i: i64) -> String {
 }
 
 /// Runs at start when configured: fills only what is missing.
-pub async fn seed_if_empty(store: &dyn Store, config: &Config, clock: &Clock) -> anyhow::Result<()> {
+pub async fn seed_if_empty(store: &Store, config: &Config, clock: &Clock) -> anyhow::Result<()> {
     let report = seed(store, config, clock, &|_, _| {}).await?;
     if report.users_inserted > 0 || report.products_created > 0 {
         tracing::info!(users = report.users_inserted, products = report.products_created, "demo data seeded");
@@ -63,7 +63,7 @@ pub async fn seed_if_empty(store: &dyn Store, config: &Config, clock: &Clock) ->
 
 /// `progress(done, total)` is called as work proceeds.
 pub async fn seed(
-    store: &dyn Store,
+    store: &Store,
     config: &Config,
     clock: &Clock,
     progress: &(dyn Fn(u64, u64) + Sync),
@@ -119,9 +119,9 @@ pub async fn seed(
             attributes: Some(serde_json::json!({ "demo": true })),
         };
         let input = body.validate(sku, usd).map_err(|e| anyhow::anyhow!("demo product {sku}: {e:?}"))?;
-        let (_, upserted) = store.upsert_product(&shop, input, clock.now()).await?;
+        let (_, upserted) = store.on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), clock.now())).await?;
         if upserted == Upserted::Created {
-            store.set_stock(&shop, sku, *on_hand, clock.now()).await?;
+            store.on_shop(&shop, "set_stock", |shard| shard.set_stock(&shop, sku, *on_hand, clock.now())).await?;
             report.products_created += 1;
         }
         progress(HELLO_USERS as u64 + i as u64 + 1, total);

@@ -63,7 +63,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// The state over an opened `store`: every in-memory part made from `config`.
-    pub fn new(config: Config, store: Arc<dyn Store>, clock: Clock, admin_token_hash: [u8; 32]) -> anyhow::Result<AppState> {
+    pub fn new(config: Config, store: Arc<Store>, clock: Clock, admin_token_hash: [u8; 32]) -> anyhow::Result<AppState> {
         let relay_status = Arc::new(events::relay::RelayStatus::default());
         let relay = match config.events.relay {
             true => Some(Arc::new(events::relay::Relay::new(&config.events, &config.breakers, relay_status.clone())?)),
@@ -100,7 +100,7 @@ impl AppState {
     }
 
     /// The store in force now. A request keeps the one it started with until it finishes.
-    pub fn store(&self) -> Arc<dyn Store> {
+    pub fn store(&self) -> Arc<Store> {
         self.store.get()
     }
 
@@ -117,7 +117,7 @@ impl AppState {
         if current == StoreSettings::of(config) {
             return Ok(false);
         }
-        let fresh = crate::store::open(config).await?;
+        let fresh = crate::store::Store::open(config).await?;
         let old = self.store.swap(fresh);
         *self.store_config.lock().unwrap_or_else(|p| p.into_inner()) = StoreSettings::of(config);
         self.store_generation.send_modify(|g| *g += 1);

@@ -39,7 +39,7 @@ async fn put_product(
     let shop = key.id().clone();
     let record = key.0;
     let input = body.validate(&sku, record.shop.currency)?;
-    let (product, upserted) = state.store().upsert_product(&shop, input, state.clock.now()).await?;
+    let (product, upserted) = state.store().on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), state.clock.now())).await?;
     state.cache.invalidate(&shop_scope(shop.as_str())).await;
     let status = if upserted == Upserted::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, &product))
@@ -65,7 +65,7 @@ async fn get_product(
     let found = state
         .cache
         .get_or_load(Family::Product, &shop_scope(shop.as_str()), &sku, async move {
-            let product = store.get_product(&s, &k).await?;
+            let product = store.read_shop(&s, "get_product", |shard| shard.get_product(&s, &k)).await?;
             Ok(product.map(|p| Bytes::from(serde_json::to_vec(&p).unwrap_or_default())).into())
         })
         .await?;
@@ -100,7 +100,7 @@ async fn delete_product(
     if validate::sku(&sku).is_err() {
         return Err(ApiError::NotFound(format!("product {sku}")));
     }
-    state.store().delete_product(&shop, &sku).await?;
+    state.store().on_shop(&shop, "delete_product", |shard| shard.delete_product(&shop, &sku)).await?;
     state.cache.invalidate(&shop_scope(shop.as_str())).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -140,7 +140,8 @@ async fn list_products(
     let page = state
         .cache
         .get_or_load(Family::Page, &shop_scope(shop.as_str()), &key, async move {
-            let rows = store.list_products(&s, ProductQuery { category: q.category, after, limit }).await?;
+            let query = ProductQuery { category: q.category, after, limit };
+            let rows = store.read_shop(&s, "list_products", |shard| shard.list_products(&s, query.clone())).await?;
             // Only an empty page can belong to a shop that does not exist: a page is then
             // cached whole, with no shop lookup per request.
             if rows.is_empty() && store.get_shop(&s).await?.is_none() {

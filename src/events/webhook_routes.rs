@@ -79,7 +79,7 @@ async fn create_webhook(
     let shop = key.id().clone();
     check(&body)?;
     let store = state.store();
-    if store.webhooks(&shop).await?.len() >= MAX_WEBHOOKS {
+    if store.read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await?.len() >= MAX_WEBHOOKS {
         return Err(ApiError::Conflict { code: "too_many_webhooks", detail: format!("a shop may hold {MAX_WEBHOOKS} webhooks") });
     }
     let mut events = body.events;
@@ -93,7 +93,7 @@ async fn create_webhook(
         secret: body.secret.unwrap_or_else(|| format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()))),
         created_at: crate::store::micros(state.clock.now()),
     };
-    Ok((StatusCode::CREATED, Json(store.create_webhook(&shop, hook).await?)))
+    Ok((StatusCode::CREATED, Json(store.on_shop(&shop, "create_webhook", |shard| shard.create_webhook(&shop, hook.clone())).await?)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -110,7 +110,7 @@ async fn list_webhooks(
     key: ShopKey,
 ) -> ApiResult<Json<WebhookList>> {
     let shop = key.id().clone();
-    Ok(Json(WebhookList { webhooks: state.store().webhooks(&shop).await? }))
+    Ok(Json(WebhookList { webhooks: state.store().read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await? }))
 }
 
 /// Unsubscribes: nothing more is sent, and the delivery log goes with it.
@@ -123,7 +123,7 @@ async fn delete_webhook(
     key: ShopKey,
 ) -> ApiResult<StatusCode> {
     let shop = key.id().clone();
-    state.store().delete_webhook(&shop, &id).await?;
+    state.store().on_shop(&shop, "delete_webhook", |shard| shard.delete_webhook(&shop, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -157,7 +157,7 @@ async fn list_deliveries(
     }
     let limit =
         pagination::limit(q.limit, 100, 1000).ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be 1-1000"))?;
-    Ok(Json(DeliveryLog { deliveries: state.store().webhook_deliveries(&shop, &id, q.status.as_deref(), limit).await? }))
+    Ok(Json(DeliveryLog { deliveries: state.store().on_shop(&shop, "webhook_deliveries", |shard| shard.webhook_deliveries(&shop, &id, q.status.as_deref(), limit)).await? }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -179,7 +179,7 @@ async fn replay_webhook(
     let shop = key.id().clone();
     let now = state.clock.now();
     let deliver_by = now + chrono::Duration::seconds(state.config.events.webhooks.deliver_for_secs as i64);
-    let replayed = state.store().replay_webhook(&shop, &id, deliver_by, now).await?;
+    let replayed = state.store().on_shop(&shop, "replay_webhook", |shard| shard.replay_webhook(&shop, &id, deliver_by, now)).await?;
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }
 
@@ -198,7 +198,7 @@ async fn list_dead_letters(
     key: ShopKey,
 ) -> ApiResult<Json<DeadLetters>> {
     let shop = key.id().clone();
-    Ok(Json(DeadLetters { dead_letters: state.store().dead_letters(&shop, 1000).await? }))
+    Ok(Json(DeadLetters { dead_letters: state.store().on_shop(&shop, "dead_letters", |shard| shard.dead_letters(&shop, 1000)).await? }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -219,6 +219,6 @@ async fn replay_dead_letters(
     ApiQuery(q): ApiQuery<ReplayParams>,
 ) -> ApiResult<(StatusCode, Json<Replayed>)> {
     let shop = key.id().clone();
-    let replayed = state.store().replay_dead_letters(&shop, q.sink.as_deref()).await?;
+    let replayed = state.store().on_shop(&shop, "replay_dead_letters", |shard| shard.replay_dead_letters(&shop, q.sink.as_deref())).await?;
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }

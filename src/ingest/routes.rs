@@ -32,7 +32,7 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
     let lines = std::mem::take(&mut batch.lines);
     let stocked: Vec<String> =
         ops.iter().filter_map(|op| if let FeedOp::Stock { sku, .. } = op { Some(sku.clone()) } else { None }).collect();
-    let results = state.store().apply_feed(shop, ops, state.clock.now()).await?;
+    let results = state.store().on_shop(shop, "apply_feed", |shard| shard.apply_feed(shop, ops.clone(), state.clock.now())).await?;
     state.cache.invalidate(&crate::cache::shop_scope(shop.as_str())).await;
     // A stock line set to 0 is marked again by its event; forgetting first is the safe side.
     stocked.iter().for_each(|sku| state.sold_out.clear(shop.as_str(), sku));

@@ -34,7 +34,7 @@ async fn set_stock(
     if !valid_on_hand(body.on_hand) {
         return Err(ApiError::field("on_hand", &format!("must be an integer from 0 to {MAX_QUANTITY}")));
     }
-    let stock = state.store().set_stock(&shop, &sku, body.on_hand, state.clock.now()).await?;
+    let stock = state.store().on_shop(&shop, "set_stock", |shard| shard.set_stock(&shop, &sku, body.on_hand, state.clock.now())).await?;
     state.sold_out.note(&shop, &stock);
     Ok(Json(stock))
 }
@@ -56,7 +56,7 @@ async fn adjust_stock(
     if !valid_delta(body.delta) {
         return Err(ApiError::field("delta", &format!("must be a non-zero integer within ±{MAX_QUANTITY}")));
     }
-    let stock = state.store().adjust_stock(&shop, &sku, body.delta, state.clock.now()).await?;
+    let stock = state.store().on_shop(&shop, "adjust_stock", |shard| shard.adjust_stock(&shop, &sku, body.delta, state.clock.now())).await?;
     state.sold_out.note(&shop, &stock);
     Ok(Json(stock))
 }
@@ -68,7 +68,7 @@ async fn adjust_stock(
 async fn get_stock(State(state): State<AppState>, Path((shop, sku)): Path<(String, String)>) -> ApiResult<Json<Stock>> {
     let shop = auth::shop_id(&shop)?;
     sku_or_404(&sku)?;
-    match state.store().get_stock(&shop, &sku).await? {
+    match state.store().read_shop(&shop, "get_stock", |shard| shard.get_stock(&shop, &sku)).await? {
         Some(s) => Ok(Json(s)),
         None => {
             auth::load_shop(&state, &shop).await?;

@@ -72,7 +72,7 @@ async fn place_order(
         now,
         expires_at: now + hold,
     };
-    let outcome = state.store().place_order(&shop, place).await;
+    let outcome = state.store().on_shop(&shop, "place_order", |shard| shard.place_order(&shop, place.clone())).await;
     if let Err(StoreError::InsufficientStock { sold_out, .. }) = &outcome {
         let now = std::time::Instant::now();
         sold_out.iter().for_each(|sku| state.sold_out.mark(shop.as_str(), sku, now));
@@ -96,7 +96,7 @@ async fn refuse_sold_out(
     if sold_out.is_empty() {
         return Ok(None);
     }
-    let outcome = match state.store().idempotency_record(shop, key).await? {
+    let outcome = match state.store().read_shop(shop, "idempotency_record", |shard| shard.idempotency_record(shop, key)).await? {
         Some(record) => Ok(record.outcome(&body.fingerprint())),
         None => Err(StoreError::InsufficientStock { skus: sold_out, sold_out: Vec::new() }),
     };
@@ -142,7 +142,7 @@ async fn get_order(
     key: ShopKey,
 ) -> ApiResult<Json<Order>> {
     let shop = key.id().clone();
-    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store().get_order(&shop, &id).await? } else { None };
+    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store().read_shop(&shop, "get_order", |shard| shard.get_order(&shop, &id)).await? } else { None };
     order.map(Json).ok_or_else(|| ApiError::NotFound(format!("order {id}")))
 }
 
@@ -173,7 +173,8 @@ async fn list_orders(
             Some(OrderStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", format!("unknown status {s:?}")))?)
         }
     };
-    let rows = state.store().list_orders(&shop, OrderQuery { status, before, limit }).await?;
+    let query = OrderQuery { status, before, limit };
+    let rows = state.store().read_shop(&shop, "list_orders", |shard| shard.list_orders(&shop, query.clone())).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |o| o.id.clone());
     Ok(Json(OrderPage { items, next_cursor }))
 }
@@ -195,7 +196,7 @@ async fn transition(
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::NotFound(format!("order {id}")));
     }
-    let order = state.store().transition_order(&shop, &id, action, state.clock.now()).await?;
+    let order = state.store().on_shop(&shop, "transition_order", |shard| shard.transition_order(&shop, &id, action, state.clock.now())).await?;
     metrics::counter!("vitrina_orders_total", "outcome" => order.status.as_str()).increment(1);
     if action.stock_effect() == super::StockEffect::Release {
         state.sold_out.released(&order);

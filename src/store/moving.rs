@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::sharded::ShardedStore;
 use super::{Store, StoreError, StoreResult, MOVING};
 use crate::shops::ShopId;
 
@@ -45,13 +44,17 @@ pub struct MoveFailure {
     pub error: String,
 }
 
-impl ShardedStore {
+impl Store {
     /// Moves every shop living off its ring owner (left behind when a shard was added, or moved
     /// by hand) to its owner, one at a time, so each is fenced only for its own copy.
     pub async fn rebalance(&self, now: DateTime<Utc>) -> StoreResult<RebalanceReport> {
         let mut report = RebalanceReport { moved: Vec::new(), failed: Vec::new() };
+        // One shard: every shop lives on its owner.
+        if self.ring().shards().len() < 2 {
+            return Ok(report);
+        }
         for (i, name) in self.ring().shards().iter().enumerate() {
-            for shop in self.shard(i).shop_ids().await? {
+            for shop in self.call(i, "shop_ids", self.shard(i).shop_ids()).await? {
                 let owner = self.ring().owner(shop.as_str()).to_owned();
                 if &owner == name {
                     continue;
@@ -67,6 +70,9 @@ impl ShardedStore {
 
     pub async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<MoveReport> {
         let names = self.ring().shards();
+        if names.len() < 2 {
+            return Err(StoreError::invalid("not_sharded", "this store has a single shard: there is nowhere to move a shop"));
+        }
         let to_index = names
             .iter()
             .position(|n| n == to)
@@ -81,12 +87,12 @@ impl ShardedStore {
         let from = names[from_index].clone();
 
         // Fence: from here the shop's writes on the old shard answer "retry shortly".
-        source.mark_shop(shop, Some(MOVING)).await?;
+        self.call(from_index, "mark_shop", source.mark_shop(shop, Some(MOVING))).await?;
         let fenced = std::time::Instant::now();
         let copied = async {
-            let dump = source.export_shop(shop).await?;
-            target.import_shop(dump.clone()).await?;
-            let copy = target.export_shop(shop).await?;
+            let dump = self.call(from_index, "export_shop", source.export_shop(shop)).await?;
+            self.call(to_index, "import_shop", target.import_shop(dump.clone())).await?;
+            let copy = self.call(to_index, "export_shop", target.export_shop(shop)).await?;
             if !dump.same_rows(&copy) {
                 return Err(StoreError::Backend(format!("the copy of shop {shop} on {to} differs from the original")));
             }
@@ -97,7 +103,7 @@ impl ShardedStore {
             Ok(c) => c,
             Err(e) => {
                 // Nothing points at the copy yet: lift the fence and the shop carries on where it was.
-                if let Err(lift) = source.mark_shop(shop, None).await {
+                if let Err(lift) = self.call(from_index, "mark_shop", source.mark_shop(shop, None)).await {
                     tracing::error!(shop = %shop, error = %lift, "could not lift the move fence; the shop's writes stay held");
                 }
                 return Err(e);
@@ -106,7 +112,7 @@ impl ShardedStore {
         // Flip. A pin is needed only when the new home is not the ring's choice.
         let pin = (self.ring().owner(shop.as_str()) != to).then_some(to);
         self.set_pin(shop, pin, now).await?;
-        source.mark_shop(shop, Some(to)).await?;
+        self.call(from_index, "mark_shop", source.mark_shop(shop, Some(to))).await?;
         let fenced_ms = fenced.elapsed().as_millis() as u64;
         tracing::info!(shop = %shop, from = %from, to = %to, fenced_ms, "shop moved");
         Ok(MoveReport {

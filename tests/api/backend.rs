@@ -94,7 +94,7 @@ async fn ensure_template() {
             let store = vitrina::store::postgres::PgStore::connect("tpl", &url_for(&tpl), &[], &cfg.postgres)
                 .await
                 .expect("migrate template");
-            vitrina::store::Store::close(&store);
+            vitrina::store::Shard::close(&store);
             drop(store);
         })
         .await;

@@ -230,7 +230,7 @@ async fn a_fenced_shop_answers_retry_later_and_loses_nothing() {
     let app = sharded(2).await;
     let shop = app.shop_with_stock("fenced", "A", 10).await;
     let id = vitrina::shops::ShopId::parse("fenced").unwrap();
-    app.state.store().mark_shop(&id, Some(vitrina::store::MOVING)).await.unwrap();
+    app.state.store().on_shop(&id, "mark_shop", |s| s.mark_shop(&id, Some(vitrina::store::MOVING))).await.unwrap();
     let r = app.order(&shop, "k1", &one_line("A", 1)).await;
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(problem(r).await.0, StatusCode::SERVICE_UNAVAILABLE);
@@ -247,7 +247,7 @@ async fn a_fenced_shop_answers_retry_later_and_loses_nothing() {
         assert_eq!(problem(r).await.0, StatusCode::CONFLICT);
     }
     assert_eq!(problem(app.order(&shop, "k1", &one_line("A", 1)).await).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    app.state.store().mark_shop(&id, None).await.unwrap();
+    app.state.store().on_shop(&id, "mark_shop", |s| s.mark_shop(&id, None)).await.unwrap();
     assert_eq!(app.order(&shop, "k1", &one_line("A", 1)).await.status(), StatusCode::CREATED);
 }
 

@@ -29,7 +29,8 @@ async fn a_sku_the_store_found_empty_is_then_refused_from_memory_but_replays_sti
     assert_eq!((status, p["skus"].clone()), (StatusCode::CONFLICT, json!(["A"])));
 
     // Restocked behind this instance's back (its own writes update its memory at once).
-    app.state.store().set_stock(&ShopId::parse("acme").unwrap(), "A", 7, chrono::Utc::now()).await.unwrap();
+    let acme = ShopId::parse("acme").unwrap();
+    app.state.store().on_shop(&acme, "set_stock", |s| s.set_stock(&acme, "A", 7, chrono::Utc::now())).await.unwrap();
     let both = json!({"customer_id": "c", "lines": [{"sku": "B", "qty": 1}, {"sku": "A", "qty": 1}]});
     let (status, p) = problem(app.order(&shop, "k3", &both).await).await;
     assert_eq!(status, StatusCode::CONFLICT, "refused from memory although the store has stock again");

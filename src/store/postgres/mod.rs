@@ -16,6 +16,7 @@ mod schema;
 mod shops;
 mod webhooks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use tokio_postgres::NoTls;
 
 use super::dump::ShopDump;
 use super::{
-    micros, CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted,
+    micros, CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Catalog, Collections, Events, Inventory, Moves, Orders, Shard, Shops, Webhooks, StoreError, StoreReport, StoreResult, Upserted,
 };
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
@@ -178,7 +179,7 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Shard for PgStore {
     fn close(&self) {
         self.replicas.stop();
         self.pool.close();
@@ -218,6 +219,13 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn outbox(self: Arc<Self>) -> Arc<dyn Outbox> {
+        self
+    }
+}
+
+#[async_trait]
+impl Shops for PgStore {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
         let _mark = self.replicas.writing(shop.id.as_str());
         shops::create(&*self.client().await?, &shop).await
@@ -227,6 +235,13 @@ impl Store for PgStore {
         shops::get(&*self.client().await?, id).await
     }
 
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        shops::live_ids(&*self.client().await?).await
+    }
+}
+
+#[async_trait]
+impl Catalog for PgStore {
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
@@ -252,7 +267,10 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Inventory for PgStore {
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
@@ -283,11 +301,10 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(results)
     }
+}
 
-    fn shard_of(&self, _shop: &ShopId) -> String {
-        self.name.clone()
-    }
-
+#[async_trait]
+impl Orders for PgStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
@@ -321,29 +338,10 @@ impl Store for PgStore {
     async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
         orders::expired(&*self.client().await?, now, limit).await
     }
+}
 
-    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
-        let _mark = self.replicas.writing(&seed_key(collection));
-        let _any = self.replicas.writing(ANY_SEED_WRITE);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        collections::insert(&tx, collection, &docs).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
-        replica_first!(self, &seed_key(collection), |c| collections::find(c, collection, name))
-    }
-
-    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
-        replica_first!(self, &seed_key(collection), |c| collections::list(c, collection, limit)).map(Gathered::complete)
-    }
-
-    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
-        replica_first!(self, &seed_key(collection), |c| collections::count(c, collection)).map(Gathered::complete)
-    }
-
+#[async_trait]
+impl Events for PgStore {
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
         outbox::events_after(&*self.client().await?, shop, after, limit).await
     }
@@ -351,7 +349,10 @@ impl Store for PgStore {
     async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
         outbox::imported_position(&*self.client().await?, shop, origin, position).await
     }
+}
 
+#[async_trait]
+impl Webhooks for PgStore {
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
@@ -396,15 +397,10 @@ impl Store for PgStore {
     async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
         webhooks::replay_dead_letters(&*self.client().await?, shop.as_str(), sink).await
     }
+}
 
-    fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn Outbox>> {
-        vec![self]
-    }
-
-    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
-        shops::live_ids(&*self.client().await?).await
-    }
-
+#[async_trait]
+impl Moves for PgStore {
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
         moves::directory(&*self.client().await?).await
     }
@@ -435,6 +431,31 @@ impl Store for PgStore {
         moves::import_shop(&tx, &dump).await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Collections for PgStore {
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let _mark = self.replicas.writing(&seed_key(collection));
+        let _any = self.replicas.writing(ANY_SEED_WRITE);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        collections::insert(&tx, collection, &docs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        replica_first!(self, &seed_key(collection), |c| collections::find(c, collection, name))
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        replica_first!(self, &seed_key(collection), |c| collections::list(c, collection, limit)).map(Gathered::complete)
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        replica_first!(self, &seed_key(collection), |c| collections::count(c, collection)).map(Gathered::complete)
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {

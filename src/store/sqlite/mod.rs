@@ -15,6 +15,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +26,8 @@ use self::readers::Readers;
 use self::writer::{Writer, WriterThread};
 use super::dump::ShopDump;
 use super::{
-    CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Store, StoreError, StoreReport, StoreResult, Upserted,
+    Catalog, CollectionCount, Collections, EventPage, Events, Gathered, Inventory, Moves, NodeReport, Orders, Shard, ShardReport,
+    Shops, StoreError, StoreReport, StoreResult, Upserted, Webhooks,
 };
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
@@ -172,7 +174,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Shard for SqliteStore {
     /// Lets the writer commit what is queued, then waits for its thread to exit.
     fn close(&self) {
         self.shut();
@@ -210,6 +212,13 @@ impl Store for SqliteStore {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
     }
 
+    fn outbox(self: Arc<Self>) -> Arc<dyn Outbox> {
+        self
+    }
+}
+
+#[async_trait]
+impl Shops for SqliteStore {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
         self.write(move |c| shops::create(c, &shop)).await
     }
@@ -219,6 +228,13 @@ impl Store for SqliteStore {
         self.read(move |c| shops::get(c, &id)).await
     }
 
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        self.read(shops::live_ids).await
+    }
+}
+
+#[async_trait]
+impl Catalog for SqliteStore {
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
         let shop = shop.clone();
         self.write(move |c| catalog::upsert_product(c, &shop, &input, now)).await
@@ -238,7 +254,10 @@ impl Store for SqliteStore {
         let (shop, sku) = (shop.clone(), sku.to_owned());
         self.write(move |c| catalog::delete_product(c, &shop, &sku)).await
     }
+}
 
+#[async_trait]
+impl Inventory for SqliteStore {
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
         let (shop, sku) = (shop.clone(), sku.to_owned());
         self.write(move |c| catalog::set_stock(c, &shop, &sku, on_hand, now)).await
@@ -258,11 +277,10 @@ impl Store for SqliteStore {
         let shop = shop.clone();
         self.write(move |c| catalog::apply_feed(c, &shop, ops, now)).await
     }
+}
 
-    fn shard_of(&self, _shop: &ShopId) -> String {
-        self.name.clone()
-    }
-
+#[async_trait]
+impl Orders for SqliteStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let shop = shop.clone();
         self.write(move |c| orders::place(c, &shop, &order)).await
@@ -291,27 +309,10 @@ impl Store for SqliteStore {
     async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
         self.read(move |c| orders::expired(c, now, limit)).await
     }
+}
 
-    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
-        let collection = collection.to_owned();
-        self.write(move |c| collections::insert(c, &collection, &docs)).await
-    }
-
-    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
-        let (collection, name) = (collection.to_owned(), name.to_owned());
-        self.read(move |c| collections::find(c, &collection, &name)).await
-    }
-
-    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
-        let collection = collection.to_owned();
-        self.read(move |c| collections::list(c, &collection, limit)).await.map(Gathered::complete)
-    }
-
-    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
-        let collection = collection.to_owned();
-        self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
-    }
-
+#[async_trait]
+impl Events for SqliteStore {
     async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
         let (shop, after) = (shop.clone(), after.map(str::to_owned));
         self.read(move |c| outbox::events_after(c, &shop, after.as_deref(), limit)).await
@@ -321,7 +322,10 @@ impl Store for SqliteStore {
         let (shop, origin, position) = (shop.clone(), origin.to_owned(), position.to_owned());
         self.read(move |c| outbox::imported_position(c, &shop, &origin, &position)).await
     }
+}
 
+#[async_trait]
+impl Webhooks for SqliteStore {
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let shop = shop.clone();
         self.write(move |c| {
@@ -378,15 +382,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    fn outboxes(self: std::sync::Arc<Self>) -> Vec<std::sync::Arc<dyn Outbox>> {
-        vec![self]
-    }
-
-    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
-        self.read(shops::live_ids).await
-    }
-
+#[async_trait]
+impl Moves for SqliteStore {
     async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
         self.read(moves::directory).await
     }
@@ -411,6 +410,29 @@ impl Store for SqliteStore {
 
     async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
         self.write(move |c| moves::import_shop(c, &dump)).await
+    }
+}
+
+#[async_trait]
+impl Collections for SqliteStore {
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let collection = collection.to_owned();
+        self.write(move |c| collections::insert(c, &collection, &docs)).await
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        let (collection, name) = (collection.to_owned(), name.to_owned());
+        self.read(move |c| collections::find(c, &collection, &name)).await
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        let collection = collection.to_owned();
+        self.read(move |c| collections::list(c, &collection, limit)).await.map(Gathered::complete)
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        let collection = collection.to_owned();
+        self.read(move |c| collections::count(c, &collection)).await.map(Gathered::complete)
     }
 
     async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
