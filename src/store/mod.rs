@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod router;
 pub mod sqlite;
+pub mod transactions;
 
 use chrono::{DateTime, Utc};
 

@@ -38,6 +38,7 @@ use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
+use crate::store::transactions;
 
 pub struct PgStore {
     name: String,
@@ -142,6 +143,19 @@ fn describe_address(pg: &tokio_postgres::Config) -> String {
         "localhost:5432".into()
     } else {
         hosts.join(",")
+    }
+}
+
+/// A transaction's rows on a PostgreSQL client or transaction (`store::transactions`).
+pub(crate) struct Tx<'c, C>(pub &'c C);
+
+impl<C: deadpool_postgres::GenericClient + Sync> crate::store::transactions::Rows for Tx<'_, C> {
+    async fn home(&self, shop: &ShopId) -> StoreResult<()> {
+        shops::check_home(self.0, shop).await
+    }
+
+    async fn emit(&self, event: crate::events::envelope::NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+        outbox::emit(self.0, event, now).await
     }
 }
 
@@ -309,7 +323,7 @@ impl Orders for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let outcome = orders::place(&tx, shop, &order).await?;
+        let outcome = transactions::orders::place(&Tx(&tx), shop, &order).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -330,7 +344,7 @@ impl Orders for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let order = orders::transition(&tx, shop, id, action, now).await?;
+        let order = transactions::orders::transition(&Tx(&tx), shop, id, action, now).await?;
         tx.commit().await?;
         Ok(order)
     }

@@ -38,6 +38,7 @@ use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
+use crate::store::transactions::{self, at_once};
 
 /// The shard name of an unsharded embedded store.
 pub const SINGLE_SHARD: &str = "local";
@@ -149,6 +150,19 @@ fn configure(conn: &Connection, cfg: &SqliteConfig, read_only: bool) -> rusqlite
         conn.pragma_update(None, "query_only", "ON")?;
     }
     Ok(())
+}
+
+/// A transaction's rows on the writer's connection (`store::transactions`).
+pub(crate) struct Tx<'c>(pub &'c Connection);
+
+impl crate::store::transactions::Rows for Tx<'_> {
+    async fn home(&self, shop: &ShopId) -> StoreResult<()> {
+        shops::check_home(self.0, shop)
+    }
+
+    async fn emit(&self, event: crate::events::envelope::NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
+        outbox::emit(self.0, event, now)
+    }
 }
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as they compare.
@@ -283,7 +297,7 @@ impl Inventory for SqliteStore {
 impl Orders for SqliteStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let shop = shop.clone();
-        self.write(move |c| orders::place(c, &shop, &order)).await
+        self.write(move |c| at_once(transactions::orders::place(&Tx(c), &shop, &order))).await
     }
 
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
@@ -303,7 +317,7 @@ impl Orders for SqliteStore {
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
         let (shop, id) = (shop.clone(), id.to_owned());
-        self.write(move |c| orders::transition(c, &shop, &id, action, now)).await
+        self.write(move |c| at_once(transactions::orders::transition(&Tx(c), &shop, &id, action, now))).await
     }
 
     async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
