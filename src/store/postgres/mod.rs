@@ -260,7 +260,7 @@ impl Catalog for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let out = catalog::upsert_product(&tx, shop, &input, now).await?;
+        let out = transactions::catalog::upsert_product(&Tx(&tx), shop, &input, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -277,7 +277,7 @@ impl Catalog for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        catalog::delete_product(&tx, shop, sku).await?;
+        transactions::catalog::delete_product(&Tx(&tx), shop, sku).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -289,7 +289,7 @@ impl Inventory for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let stock = catalog::set_stock(&tx, shop, sku, on_hand, now).await?;
+        let stock = transactions::catalog::set_stock(&Tx(&tx), shop, sku, on_hand, now).await?;
         tx.commit().await?;
         Ok(stock)
     }
@@ -298,7 +298,7 @@ impl Inventory for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let stock = catalog::adjust_stock(&tx, shop, sku, delta, now).await?;
+        let stock = transactions::catalog::adjust_stock(&Tx(&tx), shop, sku, delta, now).await?;
         tx.commit().await?;
         Ok(stock)
     }
@@ -310,8 +310,8 @@ impl Inventory for PgStore {
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
-        let mut tx = client.transaction().await?;
-        let results = catalog::apply_feed(&mut tx, shop, ops, now).await?;
+        let tx = client.transaction().await?;
+        let results = transactions::catalog::apply_feed(&Tx(&tx), shop, ops, now).await?;
         tx.commit().await?;
         Ok(results)
     }

@@ -1,19 +1,17 @@
-//! Products, stock and feed batches on SQLite. Every function runs inside the caller's
-//! transaction (the writer's savepoint, or a reader's implicit read transaction).
+//! Products, stock and feed batches on SQLite: the rows of `store::transactions::catalog`, and the
+//! reads. Every function runs inside the caller's transaction (the writer's savepoint, or a
+//! reader's implicit read transaction); the one writer means nothing here needs a lock.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::shops::check_home;
-use super::outbox::emit;
-use super::{parse_ts, ts};
+use super::{parse_ts, ts, Tx};
 use crate::catalog::{Product, ProductInput, ProductQuery};
-use crate::events::envelope as events;
-use crate::ingest::FeedOp;
-use crate::inventory::{plan_adjust, plan_set, Stock};
+use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
-use crate::store::{micros, StoreError, StoreResult, Upserted};
+use crate::store::transactions::catalog::CatalogRows;
+use crate::store::{StoreError, StoreResult};
 
 const PRODUCT_COLS: &str = "shop, sku, name, category, price_amount, currency, attributes, version, updated_at";
 
@@ -63,20 +61,6 @@ pub fn write_product(c: &Connection, p: &Product) -> StoreResult<()> {
     Ok(())
 }
 
-pub fn upsert_product(c: &Connection, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
-    check_home(c, shop)?;
-    let existing = get_product(c, shop, &p.sku)?;
-    if let Some(old) = existing.as_ref().filter(|old| !p.changes(old)) {
-        return Ok((old.clone(), Upserted::Unchanged));
-    }
-    let version = existing.as_ref().map_or(1, |o| o.version + 1);
-    let product = p.stored(shop, version, micros(now));
-    write_product(c, &product)?;
-    let upserted = if existing.is_some() { Upserted::Updated } else { Upserted::Created };
-    emit(c, events::product_upserted(&product), now)?;
-    Ok((product, upserted))
-}
-
 /// Every product of a shop, by SKU.
 pub fn all_products(c: &Connection, shop: &ShopId) -> StoreResult<Vec<Product>> {
     let mut stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = ?1 ORDER BY sku"))?;
@@ -94,26 +78,6 @@ pub fn list_products(c: &Connection, shop: &ShopId, q: &ProductQuery) -> StoreRe
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn delete_product(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<()> {
-    check_home(c, shop)?;
-    let reserved: Option<i64> = c
-        .prepare_cached("SELECT reserved FROM stock WHERE shop = ?1 AND sku = ?2")?
-        .query_row(params![shop.as_str(), sku], |r| r.get(0))
-        .optional()?;
-    if reserved.unwrap_or(0) > 0 {
-        return Err(StoreError::conflict(
-            "product_reserved",
-            format!("product {sku} has {} units reserved by open orders", reserved.unwrap_or(0)),
-        ));
-    }
-    c.prepare_cached("DELETE FROM stock WHERE shop = ?1 AND sku = ?2")?.execute(params![shop.as_str(), sku])?;
-    let n = c.prepare_cached("DELETE FROM products WHERE shop = ?1 AND sku = ?2")?.execute(params![shop.as_str(), sku])?;
-    if n == 0 {
-        return Err(StoreError::not_found("product", sku));
-    }
-    emit(c, events::product_deleted(shop, sku), chrono::Utc::now())
-}
-
 /// Stock of a known product; a product never stocked has zero on hand.
 pub fn get_stock(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
     Ok(c.prepare_cached(
@@ -122,27 +86,6 @@ pub fn get_stock(c: &Connection, shop: &ShopId, sku: &str) -> StoreResult<Option
     )?
     .query_row(params![shop.as_str(), sku], |r| Ok(Stock::new(sku.to_owned(), r.get(0)?, r.get(1)?)))
     .optional()?)
-}
-
-pub fn set_stock(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-    check_home(c, shop)?;
-    let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
-    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
-    if let Some(on_hand) = plan_set(&current, on_hand)? {
-        write_on_hand(c, shop, sku, on_hand, now)?;
-        emit(c, events::stock_changed(shop, &stock), now)?;
-    }
-    Ok(stock)
-}
-
-pub fn adjust_stock(c: &Connection, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-    check_home(c, shop)?;
-    let current = get_stock(c, shop, sku)?.ok_or_else(|| StoreError::not_found("product", sku))?;
-    let on_hand = plan_adjust(&current, delta)?;
-    write_on_hand(c, shop, sku, on_hand, now)?;
-    let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
-    emit(c, events::stock_changed(shop, &stock), now)?;
-    Ok(stock)
 }
 
 fn write_on_hand(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<()> {
@@ -154,19 +97,58 @@ fn write_on_hand(c: &Connection, shop: &ShopId, sku: &str, on_hand: i64, now: Da
     Ok(())
 }
 
-/// Each line in its own nested savepoint: a refused line leaves no trace, its neighbours stay.
-pub fn apply_feed(c: &Connection, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
-    // A moved shop fails the whole batch (the router follows it), not line by line.
-    check_home(c, shop)?;
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        c.execute_batch("SAVEPOINT feed_line")?;
-        let r = match &op {
-            FeedOp::Product(p) => upsert_product(c, shop, p, now).map(|_| ()),
-            FeedOp::Stock { sku, on_hand } => set_stock(c, shop, sku, *on_hand, now).map(|_| ()),
-        };
-        c.execute_batch(if r.is_ok() { "RELEASE feed_line" } else { "ROLLBACK TO feed_line; RELEASE feed_line" })?;
-        results.push(r);
+impl CatalogRows for Tx<'_> {
+    async fn product_for_update(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        get_product(self.0, shop, sku)
     }
-    Ok(results)
+
+    async fn save_product(&self, shop: &ShopId, p: &ProductInput, now: DateTime<Utc>) -> StoreResult<i64> {
+        let attributes = serde_json::to_string(&p.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(self
+            .0
+            .prepare_cached(
+                "INSERT INTO products (shop, sku, name, category, price_amount, currency, attributes, version, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)
+                 ON CONFLICT (shop, sku) DO UPDATE SET name = excluded.name, category = excluded.category,
+                   price_amount = excluded.price_amount, currency = excluded.currency,
+                   attributes = excluded.attributes, version = version + 1, updated_at = excluded.updated_at
+                 RETURNING version",
+            )?
+            .query_row(
+                params![shop.as_str(), p.sku, p.name, p.category, p.price.amount, p.price.currency.as_str(), attributes, ts(now)],
+                |r| r.get(0),
+            )?)
+    }
+
+    async fn reserved_for_update(&self, shop: &ShopId, sku: &str) -> StoreResult<i64> {
+        let reserved: Option<i64> = self
+            .0
+            .prepare_cached("SELECT reserved FROM stock WHERE shop = ?1 AND sku = ?2")?
+            .query_row(params![shop.as_str(), sku], |r| r.get(0))
+            .optional()?;
+        Ok(reserved.unwrap_or(0))
+    }
+
+    async fn delete_product_rows(&self, shop: &ShopId, sku: &str) -> StoreResult<bool> {
+        let c = self.0;
+        c.prepare_cached("DELETE FROM stock WHERE shop = ?1 AND sku = ?2")?.execute(params![shop.as_str(), sku])?;
+        let n = c.prepare_cached("DELETE FROM products WHERE shop = ?1 AND sku = ?2")?.execute(params![shop.as_str(), sku])?;
+        Ok(n > 0)
+    }
+
+    async fn stock_for_update(&self, shop: &ShopId, sku: &str, _now: DateTime<Utc>) -> StoreResult<Option<Stock>> {
+        get_stock(self.0, shop, sku)
+    }
+
+    async fn write_on_hand(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<()> {
+        write_on_hand(self.0, shop, sku, on_hand, now)
+    }
+
+    async fn savepoint(&self) -> StoreResult<()> {
+        Ok(self.0.execute_batch("SAVEPOINT feed_line")?)
+    }
+
+    async fn end_savepoint(&self, keep: bool) -> StoreResult<()> {
+        Ok(self.0.execute_batch(if keep { "RELEASE feed_line" } else { "ROLLBACK TO feed_line; RELEASE feed_line" })?)
+    }
 }

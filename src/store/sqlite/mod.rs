@@ -251,7 +251,7 @@ impl Shops for SqliteStore {
 impl Catalog for SqliteStore {
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
         let shop = shop.clone();
-        self.write(move |c| catalog::upsert_product(c, &shop, &input, now)).await
+        self.write(move |c| at_once(transactions::catalog::upsert_product(&Tx(c), &shop, &input, now))).await
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
@@ -266,7 +266,7 @@ impl Catalog for SqliteStore {
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
         let (shop, sku) = (shop.clone(), sku.to_owned());
-        self.write(move |c| catalog::delete_product(c, &shop, &sku)).await
+        self.write(move |c| at_once(transactions::catalog::delete_product(&Tx(c), &shop, &sku))).await
     }
 }
 
@@ -274,12 +274,12 @@ impl Catalog for SqliteStore {
 impl Inventory for SqliteStore {
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
         let (shop, sku) = (shop.clone(), sku.to_owned());
-        self.write(move |c| catalog::set_stock(c, &shop, &sku, on_hand, now)).await
+        self.write(move |c| at_once(transactions::catalog::set_stock(&Tx(c), &shop, &sku, on_hand, now))).await
     }
 
     async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
         let (shop, sku) = (shop.clone(), sku.to_owned());
-        self.write(move |c| catalog::adjust_stock(c, &shop, &sku, delta, now)).await
+        self.write(move |c| at_once(transactions::catalog::adjust_stock(&Tx(c), &shop, &sku, delta, now))).await
     }
 
     async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
@@ -289,7 +289,7 @@ impl Inventory for SqliteStore {
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
         let shop = shop.clone();
-        self.write(move |c| catalog::apply_feed(c, &shop, ops, now)).await
+        self.write(move |c| at_once(transactions::catalog::apply_feed(&Tx(c), &shop, ops, now))).await
     }
 }
 

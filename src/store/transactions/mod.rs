@@ -5,6 +5,7 @@
 //! (nothing else writes meanwhile), PostgreSQL in a transaction on the primary, taking the locks
 //! that concurrent instances need (named on the rows that take them).
 
+pub mod catalog;
 pub mod orders;
 
 use std::future::Future;
