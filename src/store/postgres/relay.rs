@@ -11,10 +11,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::webhooks::{self, dead_letter_row, DEAD_LETTER_COLUMNS};
-use super::PgStore;
+use super::{PgStore, Tx};
 use crate::store::outbox::{
     lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
 };
+use crate::store::transactions::relay::{self as steps, RelayRows, SinkRow};
 use crate::store::{StoreError, StoreResult};
 
 /// `(xid8 as text, position)`; the start of the feed when `None`.
@@ -52,15 +53,6 @@ async fn read(c: &impl GenericClient, after: Option<&str>, limit: usize) -> Stor
     Ok(c.query(&stmt, &[&txid, &pos, &(limit as i64)]).await?.iter().map(event_row).collect())
 }
 
-struct SinkRow {
-    cursor: Option<String>,
-    head_attempts: u32,
-    lease_owner: Option<String>,
-    lease_until: Option<DateTime<Utc>>,
-    last_error: Option<String>,
-    delivered: u64,
-}
-
 async fn sink_row(c: &impl GenericClient, sink: &str) -> StoreResult<Option<SinkRow>> {
     let stmt = c
         .prepare_cached(
@@ -95,6 +87,58 @@ async fn advance(
         )
         .await?;
     Ok(c.execute(&stmt, &[&sink, &owner, &upto, &(count as i64), &error, &now]).await? == 1)
+}
+
+impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
+    async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>> {
+        sink_row(self.0, sink).await
+    }
+
+    async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.0.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&sink, &now]).await?;
+        Ok(())
+    }
+
+    /// No transaction id is taken before this read, so the claim's own transaction never holds
+    /// back the snapshot it reads below.
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        read(self.0, after, limit).await
+    }
+
+    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Option<u32>> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE relay_sinks SET head_attempts = head_attempts + 1, lease_owner = $2, lease_until = $3, updated_at = $4
+                 WHERE sink = $1 AND cursor IS NOT DISTINCT FROM $5 AND head_attempts = $6
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)
+                 RETURNING head_attempts",
+            )
+            .await?;
+        let row = c.query_opt(&stmt, &[&sink, &owner, &until, &now, &seen.cursor, &(seen.head_attempts as i32)]).await?;
+        Ok(row.map(|r| r.get::<_, i32>(0) as u32))
+    }
+
+    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+        advance(self.0, sink, owner, upto, count, error, now).await
+    }
+
+    async fn add_dead_letter(&self, sink: &str, e: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.0
+            .execute(
+                "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (sink, event_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error,
+                   dead_at = excluded.dead_at, replay = FALSE",
+                &[&sink, &e.id, &e.position, &e.shop, &e.kind, &e.envelope, &(attempts as i32), &error, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
+        webhooks::enqueue(self.0, events, deliver_by, now).await
+    }
 }
 
 /// The session holding the shard's relay lock.
@@ -141,9 +185,7 @@ impl Outbox for PgStore {
         read(&*self.client().await?, after, limit).await
     }
 
-    /// Optimistic: read the sink's row and its next events, then take the lease only if the
-    /// row is as it was read. No transaction id is taken before the read, so the read's own
-    /// transaction never holds back the snapshot it reads below.
+    /// Optimistic, outside a transaction (`transactions::relay::claim`).
     async fn claim(
         &self,
         sink: &str,
@@ -152,33 +194,7 @@ impl Outbox for PgStore {
         limit: usize,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Claimed>> {
-        let c = self.client().await?;
-        let row = match sink_row(&*c, sink).await? {
-            Some(row) => row,
-            None => {
-                c.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&sink, &now])
-                    .await?;
-                sink_row(&*c, sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
-            }
-        };
-        if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
-            return Ok(None);
-        }
-        let events = read(&*c, row.cursor.as_deref(), limit).await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
-        let stmt = c
-            .prepare_cached(
-                "UPDATE relay_sinks SET head_attempts = head_attempts + 1, lease_owner = $2, lease_until = $3, updated_at = $4
-                 WHERE sink = $1 AND cursor IS NOT DISTINCT FROM $5 AND head_attempts = $6
-                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)
-                 RETURNING head_attempts",
-            )
-            .await?;
-        let attempts =
-            c.query_opt(&stmt, &[&sink, &owner, &lease_end(now, lease), &now, &row.cursor, &(row.head_attempts as i32)]).await?;
-        Ok(attempts.map(|r| Claimed { events, attempts: r.get::<_, i32>(0) as u32 }))
+        steps::claim(&Tx(&*self.client().await?), sink, owner, lease, limit, now).await
     }
 
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
@@ -201,18 +217,9 @@ impl Outbox for PgStore {
     async fn bury(&self, sink: &str, owner: &str, e: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let attempts = sink_row(&tx, sink).await?.map_or(0, |r| r.head_attempts as i32);
-        if !advance(&tx, sink, owner, &e.position, 0, Some(error), now).await? {
+        if !steps::bury(&Tx(&tx), sink, owner, e, error, now).await? {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (sink, event_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error,
-               dead_at = excluded.dead_at, replay = FALSE",
-            &[&sink, &e.id, &e.position, &e.shop, &e.kind, &e.envelope, &attempts, &error, &now],
-        )
-        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -277,13 +284,11 @@ impl Outbox for PgStore {
         deliver_for: Duration,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let Some(last) = events.last() else { return Ok(true) };
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        if !advance(&tx, sink, owner, &last.position, events.len() as u64, None, now).await? {
+        if !steps::fan_out(&Tx(&tx), sink, owner, events, deliver_for, now).await? {
             return Ok(false);
         }
-        webhooks::enqueue(&tx, events, lease_end(now, deliver_for), now).await?;
         tx.commit().await?;
         Ok(true)
     }

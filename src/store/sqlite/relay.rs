@@ -9,10 +9,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, webhooks, SqliteStore};
+use super::{parse_ts, ts, webhooks, SqliteStore, Tx};
 use crate::store::outbox::{
     lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
 };
+use crate::store::transactions::relay::{self as steps, RelayRows, SinkRow};
+use crate::store::transactions::at_once;
 use crate::store::{StoreError, StoreResult};
 
 fn position(p: Option<&str>) -> StoreResult<i64> {
@@ -44,15 +46,6 @@ pub(super) fn read(c: &Connection, after: Option<&str>, limit: usize) -> StoreRe
     Ok(rows)
 }
 
-struct SinkRow {
-    cursor: Option<String>,
-    head_attempts: u32,
-    lease_owner: Option<String>,
-    lease_until: Option<DateTime<Utc>>,
-    last_error: Option<String>,
-    delivered: u64,
-}
-
 fn sink_row(c: &Connection, sink: &str) -> StoreResult<Option<SinkRow>> {
     Ok(c.prepare_cached(
         "SELECT cursor, head_attempts, lease_owner, lease_until, last_error, delivered FROM relay_sinks WHERE sink = ?1",
@@ -68,36 +61,6 @@ fn sink_row(c: &Connection, sink: &str) -> StoreResult<Option<SinkRow>> {
         })
     })
     .optional()?)
-}
-
-fn claim(
-    c: &Connection,
-    sink: &str,
-    owner: &str,
-    lease: Duration,
-    limit: usize,
-    now: DateTime<Utc>,
-) -> StoreResult<Option<Claimed>> {
-    let row = match sink_row(c, sink)? {
-        Some(row) => row,
-        None => {
-            c.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES (?1, ?2)", params![sink, ts(now)])?;
-            sink_row(c, sink)?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
-        }
-    };
-    if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
-        return Ok(None);
-    }
-    let events = read(c, row.cursor.as_deref(), limit)?;
-    if events.is_empty() {
-        return Ok(None);
-    }
-    let attempts = row.head_attempts + 1;
-    c.prepare_cached(
-        "UPDATE relay_sinks SET head_attempts = ?2, lease_owner = ?3, lease_until = ?4, updated_at = ?5 WHERE sink = ?1",
-    )?
-    .execute(params![sink, attempts, owner, ts(lease_end(now, lease)), ts(now)])?;
-    Ok(Some(Claimed { events, attempts }))
 }
 
 /// Moves `sink`'s cursor, if `owner` still holds its lease.
@@ -118,21 +81,6 @@ fn advance(
         )?
         .execute(params![sink, owner, upto, count as i64, error, ts(now)])?;
     Ok(n == 1)
-}
-
-fn bury(c: &Connection, sink: &str, owner: &str, e: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
-    let attempts = sink_row(c, sink)?.map(|r| r.head_attempts).unwrap_or(0);
-    if !advance(c, sink, owner, &e.position, 0, Some(error), now)? {
-        return Ok(false);
-    }
-    c.prepare_cached(
-        "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (sink, event_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error,
-           dead_at = excluded.dead_at, replay = FALSE",
-    )?
-    .execute(params![sink, e.id, e.position, e.shop, e.kind, e.envelope, attempts, error, ts(now)])?;
-    Ok(true)
 }
 
 pub(super) fn dead_letter_row(r: &rusqlite::Row) -> rusqlite::Result<DeadLetter> {
@@ -201,6 +149,54 @@ fn prune_batch(c: &Connection, before: DateTime<Utc>, upto: i64, batch: usize) -
     Ok(n as u64)
 }
 
+impl RelayRows for Tx<'_> {
+    async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>> {
+        sink_row(self.0, sink)
+    }
+
+    async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.0.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![sink, ts(now)])?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        read(self.0, after, limit)
+    }
+
+    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Option<u32>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "UPDATE relay_sinks SET head_attempts = head_attempts + 1, lease_owner = ?2, lease_until = ?3, updated_at = ?4
+                 WHERE sink = ?1 AND cursor IS ?5 AND head_attempts = ?6
+                   AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until <= ?4)
+                 RETURNING head_attempts",
+            )?
+            .query_row(params![sink, owner, ts(until), ts(now), seen.cursor, seen.head_attempts], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+        advance(self.0, sink, owner, upto, count, error, now)
+    }
+
+    async fn add_dead_letter(&self, sink: &str, e: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (sink, event_id) DO UPDATE SET attempts = excluded.attempts, error = excluded.error,
+                   dead_at = excluded.dead_at, replay = FALSE",
+            )?
+            .execute(params![sink, e.id, e.position, e.shop, e.kind, e.envelope, attempts, error, ts(now)])?;
+        Ok(())
+    }
+
+    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
+        webhooks::enqueue(self.0, events, deliver_by, now)
+    }
+}
+
 /// Leadership within this process: the data-dir lock already keeps other processes out.
 struct LocalLeader(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
 
@@ -245,7 +241,7 @@ impl Outbox for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Claimed>> {
         let (sink, owner) = (sink.to_owned(), owner.to_owned());
-        self.write(move |c| claim(c, &sink, &owner, lease, limit, now)).await
+        self.write(move |c| at_once(steps::claim(&Tx(c), &sink, &owner, lease, limit, now))).await
     }
 
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
@@ -269,7 +265,7 @@ impl Outbox for SqliteStore {
 
     async fn bury(&self, sink: &str, owner: &str, event: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
         let (sink, owner, event, error) = (sink.to_owned(), owner.to_owned(), event.clone(), error.to_owned());
-        self.write(move |c| bury(c, &sink, &owner, &event, &error, now)).await
+        self.write(move |c| at_once(steps::bury(&Tx(c), &sink, &owner, &event, &error, now))).await
     }
 
     async fn replays(&self, sink: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -313,16 +309,8 @@ impl Outbox for SqliteStore {
         deliver_for: Duration,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let Some(last) = events.last().map(|e| e.position.clone()) else { return Ok(true) };
         let (sink, owner, events) = (sink.to_owned(), owner.to_owned(), events.to_vec());
-        self.write(move |c| {
-            if !advance(c, &sink, &owner, &last, events.len() as u64, None, now)? {
-                return Ok(false);
-            }
-            webhooks::enqueue(c, &events, lease_end(now, deliver_for), now)?;
-            Ok(true)
-        })
-        .await
+        self.write(move |c| at_once(steps::fan_out(&Tx(c), &sink, &owner, &events, deliver_for, now))).await
     }
 
     async fn claim_deliveries(

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod orders;
+pub mod relay;
 
 use std::future::Future;
 use std::pin::pin;

@@ -1,0 +1,99 @@
+//! The relay's steps on a shard's outbox: a sink claims its next events under a lease, then
+//! acknowledges them, buries one it gave up on, or (the webhook sink) fans them out into
+//! deliveries. Each step checks the lease it was given, so a relay that lost its lease changes
+//! nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::outbox::{lease_end, Claimed, OutboxEvent};
+use crate::store::{StoreError, StoreResult};
+
+/// A sink's row: where it is in the feed and who holds its lease.
+pub struct SinkRow {
+    pub cursor: Option<String>,
+    pub head_attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub delivered: u64,
+}
+
+/// The rows the relay reads and writes.
+#[allow(async_fn_in_trait)]
+pub trait RelayRows {
+    async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>>;
+    /// Adds the sink's row if it has none.
+    async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Events of every shop after `after`, in feed order.
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
+    /// Takes the sink's lease and counts an attempt, only if its row is still as `seen`; the
+    /// attempts counted then.
+    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>)
+        -> StoreResult<Option<u32>>;
+    /// Moves the sink's cursor to `upto` and releases its lease, if `owner` still holds it.
+    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>)
+        -> StoreResult<bool>;
+    /// Keeps an event the sink gave up on (again, if it was replayed and failed once more).
+    async fn add_dead_letter(&self, sink: &str, event: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>)
+        -> StoreResult<()>;
+    /// A delivery per webhook subscription that wants each event, once per event.
+    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()>;
+}
+
+/// Takes the lease on `sink`'s next events, unless another owner's lease is still running.
+/// Optimistic: the row is read, then the lease taken only if the row is as it was read.
+pub async fn claim(
+    rows: &impl RelayRows,
+    sink: &str,
+    owner: &str,
+    lease: Duration,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Claimed>> {
+    let row = match rows.sink_row(sink).await? {
+        Some(row) => row,
+        None => {
+            rows.add_sink(sink, now).await?;
+            rows.sink_row(sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
+        }
+    };
+    if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
+        return Ok(None);
+    }
+    let events = rows.events_after(row.cursor.as_deref(), limit).await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let attempts = rows.take_lease(sink, owner, &row, lease_end(now, lease), now).await?;
+    Ok(attempts.map(|attempts| Claimed { events, attempts }))
+}
+
+/// Gives up on `event`: the cursor moves past it and it is kept as a dead letter.
+pub async fn bury(rows: &impl RelayRows, sink: &str, owner: &str, event: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+    let attempts = rows.sink_row(sink).await?.map_or(0, |r| r.head_attempts);
+    if !rows.advance(sink, owner, &event.position, 0, Some(error), now).await? {
+        return Ok(false);
+    }
+    rows.add_dead_letter(sink, event, attempts, error, now).await?;
+    Ok(true)
+}
+
+/// The webhook sink's step: its cursor moves past `events` and their deliveries are queued, in
+/// one transaction, so each event is fanned out exactly once.
+pub async fn fan_out(
+    rows: &impl RelayRows,
+    sink: &str,
+    owner: &str,
+    events: &[OutboxEvent],
+    deliver_for: Duration,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let Some(last) = events.last() else { return Ok(true) };
+    if !rows.advance(sink, owner, &last.position, events.len() as u64, None, now).await? {
+        return Ok(false);
+    }
+    rows.enqueue_deliveries(events, lease_end(now, deliver_for), now).await?;
+    Ok(true)
+}
