@@ -39,6 +39,7 @@ use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
 use crate::store::transactions;
+use crate::store::transactions::webhooks::WebhookRows;
 
 pub struct PgStore {
     name: String,
@@ -371,8 +372,7 @@ impl Webhooks for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        shops::check_home(&tx, shop).await?;
-        webhooks::create(&tx, &hook).await?;
+        let hook = transactions::webhooks::create(&Tx(&tx), shop, hook).await?;
         tx.commit().await?;
         Ok(hook)
     }
@@ -382,10 +382,10 @@ impl Webhooks for PgStore {
     }
 
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        shops::check_home(&tx, shop).await?;
-        webhooks::delete(&tx, shop.as_str(), id).await?;
+        transactions::webhooks::delete(&Tx(&tx), shop, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -401,7 +401,8 @@ impl Webhooks for PgStore {
     }
 
     async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
-        webhooks::replay(&*self.client().await?, shop.as_str(), id, deliver_by, now).await
+        let _mark = self.replicas.writing(shop.as_str());
+        transactions::webhooks::replay(&Tx(&*self.client().await?), shop, id, deliver_by, now).await
     }
 
     async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -409,7 +410,8 @@ impl Webhooks for PgStore {
     }
 
     async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
-        webhooks::replay_dead_letters(&*self.client().await?, shop.as_str(), sink).await
+        let _mark = self.replicas.writing(shop.as_str());
+        Tx(&*self.client().await?).mark_for_replay(shop, sink).await
     }
 }
 

@@ -135,10 +135,6 @@ impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
             .await?;
         Ok(())
     }
-
-    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
-        webhooks::enqueue(self.0, events, deliver_by, now).await
-    }
 }
 
 /// The session holding the shard's relay lock.
@@ -308,7 +304,7 @@ impl Outbox for PgStore {
     }
 
     async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
-        webhooks::finish(&*self.client().await?, id, &outcome, now).await
+        crate::store::transactions::webhooks::finish(&Tx(&*self.client().await?), id, &outcome, now).await
     }
 
     async fn prune(&self, before: DateTime<Utc>, sinks: &[String], now: DateTime<Utc>) -> StoreResult<u64> {

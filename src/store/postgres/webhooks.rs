@@ -1,10 +1,14 @@
-//! Webhook subscriptions, their deliveries, and dead letters on PostgreSQL.
+//! Webhook subscriptions, their deliveries, and dead letters on PostgreSQL: the rows of
+//! `store::transactions::webhooks`, the reads, and the dispatchers' claim (`SKIP LOCKED`).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use crate::store::outbox::{DeadLetter, Delivery, DeliveryOutcome, OutboxEvent, Webhook};
+use super::Tx;
+use crate::shops::ShopId;
+use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
+use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
 use crate::store::{StoreError, StoreResult};
 
 const WEBHOOK_COLUMNS: &str = "id, shop, url, events, secret, created_at";
@@ -60,21 +64,12 @@ pub fn dead_letter_row(r: &Row) -> DeadLetter {
     }
 }
 
-pub async fn create(c: &impl GenericClient, w: &Webhook) -> StoreResult<()> {
-    let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let stmt = c
-        .prepare_cached("INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .await?;
-    c.execute(&stmt, &[&w.id, &w.shop, &w.url, &events, &w.secret, &w.created_at]).await?;
-    Ok(())
-}
-
 /// A moved shop's subscriptions arrive: those it had here from an earlier stay are updated,
 /// those deleted meanwhile go with their delivery log.
 pub async fn import(c: &impl GenericClient, shop: &str, hooks: &[Webhook]) -> StoreResult<()> {
     for old in list(c, shop).await? {
         if !hooks.iter().any(|h| h.id == old.id) {
-            delete(c, shop, &old.id).await?;
+            delete(c, &old.id).await?;
         }
     }
     for w in hooks {
@@ -95,16 +90,12 @@ pub async fn list(c: &impl GenericClient, shop: &str) -> StoreResult<Vec<Webhook
     Ok(c.query(&stmt, &[&shop]).await?.iter().map(|r| webhook_row(r, 0)).collect())
 }
 
-async fn exists(c: &impl GenericClient, shop: &str, id: &str) -> StoreResult<()> {
+async fn exists(c: &impl GenericClient, shop: &str, id: &str) -> StoreResult<bool> {
     let stmt = c.prepare_cached("SELECT 1 FROM webhooks WHERE shop = $1 AND id = $2").await?;
-    match c.query_opt(&stmt, &[&shop, &id]).await? {
-        Some(_) => Ok(()),
-        None => Err(StoreError::not_found("webhook", id)),
-    }
+    Ok(c.query_opt(&stmt, &[&shop, &id]).await?.is_some())
 }
 
-pub async fn delete(c: &impl GenericClient, shop: &str, id: &str) -> StoreResult<()> {
-    exists(c, shop, id).await?;
+async fn delete(c: &impl GenericClient, id: &str) -> StoreResult<()> {
     c.execute("DELETE FROM webhook_deliveries WHERE webhook = $1", &[&id]).await?;
     c.execute("DELETE FROM webhooks WHERE id = $1", &[&id]).await?;
     Ok(())
@@ -117,7 +108,9 @@ pub async fn deliveries(
     status: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<Delivery>> {
-    exists(c, shop, id).await?;
+    if !exists(c, shop, id).await? {
+        return Err(StoreError::not_found("webhook", id));
+    }
     let stmt = c
         .prepare_cached(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook = $1 AND ($2::text IS NULL OR d.status = $2)
@@ -127,67 +120,11 @@ pub async fn deliveries(
     Ok(c.query(&stmt, &[&id, &status, &(limit as i64)]).await?.iter().map(delivery_row).collect())
 }
 
-pub async fn replay(
-    c: &impl GenericClient,
-    shop: &str,
-    id: &str,
-    deliver_by: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> StoreResult<u64> {
-    exists(c, shop, id).await?;
-    let stmt = c
-        .prepare_cached(
-            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, deliver_by = $3,
-               lease_owner = NULL, lease_until = NULL
-             WHERE webhook = $1 AND status = 'dead'",
-        )
-        .await?;
-    Ok(c.execute(&stmt, &[&id, &now, &deliver_by]).await?)
-}
-
 pub async fn dead_letters(c: &impl GenericClient, shop: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {
     let stmt = c
         .prepare_cached(&format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE shop = $1 ORDER BY dead_at DESC LIMIT $2"))
         .await?;
     Ok(c.query(&stmt, &[&shop, &(limit as i64)]).await?.iter().map(dead_letter_row).collect())
-}
-
-pub async fn replay_dead_letters(c: &impl GenericClient, shop: &str, sink: Option<&str>) -> StoreResult<u64> {
-    let stmt =
-        c.prepare_cached("UPDATE dead_letters SET replay = TRUE WHERE shop = $1 AND ($2::text IS NULL OR sink = $2)").await?;
-    Ok(c.execute(&stmt, &[&shop, &sink]).await?)
-}
-
-/// A delivery per subscription that wants each event; the inbox makes an event's fan-out happen
-/// once even if its batch is claimed again.
-pub async fn enqueue(
-    c: &impl GenericClient,
-    events: &[OutboxEvent],
-    deliver_by: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    let mut hooks: std::collections::HashMap<String, Vec<Webhook>> = Default::default();
-    let insert = c
-        .prepare_cached(
-            "INSERT INTO webhook_deliveries (webhook, shop, event_id, aggregate, type, envelope, next_attempt_at, deliver_by, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (webhook, event_id) DO NOTHING",
-        )
-        .await?;
-    for e in events {
-        let Some(shop) = &e.shop else { continue };
-        if !hooks.contains_key(shop) {
-            hooks.insert(shop.clone(), list(c, shop).await?);
-        }
-        // A subscription receives what happened from its creation on.
-        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
-        if wanted.is_empty() || !crate::store::inbox::postgres::first_time(c, "webhooks", &e.id).await? {
-            continue;
-        }
-        for w in wanted {
-            c.execute(&insert, &[&w.id, shop, &e.id, &e.aggregate, &e.kind, &e.envelope, &now, &deliver_by]).await?;
-        }
-    }
-    Ok(())
 }
 
 /// Due deliveries, leased with `FOR UPDATE SKIP LOCKED` so dispatchers never take the same one.
@@ -221,19 +158,74 @@ pub async fn claim(
     Ok(claimed.into_iter().filter_map(|d| hooks.get(&d.webhook).cloned().map(|w| (d, w))).collect())
 }
 
-pub async fn finish(c: &impl GenericClient, id: i64, outcome: &DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
-    let (status, last_status, error, next, delivered) = match outcome {
-        DeliveryOutcome::Delivered { status } => ("delivered", Some(*status), None, None, Some(now)),
-        DeliveryOutcome::Retry { status, error, at } => ("pending", *status, Some(error.as_str()), Some(*at), None),
-        DeliveryOutcome::Dead { status, error } => ("dead", *status, Some(error.as_str()), None, None),
-    };
-    let stmt = c
-        .prepare_cached(
-            "UPDATE webhook_deliveries SET status = $2, last_status = $3, last_error = $4,
-               next_attempt_at = coalesce($5, next_attempt_at), delivered_at = $6, lease_owner = NULL, lease_until = NULL
-             WHERE id = $1",
-        )
-        .await?;
-    c.execute(&stmt, &[&id, &status, &last_status.map(i32::from), &error, &next, &delivered]).await?;
-    Ok(())
+impl<C: GenericClient + Sync> WebhookRows for Tx<'_, C> {
+    async fn webhook_exists(&self, shop: &ShopId, id: &str) -> StoreResult<bool> {
+        exists(self.0, shop.as_str(), id).await
+    }
+
+    async fn insert_webhook(&self, w: &Webhook) -> StoreResult<()> {
+        let c = self.0;
+        let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let stmt = c
+            .prepare_cached("INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .await?;
+        c.execute(&stmt, &[&w.id, &w.shop, &w.url, &events, &w.secret, &w.created_at]).await?;
+        Ok(())
+    }
+
+    async fn delete_webhook_rows(&self, id: &str) -> StoreResult<()> {
+        delete(self.0, id).await
+    }
+
+    async fn list_webhooks(&self, shop: &str) -> StoreResult<Vec<Webhook>> {
+        list(self.0, shop).await
+    }
+
+    async fn requeue_dead(&self, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, deliver_by = $3,
+                   lease_owner = NULL, lease_until = NULL
+                 WHERE webhook = $1 AND status = 'dead'",
+            )
+            .await?;
+        Ok(c.execute(&stmt, &[&id, &now, &deliver_by]).await?)
+    }
+
+    async fn first_time(&self, consumer: &str, event_id: &str, _now: DateTime<Utc>) -> StoreResult<bool> {
+        crate::store::inbox::postgres::first_time(self.0, consumer, event_id).await
+    }
+
+    async fn add_delivery(&self, w: &Webhook, e: &OutboxEvent, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (webhook, shop, event_id, aggregate, type, envelope, next_attempt_at, deliver_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (webhook, event_id) DO NOTHING",
+            )
+            .await?;
+        c.execute(&stmt, &[&w.id, &w.shop, &e.id, &e.aggregate, &e.kind, &e.envelope, &now, &deliver_by]).await?;
+        Ok(())
+    }
+
+    async fn update_delivery(&self, id: i64, u: &DeliveryUpdate<'_>) -> StoreResult<()> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = $2, last_status = $3, last_error = $4,
+                   next_attempt_at = coalesce($5, next_attempt_at), delivered_at = $6, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1",
+            )
+            .await?;
+        c.execute(&stmt, &[&id, &u.status, &u.last_status.map(i32::from), &u.error, &u.next_attempt_at, &u.delivered_at]).await?;
+        Ok(())
+    }
+
+    async fn mark_for_replay(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        let c = self.0;
+        let stmt =
+            c.prepare_cached("UPDATE dead_letters SET replay = TRUE WHERE shop = $1 AND ($2::text IS NULL OR sink = $2)").await?;
+        Ok(c.execute(&stmt, &[&shop.as_str(), &sink]).await?)
+    }
 }

@@ -38,6 +38,7 @@ use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, Order, OrderQuery, PlaceOrder, PlaceOutcome};
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::outbox::{DeadLetter, Delivery, Outbox, Webhook};
+use crate::store::transactions::webhooks::WebhookRows;
 use crate::store::transactions::{self, at_once};
 
 /// The shard name of an unsharded embedded store.
@@ -342,12 +343,7 @@ impl Events for SqliteStore {
 impl Webhooks for SqliteStore {
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
         let shop = shop.clone();
-        self.write(move |c| {
-            shops::check_home(c, &shop)?;
-            webhooks::create(c, &hook)?;
-            Ok(hook)
-        })
-        .await
+        self.write(move |c| at_once(transactions::webhooks::create(&Tx(c), &shop, hook))).await
     }
 
     async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
@@ -357,11 +353,7 @@ impl Webhooks for SqliteStore {
 
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
         let (shop, id) = (shop.clone(), id.to_owned());
-        self.write(move |c| {
-            shops::check_home(c, &shop)?;
-            webhooks::delete(c, shop.as_str(), &id)
-        })
-        .await
+        self.write(move |c| at_once(transactions::webhooks::delete(&Tx(c), &shop, &id))).await
     }
 
     async fn webhook_deliveries(
@@ -377,7 +369,7 @@ impl Webhooks for SqliteStore {
 
     async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
         let (shop, id) = (shop.clone(), id.to_owned());
-        self.write(move |c| webhooks::replay(c, shop.as_str(), &id, deliver_by, now)).await
+        self.write(move |c| at_once(transactions::webhooks::replay(&Tx(c), &shop, &id, deliver_by, now))).await
     }
 
     async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -387,14 +379,7 @@ impl Webhooks for SqliteStore {
 
     async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
         let (shop, sink) = (shop.clone(), sink.map(str::to_owned));
-        self.write(move |c| {
-            let n = c.execute(
-                "UPDATE dead_letters SET replay = TRUE WHERE shop = ?1 AND (?2 IS NULL OR sink = ?2)",
-                rusqlite::params![shop.as_str(), sink],
-            )?;
-            Ok(n as u64)
-        })
-        .await
+        self.write(move |c| at_once(Tx(c).mark_for_replay(&shop, sink.as_deref()))).await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::store::outbox::{
     lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
 };
 use crate::store::transactions::relay::{self as steps, RelayRows, SinkRow};
-use crate::store::transactions::at_once;
+use crate::store::transactions::{self, at_once};
 use crate::store::{StoreError, StoreResult};
 
 fn position(p: Option<&str>) -> StoreResult<i64> {
@@ -191,10 +191,6 @@ impl RelayRows for Tx<'_> {
             .execute(params![sink, e.id, e.position, e.shop, e.kind, e.envelope, attempts, error, ts(now)])?;
         Ok(())
     }
-
-    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
-        webhooks::enqueue(self.0, events, deliver_by, now)
-    }
 }
 
 /// Leadership within this process: the data-dir lock already keeps other processes out.
@@ -334,7 +330,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn finish_delivery(&self, id: i64, outcome: DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
-        self.write(move |c| webhooks::finish(c, id, &outcome, now)).await
+        self.write(move |c| at_once(transactions::webhooks::finish(&Tx(c), id, &outcome, now))).await
     }
 
     async fn prune(&self, before: DateTime<Utc>, sinks: &[String], _now: DateTime<Utc>) -> StoreResult<u64> {

@@ -1,10 +1,14 @@
-//! Webhook subscriptions and their deliveries on SQLite.
+//! Webhook subscriptions and their deliveries on SQLite: the rows of
+//! `store::transactions::webhooks`, the reads, and the dispatcher's claim (the one writer hands
+//! each due delivery to one dispatcher).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts};
-use crate::store::outbox::{Delivery, DeliveryOutcome, OutboxEvent, Webhook};
+use super::{parse_ts, ts, Tx};
+use crate::shops::ShopId;
+use crate::store::outbox::{Delivery, OutboxEvent, Webhook};
+use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
 use crate::store::{StoreError, StoreResult};
 
 const WEBHOOK_COLUMNS: &str = "id, shop, url, events, secret, created_at";
@@ -44,21 +48,12 @@ fn delivery_row(r: &rusqlite::Row) -> rusqlite::Result<Delivery> {
     })
 }
 
-pub fn create(c: &Connection, w: &Webhook) -> StoreResult<()> {
-    let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
-    c.execute(
-        "INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![w.id, w.shop, w.url, events, w.secret, ts(w.created_at)],
-    )?;
-    Ok(())
-}
-
 /// A moved shop's subscriptions arrive: those it had here from an earlier stay are updated,
 /// those deleted meanwhile go with their delivery log.
 pub fn import(c: &Connection, shop: &str, hooks: &[Webhook]) -> StoreResult<()> {
     for old in list(c, shop)? {
         if !hooks.iter().any(|h| h.id == old.id) {
-            delete(c, shop, &old.id)?;
+            delete(c, &old.id)?;
         }
     }
     for w in hooks {
@@ -77,15 +72,8 @@ pub fn list(c: &Connection, shop: &str) -> StoreResult<Vec<Webhook>> {
     Ok(c.prepare_cached(&sql)?.query_map([shop], |r| webhook_row(r, 0))?.collect::<rusqlite::Result<_>>()?)
 }
 
-fn exists(c: &Connection, shop: &str, id: &str) -> StoreResult<()> {
-    let found =
-        c.prepare_cached("SELECT 1 FROM webhooks WHERE shop = ?1 AND id = ?2")?.query_row([shop, id], |_| Ok(())).optional()?;
-    found.ok_or_else(|| StoreError::not_found("webhook", id))
-}
-
 /// Removes the subscription and its delivery log: nothing more is sent to it.
-pub fn delete(c: &Connection, shop: &str, id: &str) -> StoreResult<()> {
-    exists(c, shop, id)?;
+fn delete(c: &Connection, id: &str) -> StoreResult<()> {
     c.execute("DELETE FROM webhook_deliveries WHERE webhook = ?1", [id])?;
     c.execute("DELETE FROM webhooks WHERE id = ?1", [id])?;
     Ok(())
@@ -93,49 +81,14 @@ pub fn delete(c: &Connection, shop: &str, id: &str) -> StoreResult<()> {
 
 /// The delivery log of one subscription, newest first.
 pub fn deliveries(c: &Connection, shop: &str, id: &str, status: Option<&str>, limit: usize) -> StoreResult<Vec<Delivery>> {
-    exists(c, shop, id)?;
+    if !exists(c, shop, id)? {
+        return Err(StoreError::not_found("webhook", id));
+    }
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook = ?1 AND (?2 IS NULL OR d.status = ?2)
          ORDER BY d.id DESC LIMIT ?3"
     );
     Ok(c.prepare_cached(&sql)?.query_map(params![id, status, limit as i64], delivery_row)?.collect::<rusqlite::Result<_>>()?)
-}
-
-/// Puts a subscription's dead deliveries back in line, with fresh attempts and deadline.
-pub fn replay(c: &Connection, shop: &str, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
-    exists(c, shop, id)?;
-    let n = c.execute(
-        "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, deliver_by = ?3,
-           lease_owner = NULL, lease_until = NULL
-         WHERE webhook = ?1 AND status = 'dead'",
-        params![id, ts(now), ts(deliver_by)],
-    )?;
-    Ok(n as u64)
-}
-
-/// A delivery per subscription that wants each event. The inbox makes the fan-out of one event
-/// happen once even if its batch is claimed again.
-pub fn enqueue(c: &Connection, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
-    let mut hooks: std::collections::HashMap<String, Vec<Webhook>> = Default::default();
-    for e in events {
-        let Some(shop) = &e.shop else { continue };
-        if !hooks.contains_key(shop) {
-            hooks.insert(shop.clone(), list(c, shop)?);
-        }
-        // A subscription receives what happened from its creation on.
-        let wanted: Vec<&Webhook> = hooks[shop].iter().filter(|w| w.wants(&e.kind) && e.created_at >= w.created_at).collect();
-        if wanted.is_empty() || !crate::store::inbox::sqlite::first_time(c, "webhooks", &e.id, now)? {
-            continue;
-        }
-        for w in wanted {
-            c.prepare_cached(
-                "INSERT INTO webhook_deliveries (webhook, shop, event_id, aggregate, type, envelope, next_attempt_at, deliver_by, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7) ON CONFLICT (webhook, event_id) DO NOTHING",
-            )?
-            .execute(params![w.id, shop, e.id, e.aggregate, e.kind, e.envelope, ts(now), ts(deliver_by)])?;
-        }
-    }
-    Ok(())
 }
 
 pub fn claim(
@@ -172,17 +125,72 @@ pub fn claim(
         .collect())
 }
 
-pub fn finish(c: &Connection, id: i64, outcome: &DeliveryOutcome, now: DateTime<Utc>) -> StoreResult<()> {
-    let (status, last_status, error, next, delivered) = match outcome {
-        DeliveryOutcome::Delivered { status } => ("delivered", Some(*status), None, None, Some(ts(now))),
-        DeliveryOutcome::Retry { status, error, at } => ("pending", *status, Some(error.as_str()), Some(ts(*at)), None),
-        DeliveryOutcome::Dead { status, error } => ("dead", *status, Some(error.as_str()), None, None),
-    };
-    c.prepare_cached(
-        "UPDATE webhook_deliveries SET status = ?2, last_status = ?3, last_error = ?4,
-           next_attempt_at = coalesce(?5, next_attempt_at), delivered_at = ?6, lease_owner = NULL, lease_until = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![id, status, last_status.map(i64::from), error, next, delivered])?;
-    Ok(())
+fn exists(c: &Connection, shop: &str, id: &str) -> StoreResult<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM webhooks WHERE shop = ?1 AND id = ?2")?.query_row([shop, id], |_| Ok(())).optional()?.is_some())
+}
+
+impl WebhookRows for Tx<'_> {
+    async fn webhook_exists(&self, shop: &ShopId, id: &str) -> StoreResult<bool> {
+        exists(self.0, shop.as_str(), id)
+    }
+
+    async fn insert_webhook(&self, w: &Webhook) -> StoreResult<()> {
+        let events = serde_json::to_string(&w.events).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.0.execute(
+            "INSERT INTO webhooks (id, shop, url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![w.id, w.shop, w.url, events, w.secret, ts(w.created_at)],
+        )?;
+        Ok(())
+    }
+
+    async fn delete_webhook_rows(&self, id: &str) -> StoreResult<()> {
+        delete(self.0, id)
+    }
+
+    async fn list_webhooks(&self, shop: &str) -> StoreResult<Vec<Webhook>> {
+        list(self.0, shop)
+    }
+
+    async fn requeue_dead(&self, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let n = self.0.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, deliver_by = ?3,
+               lease_owner = NULL, lease_until = NULL
+             WHERE webhook = ?1 AND status = 'dead'",
+            params![id, ts(now), ts(deliver_by)],
+        )?;
+        Ok(n as u64)
+    }
+
+    async fn first_time(&self, consumer: &str, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        crate::store::inbox::sqlite::first_time(self.0, consumer, event_id, now)
+    }
+
+    async fn add_delivery(&self, w: &Webhook, e: &OutboxEvent, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (webhook, shop, event_id, aggregate, type, envelope, next_attempt_at, deliver_by, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7) ON CONFLICT (webhook, event_id) DO NOTHING",
+            )?
+            .execute(params![w.id, w.shop, e.id, e.aggregate, e.kind, e.envelope, ts(now), ts(deliver_by)])?;
+        Ok(())
+    }
+
+    async fn update_delivery(&self, id: i64, u: &DeliveryUpdate<'_>) -> StoreResult<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = ?2, last_status = ?3, last_error = ?4,
+                   next_attempt_at = coalesce(?5, next_attempt_at), delivered_at = ?6, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, u.status, u.last_status.map(i64::from), u.error, u.next_attempt_at.map(ts), u.delivered_at.map(ts)])?;
+        Ok(())
+    }
+
+    async fn mark_for_replay(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        let n = self.0.execute(
+            "UPDATE dead_letters SET replay = TRUE WHERE shop = ?1 AND (?2 IS NULL OR sink = ?2)",
+            params![shop.as_str(), sink],
+        )?;
+        Ok(n as u64)
+    }
 }

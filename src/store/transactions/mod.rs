@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod orders;
 pub mod relay;
+pub mod webhooks;
 
 use std::future::Future;
 use std::pin::pin;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::webhooks::WebhookRows;
 use crate::store::outbox::{lease_end, Claimed, OutboxEvent};
 use crate::store::{StoreError, StoreResult};
 
@@ -38,8 +39,6 @@ pub trait RelayRows {
     /// Keeps an event the sink gave up on (again, if it was replayed and failed once more).
     async fn add_dead_letter(&self, sink: &str, event: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>)
         -> StoreResult<()>;
-    /// A delivery per webhook subscription that wants each event, once per event.
-    async fn enqueue_deliveries(&self, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()>;
 }
 
 /// Takes the lease on `sink`'s next events, unless another owner's lease is still running.
@@ -83,7 +82,7 @@ pub async fn bury(rows: &impl RelayRows, sink: &str, owner: &str, event: &Outbox
 /// The webhook sink's step: its cursor moves past `events` and their deliveries are queued, in
 /// one transaction, so each event is fanned out exactly once.
 pub async fn fan_out(
-    rows: &impl RelayRows,
+    rows: &(impl RelayRows + WebhookRows),
     sink: &str,
     owner: &str,
     events: &[OutboxEvent],
@@ -94,6 +93,6 @@ pub async fn fan_out(
     if !rows.advance(sink, owner, &last.position, events.len() as u64, None, now).await? {
         return Ok(false);
     }
-    rows.enqueue_deliveries(events, lease_end(now, deliver_for), now).await?;
+    super::webhooks::enqueue(rows, events, lease_end(now, deliver_for), now).await?;
     Ok(true)
 }
