@@ -164,13 +164,18 @@ async fn every_committed_event_reaches_jetstream_once_and_in_order_per_aggregate
 
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
+    // The relay's sink makes the stream when it first connects, which on a loaded machine can
+    // come after the events above were committed.
+    let t0 = Instant::now();
+    let js_stream = loop {
+        match js.get_stream(&stream).await {
+            Ok(s) => break s,
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(10), "the relay never made stream {stream}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        js_stream.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.unwrap();
     let mut messages = consumer.messages().await.unwrap();
     let mut got = Vec::new();
     let t0 = Instant::now();

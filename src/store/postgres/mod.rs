@@ -429,13 +429,13 @@ impl Moves for PgStore {
         let _mark = self.replicas.writing(shop.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        moves::mark_shop(&tx, shop, moved_to).await?;
+        transactions::moves::mark(&Tx(&tx), shop, moved_to).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
-        let mut dump = moves::export_shop(&*self.client().await?, shop).await?;
+        let mut dump = transactions::moves::export(&Tx(&*self.client().await?), shop).await?;
         dump.origin = self.name.clone();
         Ok(dump)
     }
@@ -444,7 +444,7 @@ impl Moves for PgStore {
         let _mark = self.replicas.writing(dump.shop.shop.id.as_str());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        moves::import_shop(&tx, &dump).await?;
+        transactions::moves::import(&Tx(&tx), &dump).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,13 +1,19 @@
-//! What moving a shop needs on PostgreSQL: its `moved_to` mark, the pin directory, and the
-//! shop's rows exported and imported whole.
+//! What moving a shop needs on PostgreSQL: the pin directory, and the rows of
+//! `store::transactions::moves` (the shop's mark, its rows exported and imported whole). A mark
+//! takes the shop's fence lock exclusively, which every write of the shop takes shared
+//! (`shops::check_home`), so the fence waits for writes in flight and holds back new ones.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{catalog, orders, outbox, shops, webhooks};
-use crate::shops::ShopId;
+use super::{catalog, orders, outbox, shops, webhooks, Tx};
+use crate::catalog::Product;
+use crate::orders::Order;
+use crate::shops::{ShopId, ShopRecord};
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{mark_precondition, mark_refused, StoreError, StoreResult};
+use crate::store::outbox::Webhook;
+use crate::store::transactions::moves::MoveRows;
+use crate::store::StoreResult;
 
 pub async fn directory(c: &impl GenericClient) -> StoreResult<Vec<(ShopId, String)>> {
     let stmt = c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop").await?;
@@ -30,70 +36,6 @@ pub async fn set_pin(c: &impl GenericClient, shop: &ShopId, shard: Option<&str>,
     Ok(())
 }
 
-/// Run inside a transaction: the exclusive fence lock is held until it commits.
-pub async fn mark_shop(c: &impl GenericClient, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
-    c.execute("SELECT pg_advisory_xact_lock(hashtextextended('fence/' || $1::text, 0))", &[&shop.as_str()]).await?;
-    let expected = mark_precondition(moved_to);
-    let n = c
-        .execute(
-            "UPDATE shops SET moved_to = $2 WHERE id = $1 AND moved_to IS NOT DISTINCT FROM $3",
-            &[&shop.as_str(), &moved_to, &expected],
-        )
-        .await?;
-    if n == 0 {
-        return Err(match shops::get(c, shop).await? {
-            None => StoreError::not_found("shop", shop.as_str()),
-            Some(_) => mark_refused(shop, moved_to),
-        });
-    }
-    Ok(())
-}
-
-pub async fn export_shop(c: &impl GenericClient, shop: &ShopId) -> StoreResult<ShopDump> {
-    let record = shops::get(c, shop).await?.ok_or_else(|| StoreError::not_found("shop", shop.as_str()))?;
-    let products = catalog::all_products(c, shop).await?;
-    let stock = c
-        .query("SELECT sku, on_hand, reserved, updated_at FROM stock WHERE shop = $1 ORDER BY sku", &[&shop.as_str()])
-        .await?
-        .iter()
-        .map(|r| StockRow { sku: r.get(0), on_hand: r.get(1), reserved: r.get(2), updated_at: r.get(3) })
-        .collect();
-    let ids = c.query("SELECT id FROM orders WHERE shop = $1 ORDER BY id", &[&shop.as_str()]).await?;
-    let mut all_orders = Vec::with_capacity(ids.len());
-    for row in ids {
-        if let Some(o) = orders::load(c, shop, row.get::<_, &str>(0)).await? {
-            all_orders.push(o);
-        }
-    }
-    let idempotency = c
-        .query(
-            "SELECT key, request_hash, status_code, response, created_at FROM idempotency_keys WHERE shop = $1 ORDER BY key",
-            &[&shop.as_str()],
-        )
-        .await?
-        .iter()
-        .map(|r| IdempotencyRow {
-            key: r.get(0),
-            request_hash: r.get(1),
-            status_code: r.get(2),
-            response: r.get(3),
-            created_at: r.get(4),
-        })
-        .collect();
-    let (events, sequences) = outbox::export_events(c, shop).await?;
-    let webhooks = webhooks::list(c, shop.as_str()).await?;
-    Ok(ShopDump {
-        shop: record,
-        products,
-        stock,
-        orders: all_orders,
-        idempotency,
-        events,
-        sequences,
-        webhooks,
-        origin: String::new(),
-    })
-}
 
 /// Deletes every row of a shop, children first.
 async fn purge(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
@@ -107,84 +49,168 @@ async fn purge(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
     Ok(())
 }
 
-pub async fn import_shop(c: &impl GenericClient, d: &ShopDump) -> StoreResult<()> {
-    let shop = &d.shop.shop.id;
-    let here = c.query_opt("SELECT moved_to FROM shops WHERE id = $1 FOR UPDATE", &[&shop.as_str()]).await?;
-    match here.map(|r| r.get::<_, Option<String>>(0)) {
-        None => {}
-        Some(Some(_)) => purge(c, shop).await?,
-        Some(None) => return Err(StoreError::conflict("shop_exists", format!("shop {shop} already lives on this shard"))),
+impl<C: GenericClient + Sync> MoveRows for Tx<'_, C> {
+    /// Run inside a transaction: the exclusive fence lock is held until it commits.
+    async fn swap_mark(&self, shop: &ShopId, expected: Option<&str>, next: Option<&str>) -> StoreResult<bool> {
+        let c = self.0;
+        c.execute("SELECT pg_advisory_xact_lock(hashtextextended('fence/' || $1::text, 0))", &[&shop.as_str()]).await?;
+        let n = c
+            .execute(
+                "UPDATE shops SET moved_to = $2 WHERE id = $1 AND moved_to IS NOT DISTINCT FROM $3",
+                &[&shop.as_str(), &next, &expected],
+            )
+            .await?;
+        Ok(n == 1)
     }
-    let s = &d.shop.shop;
-    c.execute(
-        "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-        &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&d.shop.api_key_hash[..], &s.created_at],
-    )
-    .await?;
-    for p in &d.products {
+
+    async fn mark_for_update(&self, shop: &ShopId) -> StoreResult<Option<Option<String>>> {
+        let here = self.0.query_opt("SELECT moved_to FROM shops WHERE id = $1 FOR UPDATE", &[&shop.as_str()]).await?;
+        Ok(here.map(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    async fn shop_record(&self, shop: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        shops::get(self.0, shop).await
+    }
+
+    async fn all_products(&self, shop: &ShopId) -> StoreResult<Vec<Product>> {
+        catalog::all_products(self.0, shop).await
+    }
+
+    async fn all_stock(&self, shop: &ShopId) -> StoreResult<Vec<StockRow>> {
+        Ok(self
+            .0
+            .query("SELECT sku, on_hand, reserved, updated_at FROM stock WHERE shop = $1 ORDER BY sku", &[&shop.as_str()])
+            .await?
+            .iter()
+            .map(|r| StockRow { sku: r.get(0), on_hand: r.get(1), reserved: r.get(2), updated_at: r.get(3) })
+            .collect())
+    }
+
+    async fn all_orders(&self, shop: &ShopId) -> StoreResult<Vec<Order>> {
+        let c = self.0;
+        let ids = c.query("SELECT id FROM orders WHERE shop = $1 ORDER BY id", &[&shop.as_str()]).await?;
+        let mut all = Vec::with_capacity(ids.len());
+        for row in ids {
+            if let Some(o) = orders::load(c, shop, row.get::<_, &str>(0)).await? {
+                all.push(o);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn all_idempotency(&self, shop: &ShopId) -> StoreResult<Vec<IdempotencyRow>> {
+        Ok(self
+            .0
+            .query(
+                "SELECT key, request_hash, status_code, response, created_at FROM idempotency_keys WHERE shop = $1 ORDER BY key",
+                &[&shop.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| IdempotencyRow {
+                key: r.get(0),
+                request_hash: r.get(1),
+                status_code: r.get(2),
+                response: r.get(3),
+                created_at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn all_webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        webhooks::list(self.0, shop.as_str()).await
+    }
+
+    async fn export_events(&self, shop: &ShopId, dump: &mut ShopDump) -> StoreResult<()> {
+        (dump.events, dump.sequences) = outbox::export_events(self.0, shop).await?;
+        Ok(())
+    }
+
+    async fn purge(&self, shop: &ShopId) -> StoreResult<()> {
+        purge(self.0, shop).await
+    }
+
+    async fn insert_rows(&self, d: &ShopDump) -> StoreResult<()> {
+        let c = self.0;
+        let shop = &d.shop.shop.id;
+        let s = &d.shop.shop;
         c.execute(
-            "INSERT INTO products (shop, sku, name, category, price_amount, currency, attributes, version, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &shop.as_str(),
-                &p.sku,
-                &p.name,
-                &p.category,
-                &p.price.amount,
-                &p.price.currency.as_str(),
-                &p.attributes,
-                &p.version,
-                &p.updated_at,
-            ],
+            "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&d.shop.api_key_hash[..], &s.created_at],
         )
         .await?;
-    }
-    for st in &d.stock {
-        c.execute(
-            "INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&shop.as_str(), &st.sku, &st.on_hand, &st.reserved, &st.updated_at],
-        )
-        .await?;
-    }
-    for o in &d.orders {
-        c.execute(
-            "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &o.id,
-                &shop.as_str(),
-                &o.customer_id,
-                &o.status.as_str(),
-                &o.total.amount,
-                &o.total.currency.as_str(),
-                &o.created_at,
-                &o.updated_at,
-                &o.expires_at,
-            ],
-        )
-        .await?;
-        for (i, l) in o.lines.iter().enumerate() {
+        for p in &d.products {
             c.execute(
-                "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[&o.id, &(i as i32), &l.sku, &l.name, &l.qty, &l.unit_price.amount, &l.line_total.amount],
+                "INSERT INTO products (shop, sku, name, category, price_amount, currency, attributes, version, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &shop.as_str(),
+                    &p.sku,
+                    &p.name,
+                    &p.category,
+                    &p.price.amount,
+                    &p.price.currency.as_str(),
+                    &p.attributes,
+                    &p.version,
+                    &p.updated_at,
+                ],
             )
             .await?;
         }
-        for (i, h) in o.history.iter().enumerate() {
+        for st in &d.stock {
             c.execute(
-                "INSERT INTO order_history (order_id, seq, status, at, reason) VALUES ($1, $2, $3, $4, $5)",
-                &[&o.id, &(i as i32 + 1), &h.status.as_str(), &h.at, &h.reason],
+                "INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&shop.as_str(), &st.sku, &st.on_hand, &st.reserved, &st.updated_at],
             )
             .await?;
         }
+        for o in &d.orders {
+            c.execute(
+                "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &o.id,
+                    &shop.as_str(),
+                    &o.customer_id,
+                    &o.status.as_str(),
+                    &o.total.amount,
+                    &o.total.currency.as_str(),
+                    &o.created_at,
+                    &o.updated_at,
+                    &o.expires_at,
+                ],
+            )
+            .await?;
+            for (i, l) in o.lines.iter().enumerate() {
+                c.execute(
+                    "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&o.id, &(i as i32), &l.sku, &l.name, &l.qty, &l.unit_price.amount, &l.line_total.amount],
+                )
+                .await?;
+            }
+            for (i, h) in o.history.iter().enumerate() {
+                c.execute(
+                    "INSERT INTO order_history (order_id, seq, status, at, reason) VALUES ($1, $2, $3, $4, $5)",
+                    &[&o.id, &(i as i32 + 1), &h.status.as_str(), &h.at, &h.reason],
+                )
+                .await?;
+            }
+        }
+        for k in &d.idempotency {
+            c.execute(
+                "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&shop.as_str(), &k.key, &k.request_hash, &k.status_code, &k.response, &k.created_at],
+            )
+            .await?;
+        }
+        Ok(())
     }
-    for k in &d.idempotency {
-        c.execute(
-            "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&shop.as_str(), &k.key, &k.request_hash, &k.status_code, &k.response, &k.created_at],
-        )
-        .await?;
+
+    async fn import_events(&self, shop: &ShopId, dump: &ShopDump) -> StoreResult<()> {
+        outbox::import_events(self.0, shop, dump).await
     }
-    outbox::import_events(c, shop, d).await?;
-    webhooks::import(c, shop.as_str(), &d.webhooks).await
+
+    async fn import_webhooks(&self, shop: &ShopId, hooks: &[Webhook]) -> StoreResult<()> {
+        webhooks::import(self.0, shop.as_str(), hooks).await
+    }
 }

@@ -396,19 +396,19 @@ impl Moves for SqliteStore {
 
     async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
         let (shop, moved_to) = (shop.clone(), moved_to.map(str::to_owned));
-        self.write(move |c| moves::mark_shop(c, &shop, moved_to.as_deref())).await
+        self.write(move |c| at_once(transactions::moves::mark(&Tx(c), &shop, moved_to.as_deref()))).await
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
         let shop = shop.clone();
         // Through the writer: the export sees every write acknowledged before it.
-        let mut dump = self.write(move |c| moves::export_shop(c, &shop)).await?;
+        let mut dump = self.write(move |c| at_once(transactions::moves::export(&Tx(c), &shop))).await?;
         dump.origin = self.name.clone();
         Ok(dump)
     }
 
     async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
-        self.write(move |c| moves::import_shop(c, &dump)).await
+        self.write(move |c| at_once(transactions::moves::import(&Tx(c), &dump))).await
     }
 }
 

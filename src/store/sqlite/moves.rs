@@ -1,13 +1,18 @@
-//! What moving a shop needs on SQLite: its `moved_to` mark, the pin directory, and the shop's
-//! rows exported and imported whole.
+//! What moving a shop needs on SQLite: the pin directory, and the rows of
+//! `store::transactions::moves` (the shop's mark, its rows exported and imported whole). The one
+//! writer orders a mark against every write of the shop, so nothing here locks.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{catalog, orders, outbox, parse_ts, shops, ts, webhooks};
-use crate::shops::ShopId;
+use super::{catalog, orders, outbox, parse_ts, shops, ts, webhooks, Tx};
+use crate::catalog::Product;
+use crate::orders::Order;
+use crate::shops::{ShopId, ShopRecord};
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
-use crate::store::{mark_precondition, mark_refused, StoreError, StoreResult};
+use crate::store::outbox::Webhook;
+use crate::store::transactions::moves::MoveRows;
+use crate::store::StoreResult;
 
 pub fn directory(c: &Connection) -> StoreResult<Vec<(ShopId, String)>> {
     Ok(c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop")?
@@ -28,60 +33,6 @@ pub fn set_pin(c: &Connection, shop: &ShopId, shard: Option<&str>, now: DateTime
     Ok(())
 }
 
-pub fn mark_shop(c: &Connection, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
-    let expected = mark_precondition(moved_to);
-    let n = c.prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1 AND moved_to IS ?3")?.execute(params![
-        shop.as_str(),
-        moved_to,
-        expected
-    ])?;
-    if n == 0 {
-        return Err(match shops::get(c, shop)? {
-            None => StoreError::not_found("shop", shop.as_str()),
-            Some(_) => mark_refused(shop, moved_to),
-        });
-    }
-    Ok(())
-}
-
-pub fn export_shop(c: &Connection, shop: &ShopId) -> StoreResult<ShopDump> {
-    let record = shops::get(c, shop)?.ok_or_else(|| StoreError::not_found("shop", shop.as_str()))?;
-    let products = catalog::all_products(c, shop)?;
-    let stock = c
-        .prepare_cached("SELECT sku, on_hand, reserved, updated_at FROM stock WHERE shop = ?1 ORDER BY sku")?
-        .query_map([shop.as_str()], |r| {
-            Ok(StockRow {
-                sku: r.get(0)?,
-                on_hand: r.get(1)?,
-                reserved: r.get(2)?,
-                updated_at: parse_ts(&r.get::<_, String>(3)?)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let ids: Vec<String> = c
-        .prepare_cached("SELECT id FROM orders WHERE shop = ?1 ORDER BY id")?
-        .query_map([shop.as_str()], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let orders = ids.iter().filter_map(|id| orders::load(c, shop, id).transpose()).collect::<StoreResult<Vec<_>>>()?;
-    let idempotency = c
-        .prepare_cached(
-            "SELECT key, request_hash, status_code, response, created_at FROM idempotency_keys WHERE shop = ?1 ORDER BY key",
-        )?
-        .query_map([shop.as_str()], |r| {
-            Ok(IdempotencyRow {
-                key: r.get(0)?,
-                request_hash: r.get(1)?,
-                status_code: r.get(2)?,
-                response: r.get(3)?,
-                created_at: parse_ts(&r.get::<_, String>(4)?)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let (events, sequences) = outbox::export_events(c, shop)?;
-    let webhooks = webhooks::list(c, shop.as_str())?;
-    Ok(ShopDump { shop: record, products, stock, orders, idempotency, events, sequences, webhooks, origin: String::new() })
-}
-
 /// Deletes every row of a shop, children first.
 fn purge(c: &Connection, shop: &ShopId) -> StoreResult<()> {
     let s = shop.as_str();
@@ -94,60 +45,139 @@ fn purge(c: &Connection, shop: &ShopId) -> StoreResult<()> {
     Ok(())
 }
 
-pub fn import_shop(c: &Connection, d: &ShopDump) -> StoreResult<()> {
-    let shop = &d.shop.shop.id;
-    let here: Option<Option<String>> =
-        c.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?;
-    match here {
-        None => {}
-        Some(Some(_)) => purge(c, shop)?,
-        Some(None) => return Err(StoreError::conflict("shop_exists", format!("shop {shop} already lives on this shard"))),
+
+impl MoveRows for Tx<'_> {
+    async fn swap_mark(&self, shop: &ShopId, expected: Option<&str>, next: Option<&str>) -> StoreResult<bool> {
+        let n = self
+            .0
+            .prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1 AND moved_to IS ?3")?
+            .execute(params![shop.as_str(), next, expected])?;
+        Ok(n == 1)
     }
-    let s = &d.shop.shop;
-    c.execute(
-        "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![s.id.as_str(), s.name, s.currency.as_str(), &d.shop.api_key_hash[..], ts(s.created_at)],
-    )?;
-    for p in &d.products {
-        catalog::write_product(c, p)?;
+
+    async fn mark_for_update(&self, shop: &ShopId) -> StoreResult<Option<Option<String>>> {
+        Ok(self.0.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?)
     }
-    for st in &d.stock {
-        c.prepare_cached("INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![shop.as_str(), st.sku, st.on_hand, st.reserved, ts(st.updated_at)])?;
+
+    async fn shop_record(&self, shop: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        shops::get(self.0, shop)
     }
-    for o in &d.orders {
-        c.prepare_cached(
-            "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            o.id,
-            shop.as_str(),
-            o.customer_id,
-            o.status.as_str(),
-            o.total.amount,
-            o.total.currency.as_str(),
-            ts(o.created_at),
-            ts(o.updated_at),
-            o.expires_at.map(ts)
-        ])?;
-        for (i, l) in o.lines.iter().enumerate() {
-            c.prepare_cached(
-                "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+
+    async fn all_products(&self, shop: &ShopId) -> StoreResult<Vec<Product>> {
+        catalog::all_products(self.0, shop)
+    }
+
+    async fn all_stock(&self, shop: &ShopId) -> StoreResult<Vec<StockRow>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT sku, on_hand, reserved, updated_at FROM stock WHERE shop = ?1 ORDER BY sku")?
+            .query_map([shop.as_str()], |r| {
+                Ok(StockRow {
+                    sku: r.get(0)?,
+                    on_hand: r.get(1)?,
+                    reserved: r.get(2)?,
+                    updated_at: parse_ts(&r.get::<_, String>(3)?)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn all_orders(&self, shop: &ShopId) -> StoreResult<Vec<Order>> {
+        let c = self.0;
+        let ids: Vec<String> = c
+            .prepare_cached("SELECT id FROM orders WHERE shop = ?1 ORDER BY id")?
+            .query_map([shop.as_str()], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.iter().filter_map(|id| orders::load(c, shop, id).transpose()).collect()
+    }
+
+    async fn all_idempotency(&self, shop: &ShopId) -> StoreResult<Vec<IdempotencyRow>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT key, request_hash, status_code, response, created_at FROM idempotency_keys WHERE shop = ?1 ORDER BY key",
             )?
-            .execute(params![o.id, i as i64, l.sku, l.name, l.qty, l.unit_price.amount, l.line_total.amount])?;
-        }
-        for (i, h) in o.history.iter().enumerate() {
-            c.prepare_cached("INSERT INTO order_history (order_id, seq, status, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![o.id, i as i64 + 1, h.status.as_str(), ts(h.at), h.reason])?;
-        }
+            .query_map([shop.as_str()], |r| {
+                Ok(IdempotencyRow {
+                    key: r.get(0)?,
+                    request_hash: r.get(1)?,
+                    status_code: r.get(2)?,
+                    response: r.get(3)?,
+                    created_at: parse_ts(&r.get::<_, String>(4)?)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
     }
-    for k in &d.idempotency {
-        c.prepare_cached(
-            "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![shop.as_str(), k.key, k.request_hash, k.status_code, k.response, ts(k.created_at)])?;
+
+    async fn all_webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        webhooks::list(self.0, shop.as_str())
     }
-    outbox::import_events(c, shop, d)?;
-    webhooks::import(c, shop.as_str(), &d.webhooks)
+
+    async fn export_events(&self, shop: &ShopId, dump: &mut ShopDump) -> StoreResult<()> {
+        (dump.events, dump.sequences) = outbox::export_events(self.0, shop)?;
+        Ok(())
+    }
+
+    async fn purge(&self, shop: &ShopId) -> StoreResult<()> {
+        purge(self.0, shop)
+    }
+
+    async fn insert_rows(&self, d: &ShopDump) -> StoreResult<()> {
+        let c = self.0;
+        let shop = &d.shop.shop.id;
+        let s = &d.shop.shop;
+        c.execute(
+            "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.id.as_str(), s.name, s.currency.as_str(), &d.shop.api_key_hash[..], ts(s.created_at)],
+        )?;
+        for p in &d.products {
+            catalog::write_product(c, p)?;
+        }
+        for st in &d.stock {
+            c.prepare_cached("INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![shop.as_str(), st.sku, st.on_hand, st.reserved, ts(st.updated_at)])?;
+        }
+        for o in &d.orders {
+            c.prepare_cached(
+                "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                o.id,
+                shop.as_str(),
+                o.customer_id,
+                o.status.as_str(),
+                o.total.amount,
+                o.total.currency.as_str(),
+                ts(o.created_at),
+                ts(o.updated_at),
+                o.expires_at.map(ts)
+            ])?;
+            for (i, l) in o.lines.iter().enumerate() {
+                c.prepare_cached(
+                    "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![o.id, i as i64, l.sku, l.name, l.qty, l.unit_price.amount, l.line_total.amount])?;
+            }
+            for (i, h) in o.history.iter().enumerate() {
+                c.prepare_cached("INSERT INTO order_history (order_id, seq, status, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![o.id, i as i64 + 1, h.status.as_str(), ts(h.at), h.reason])?;
+            }
+        }
+        for k in &d.idempotency {
+            c.prepare_cached(
+                "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![shop.as_str(), k.key, k.request_hash, k.status_code, k.response, ts(k.created_at)])?;
+        }
+        Ok(())
+    }
+
+    async fn import_events(&self, shop: &ShopId, dump: &ShopDump) -> StoreResult<()> {
+        outbox::import_events(self.0, shop, dump)
+    }
+
+    async fn import_webhooks(&self, shop: &ShopId, hooks: &[Webhook]) -> StoreResult<()> {
+        webhooks::import(self.0, shop.as_str(), hooks)
+    }
 }

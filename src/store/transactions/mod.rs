@@ -6,6 +6,7 @@
 //! that concurrent instances need (named on the rows that take them).
 
 pub mod catalog;
+pub mod moves;
 pub mod orders;
 pub mod relay;
 pub mod webhooks;
