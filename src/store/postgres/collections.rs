@@ -3,7 +3,9 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
+use super::Tx;
 use crate::collections::UserDoc;
+use crate::store::transactions::collections::CollectionRows;
 use crate::store::{StoreError, StoreResult};
 
 fn to_doc(r: &Row) -> StoreResult<UserDoc> {
@@ -15,26 +17,24 @@ fn to_doc(r: &Row) -> StoreResult<UserDoc> {
     Ok(UserDoc { id, name: r.get(1), age: r.get(2), extra })
 }
 
-pub async fn insert(c: &impl GenericClient, collection: &str, docs: &[UserDoc]) -> StoreResult<()> {
-    // One statement for the whole batch: the seed's 1000 users are one round trip.
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO seed_docs (id, collection, name, age, extra)
-             SELECT id, $1, name, age, extra FROM unnest($2::text[], $3::text[], $4::bigint[], $5::jsonb[])
-               WITH ORDINALITY AS d (id, name, age, extra, n) ORDER BY n
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-        )
-        .await?;
-    let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
-    let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
-    let ages: Vec<i64> = docs.iter().map(|d| d.age).collect();
-    let extras: Vec<serde_json::Value> = docs.iter().map(|d| serde_json::Value::Object(d.extra.clone())).collect();
-    // An id already stored is skipped (and records no event): seeding is idempotent, also when
-    // instances race.
-    let inserted: std::collections::HashSet<String> =
-        c.query(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?.iter().map(|r| r.get(0)).collect();
-    let events = docs.iter().filter(|d| inserted.contains(&d.id)).map(|d| crate::events::envelope::user_created(collection, d)).collect();
-    super::outbox::emit_all(c, events, chrono::Utc::now()).await
+impl<C: GenericClient + Sync> CollectionRows for Tx<'_, C> {
+    /// One statement for the whole batch: the seed's 1000 users are one round trip.
+    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<Vec<String>> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO seed_docs (id, collection, name, age, extra)
+                 SELECT id, $1, name, age, extra FROM unnest($2::text[], $3::text[], $4::bigint[], $5::jsonb[])
+                   WITH ORDINALITY AS d (id, name, age, extra, n) ORDER BY n
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            )
+            .await?;
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
+        let ages: Vec<i64> = docs.iter().map(|d| d.age).collect();
+        let extras: Vec<serde_json::Value> = docs.iter().map(|d| serde_json::Value::Object(d.extra.clone())).collect();
+        Ok(c.query(&stmt, &[&collection, &ids, &names, &ages, &extras]).await?.iter().map(|r| r.get(0)).collect())
+    }
 }
 
 pub async fn find(c: &impl GenericClient, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {

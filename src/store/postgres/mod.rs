@@ -158,6 +158,11 @@ impl<C: deadpool_postgres::GenericClient + Sync> crate::store::transactions::Row
     async fn emit(&self, event: crate::events::envelope::NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
         outbox::emit(self.0, event, now).await
     }
+
+    /// In one statement, however many.
+    async fn emit_all(&self, events: Vec<crate::events::envelope::NewEvent>, now: DateTime<Utc>) -> StoreResult<()> {
+        outbox::emit_all(self.0, events, now).await
+    }
 }
 
 fn seed_key(collection: &str) -> String {
@@ -243,7 +248,12 @@ impl Shard for PgStore {
 impl Shops for PgStore {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
         let _mark = self.replicas.writing(shop.id.as_str());
-        shops::create(&*self.client().await?, &shop).await
+        // The shop and its event commit together.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let created = transactions::shops::create(&Tx(&tx), &shop).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
@@ -457,7 +467,7 @@ impl Collections for PgStore {
         let _any = self.replicas.writing(ANY_SEED_WRITE);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        collections::insert(&tx, collection, &docs).await?;
+        transactions::collections::insert(&Tx(&tx), collection, &docs).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,24 +1,23 @@
 use deadpool_postgres::GenericClient;
 
+use super::Tx;
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
-use crate::store::{home_check, StoreError, StoreResult};
+use crate::store::transactions::shops::ShopRows;
+use crate::store::{home_check, micros, StoreError, StoreResult};
 
-pub async fn create(c: &impl GenericClient, s: &NewShop) -> StoreResult<Shop> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .await?;
-    let created_at = crate::store::micros(s.created_at);
-    let n = c.execute(&stmt, &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&s.api_key_hash[..], &created_at]).await?;
-    if n == 0 {
-        return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
+impl<C: GenericClient + Sync> ShopRows for Tx<'_, C> {
+    async fn insert_shop(&self, s: &NewShop) -> StoreResult<bool> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .await?;
+        let n = c.execute(&stmt, &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&s.api_key_hash[..], &micros(s.created_at)]).await?;
+        Ok(n == 1)
     }
-    let shop = Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at };
-    super::outbox::emit(c, crate::events::envelope::shop_created(&shop), created_at).await?;
-    Ok(shop)
 }
 
 pub async fn get(c: &impl GenericClient, id: &ShopId) -> StoreResult<Option<ShopRecord>> {

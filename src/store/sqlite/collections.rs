@@ -2,7 +2,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::Tx;
 use crate::collections::UserDoc;
+use crate::store::transactions::collections::CollectionRows;
 use crate::store::{StoreError, StoreResult};
 
 fn doc_row(r: &Row<'_>) -> rusqlite::Result<(String, String, i64, String)> {
@@ -14,18 +16,20 @@ fn to_doc((id, name, age, extra): (String, String, i64, String)) -> StoreResult<
     Ok(UserDoc { id, name, age, extra })
 }
 
-pub fn insert(c: &Connection, collection: &str, docs: &[UserDoc]) -> StoreResult<()> {
-    // An id already stored is skipped: seeding is idempotent, also when instances race.
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
-    )?;
-    for d in docs {
-        let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
-        if stmt.execute(params![d.id, collection, d.name, d.age, extra])? == 1 {
-            super::outbox::emit(c, crate::events::envelope::user_created(collection, d), chrono::Utc::now())?;
+impl CollectionRows for Tx<'_> {
+    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<Vec<String>> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+        )?;
+        let mut added = Vec::new();
+        for d in docs {
+            let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
+            if stmt.execute(params![d.id, collection, d.name, d.age, extra])? == 1 {
+                added.push(d.id.clone());
+            }
         }
+        Ok(added)
     }
-    Ok(())
 }
 
 pub fn find(c: &Connection, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {

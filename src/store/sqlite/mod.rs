@@ -235,7 +235,7 @@ impl Shard for SqliteStore {
 #[async_trait]
 impl Shops for SqliteStore {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
-        self.write(move |c| shops::create(c, &shop)).await
+        self.write(move |c| at_once(transactions::shops::create(&Tx(c), &shop))).await
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
@@ -416,7 +416,7 @@ impl Moves for SqliteStore {
 impl Collections for SqliteStore {
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
         let collection = collection.to_owned();
-        self.write(move |c| collections::insert(c, &collection, &docs)).await
+        self.write(move |c| at_once(transactions::collections::insert(&Tx(c), &collection, &docs))).await
     }
 
     async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {

@@ -1,24 +1,20 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts};
+use super::{parse_ts, ts, Tx};
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::transactions::shops::ShopRows;
 use crate::store::{home_check, StoreError, StoreResult};
 
-pub fn create(c: &Connection, s: &NewShop) -> StoreResult<Shop> {
-    let inserted = c.execute(
-        "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (id) DO NOTHING",
-        params![s.id.as_str(), s.name, s.currency.as_str(), &s.api_key_hash[..], ts(s.created_at)],
-    )?;
-    if inserted == 0 {
-        return Err(StoreError::conflict("shop_exists", format!("shop {} already exists", s.id)));
+impl ShopRows for Tx<'_> {
+    async fn insert_shop(&self, s: &NewShop) -> StoreResult<bool> {
+        let inserted = self.0.execute(
+            "INSERT INTO shops (id, name, currency, api_key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO NOTHING",
+            params![s.id.as_str(), s.name, s.currency.as_str(), &s.api_key_hash[..], ts(s.created_at)],
+        )?;
+        Ok(inserted == 1)
     }
-    // Stored to the microsecond: the answer matches what a later read returns.
-    let shop =
-        Shop { id: s.id.clone(), name: s.name.clone(), currency: s.currency, created_at: crate::store::micros(s.created_at) };
-    super::outbox::emit(c, crate::events::envelope::shop_created(&shop), s.created_at)?;
-    Ok(shop)
 }
 
 pub fn get(c: &Connection, id: &ShopId) -> StoreResult<Option<ShopRecord>> {

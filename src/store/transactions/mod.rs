@@ -6,9 +6,11 @@
 //! that concurrent instances need (named on the rows that take them).
 
 pub mod catalog;
+pub mod collections;
 pub mod moves;
 pub mod orders;
 pub mod relay;
+pub mod shops;
 pub mod webhooks;
 
 use std::future::Future;
@@ -28,6 +30,13 @@ pub trait Rows {
     async fn home(&self, shop: &ShopId) -> StoreResult<()>;
     /// Records an event in the outbox, in this transaction.
     async fn emit(&self, event: NewEvent, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Records several, in order.
+    async fn emit_all(&self, events: Vec<NewEvent>, now: DateTime<Utc>) -> StoreResult<()> {
+        for e in events {
+            self.emit(e, now).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a transaction whose rows never wait, as SQLite's do on its writer thread: it finishes in
