@@ -1,13 +1,15 @@
 //! The `vitrina` command line: `serve` (the default), `seed`, `config`, `relay`, `bench`, `cluster`.
+//! Part of the binary, not the lib: the tools behind `bench` and `cluster` are crates of their
+//! own that the service does not build.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{shutdown_signal, Application};
-use crate::clock::Clock;
-use crate::config::{Config, Overrides};
-use crate::{demo, telemetry};
+use vitrina::app::{shutdown_signal, Application};
+use vitrina::clock::Clock;
+use vitrina::config::{Config, Overrides};
+use vitrina::{demo, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "vitrina", version, about = "A shop backend built to survive sale day")]
@@ -38,19 +40,19 @@ enum Command {
     Relay,
     /// Offer load to a running vitrina and report throughput, latency percentiles, errors by
     /// kind and, for a flash sale, the oversell audit.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<vitrina_bench::BenchArgs>),
     /// A local PostgreSQL topology (shards with streaming replicas) for development and drills.
     #[command(subcommand)]
-    Cluster(crate::cluster::ClusterCommand),
+    Cluster(vitrina_cluster::ClusterCommand),
 }
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // Needs no vitrina configuration: it writes one.
-        Some(Command::Cluster(cmd)) => return runtime()?.block_on(crate::cluster::run(cmd)),
+        Some(Command::Cluster(cmd)) => return runtime()?.block_on(vitrina_cluster::run(cmd)),
         // A client of some vitrina, maybe another machine's: its own flags are all it reads.
-        Some(Command::Bench(args)) => return runtime()?.block_on(crate::bench::main(*args)),
+        Some(Command::Bench(args)) => return runtime()?.block_on(vitrina_bench::main(*args)),
         _ => {}
     }
     let flags = Overrides { listen: cli.listen.clone(), data_dir: cli.data_dir.clone() };
@@ -58,7 +60,7 @@ pub fn run() -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
     let config = Config::from_layers(cli.config.as_deref(), &env, &flags)?;
     let file = cli.config.clone();
-    let source: crate::app::ConfigSource = std::sync::Arc::new(move || {
+    let source: vitrina::app::ConfigSource = std::sync::Arc::new(move || {
         let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k != "VITRINA_CONFIG").collect();
         Config::from_layers(file.as_deref(), &env, &flags)
     });
@@ -92,9 +94,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn relay_command(config: Config) -> anyhow::Result<()> {
-    use crate::events::relay::{Relay, RelayStatus};
+    use vitrina::events::relay::{Relay, RelayStatus};
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = crate::store::Store::open(&config).await?;
+    let store = vitrina::store::Store::open(&config).await?;
     let relay = std::sync::Arc::new(Relay::new(&config.events, &config.breakers, std::sync::Arc::new(RelayStatus::default()))?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(relay.run(store.clone().outboxes(), stop_rx));
@@ -109,7 +111,7 @@ async fn relay_command(config: Config) -> anyhow::Result<()> {
 
 async fn seed_command(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = crate::store::Store::open(&config).await?;
+    let store = vitrina::store::Store::open(&config).await?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} seeding [{bar:40}] {pos}/{len}")

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use vitrina::bench::report::Kind;
-use vitrina::bench::{self, BenchArgs};
+use vitrina_bench::report::Kind;
+use vitrina_bench::{self as bench, BenchArgs};
 
 use crate::helpers::{spawn_with, ADMIN};
 

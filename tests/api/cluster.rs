@@ -63,7 +63,7 @@ async fn failover_drill_on_a_local_cluster() {
         eprintln!("skipped on {:?}: the cluster drill runs once, in the default pass", backend());
         return;
     }
-    if let Err(e) = vitrina::cluster::node::Binaries::locate() {
+    if let Err(e) = vitrina_cluster::node::Binaries::locate() {
         assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "PostgreSQL binaries are required: {e}");
         eprintln!("skipped: {e}");
         return;
