@@ -127,7 +127,10 @@ async fn place(store: &Store, shop: &ShopId, i: u64) {
         now,
         expires_at: now + chrono::Duration::minutes(15),
     };
-    assert!(matches!(store.on_shop(shop, "place_order", |s| s.place_order(shop, order.clone())).await.unwrap(), PlaceOutcome::Created(_)));
+    assert!(matches!(
+        store.on_shop(shop, "place_order", |s| s.place_order(shop, order.clone())).await.unwrap(),
+        PlaceOutcome::Created(_)
+    ));
 }
 
 async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {

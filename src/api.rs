@@ -15,8 +15,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
-use crate::state::AppState;
 use crate::http::auth;
+use crate::state::AppState;
 use crate::{catalog, collections, events, health, ingest, inventory, orders, shops, telemetry};
 
 #[derive(OpenApi)]
@@ -100,4 +100,3 @@ pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state))
 }
-

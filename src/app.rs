@@ -68,9 +68,8 @@ impl Application {
         let Application { listener, router, state, reload } = self;
         let reloader = reload.map(|source| tokio::spawn(reload_on_hangup(state.clone(), source)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let sweeper = tokio::spawn(
-            sweeper(&state).run(Duration::from_millis(state.config.orders.sweep_interval_ms), stop_rx.clone()),
-        );
+        let sweeper =
+            tokio::spawn(sweeper(&state).run(Duration::from_millis(state.config.orders.sweep_interval_ms), stop_rx.clone()));
         let cache = tokio::spawn(crate::cache::invalidation::run(state.cache.clone(), state.bus.subscribe(), stop_rx.clone()));
         let sold_out = tokio::spawn(inventory::sold_out::run(state.sold_out.clone(), state.bus.subscribe(), stop_rx.clone()));
         let events = tokio::spawn(run_events(state.clone(), stop_rx));

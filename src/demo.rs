@@ -119,7 +119,8 @@ pub async fn seed(
             attributes: Some(serde_json::json!({ "demo": true })),
         };
         let input = body.validate(sku, usd).map_err(|e| anyhow::anyhow!("demo product {sku}: {e:?}"))?;
-        let (_, upserted) = store.on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), clock.now())).await?;
+        let (_, upserted) =
+            store.on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), clock.now())).await?;
         if upserted == Upserted::Created {
             store.on_shop(&shop, "set_stock", |shard| shard.set_stock(&shop, sku, *on_hand, clock.now())).await?;
             report.products_created += 1;

@@ -3,8 +3,8 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::state::AppState;
 use crate::cache::CacheReport;
+use crate::state::AppState;
 use crate::store::StoreReport;
 
 #[derive(Serialize, ToSchema)]

@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::adaptive::Controller;
-use super::config::AdaptiveConfig;
 use super::backoff::Backoff;
+use super::config::AdaptiveConfig;
 
 /// How often a gate judges whether it is still refusing heavily (see `backoff`).
 const BACKOFF_WINDOW: Duration = Duration::from_millis(250);

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use self::config::AdmissionConfig;
 use self::gate::{Gate, Pass};
-pub use self::rate::Verdict;
 use self::rate::Limiter;
+pub use self::rate::Verdict;
 use crate::shops::ShopId;
 
 /// Beyond this many shop gates, idle ones are dropped (they are made anew on the next write).

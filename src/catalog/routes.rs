@@ -9,12 +9,12 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Product, ProductBody, ProductPage, ProductQuery};
-use crate::state::AppState;
-use crate::http::auth::{self, ShopKey};
 use crate::cache::{http, shop_scope, Family, Loaded};
+use crate::http::auth::{self, ShopKey};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
+use crate::state::AppState;
 use crate::store::Upserted;
 use crate::validate;
 
@@ -39,7 +39,10 @@ async fn put_product(
     let shop = key.id().clone();
     let record = key.0;
     let input = body.validate(&sku, record.shop.currency)?;
-    let (product, upserted) = state.store().on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), state.clock.now())).await?;
+    let (product, upserted) = state
+        .store()
+        .on_shop(&shop, "upsert_product", |shard| shard.upsert_product(&shop, input.clone(), state.clock.now()))
+        .await?;
     state.cache.invalidate(&shop_scope(shop.as_str())).await;
     let status = if upserted == Upserted::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, &product))

@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{parse_user, valid_collection, UserDoc, ValidationIssue, MAX_LIST};
-use crate::state::AppState;
 use crate::cache::{collection_scope, http, CacheError, Family, Loaded};
 use crate::http::error::ApiError;
+use crate::state::AppState;
 use crate::store::StoreError;
 use crate::topology::{self, Topology};
 

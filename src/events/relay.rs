@@ -20,8 +20,8 @@ use tokio::task::JoinSet;
 
 use super::config::EventsConfig;
 use super::sinks::{self, webhook, Published, Sink, SinkError};
-use crate::events::config::WEBHOOKS_SINK;
 use crate::breaker::{Breakers, BreakersConfig};
+use crate::events::config::WEBHOOKS_SINK;
 use crate::store::outbox::{backoff, Outbox, OutboxEvent, SinkState};
 
 /// The sink name under which webhook subscriptions keep their fan-out progress.

@@ -9,11 +9,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::state::AppState;
 use crate::http::auth::ShopKey;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ApiQuery;
 use crate::pagination;
+use crate::state::AppState;
 use crate::store::{EventPage, StoreError};
 
 pub const MAX_EVENTS: usize = 1000;

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::state::AppState;
 use crate::http::auth::ShopKey;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
+use crate::state::AppState;
 use crate::store::outbox::{DeadLetter, Delivery, Webhook};
 use crate::validate::FieldError;
 
@@ -93,7 +93,10 @@ async fn create_webhook(
         secret: body.secret.unwrap_or_else(|| format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()))),
         created_at: crate::store::micros(state.clock.now()),
     };
-    Ok((StatusCode::CREATED, Json(store.on_shop(&shop, "create_webhook", |shard| shard.create_webhook(&shop, hook.clone())).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(store.on_shop(&shop, "create_webhook", |shard| shard.create_webhook(&shop, hook.clone())).await?),
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -105,10 +108,7 @@ pub struct WebhookList {
 #[utoipa::path(get, path = "/shops/{shop}/webhooks", tag = "events",
     params(("shop" = String, Path)), security(("shop_key" = [])),
     responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
-async fn list_webhooks(
-    State(state): State<AppState>,
-    key: ShopKey,
-) -> ApiResult<Json<WebhookList>> {
+async fn list_webhooks(State(state): State<AppState>, key: ShopKey) -> ApiResult<Json<WebhookList>> {
     let shop = key.id().clone();
     Ok(Json(WebhookList { webhooks: state.store().read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await? }))
 }
@@ -157,7 +157,12 @@ async fn list_deliveries(
     }
     let limit =
         pagination::limit(q.limit, 100, 1000).ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be 1-1000"))?;
-    Ok(Json(DeliveryLog { deliveries: state.store().on_shop(&shop, "webhook_deliveries", |shard| shard.webhook_deliveries(&shop, &id, q.status.as_deref(), limit)).await? }))
+    Ok(Json(DeliveryLog {
+        deliveries: state
+            .store()
+            .on_shop(&shop, "webhook_deliveries", |shard| shard.webhook_deliveries(&shop, &id, q.status.as_deref(), limit))
+            .await?,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -179,7 +184,8 @@ async fn replay_webhook(
     let shop = key.id().clone();
     let now = state.clock.now();
     let deliver_by = now + chrono::Duration::seconds(state.config.events.webhooks.deliver_for_secs as i64);
-    let replayed = state.store().on_shop(&shop, "replay_webhook", |shard| shard.replay_webhook(&shop, &id, deliver_by, now)).await?;
+    let replayed =
+        state.store().on_shop(&shop, "replay_webhook", |shard| shard.replay_webhook(&shop, &id, deliver_by, now)).await?;
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }
 
@@ -193,12 +199,11 @@ pub struct DeadLetters {
 #[utoipa::path(get, path = "/shops/{shop}/events/dead-letters", tag = "events",
     params(("shop" = String, Path)), security(("shop_key" = [])),
     responses((status = 200, body = DeadLetters), (status = 401, body = Problem)))]
-async fn list_dead_letters(
-    State(state): State<AppState>,
-    key: ShopKey,
-) -> ApiResult<Json<DeadLetters>> {
+async fn list_dead_letters(State(state): State<AppState>, key: ShopKey) -> ApiResult<Json<DeadLetters>> {
     let shop = key.id().clone();
-    Ok(Json(DeadLetters { dead_letters: state.store().on_shop(&shop, "dead_letters", |shard| shard.dead_letters(&shop, 1000)).await? }))
+    Ok(Json(DeadLetters {
+        dead_letters: state.store().on_shop(&shop, "dead_letters", |shard| shard.dead_letters(&shop, 1000)).await?,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -219,6 +224,7 @@ async fn replay_dead_letters(
     ApiQuery(q): ApiQuery<ReplayParams>,
 ) -> ApiResult<(StatusCode, Json<Replayed>)> {
     let shop = key.id().clone();
-    let replayed = state.store().on_shop(&shop, "replay_dead_letters", |shard| shard.replay_dead_letters(&shop, q.sink.as_deref())).await?;
+    let replayed =
+        state.store().on_shop(&shop, "replay_dead_letters", |shard| shard.replay_dead_letters(&shop, q.sink.as_deref())).await?;
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }

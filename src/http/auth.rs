@@ -16,11 +16,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::state::AppState;
 use crate::cache::{shop_scope, Family};
 use crate::http::error::ApiError;
 use crate::money::Currency;
 use crate::shops::{secret_matches, Shop, ShopId, ShopRecord};
+use crate::state::AppState;
 
 /// The OpenAPI security scheme of the admin token.
 pub const ADMIN_SCHEME: &str = "admin_token";
@@ -141,9 +141,8 @@ impl FromRequestParts<AppState> for ShopKey {
 }
 
 async fn path_shop(parts: &mut Parts, state: &AppState) -> Result<ShopId, ApiError> {
-    let params = RawPathParams::from_request_parts(parts, state)
-        .await
-        .map_err(|e| ApiError::Internal(format!("path parameters: {e}")))?;
+    let params =
+        RawPathParams::from_request_parts(parts, state).await.map_err(|e| ApiError::Internal(format!("path parameters: {e}")))?;
     let raw = params.iter().find(|(k, _)| *k == "shop").map(|(_, v)| v.to_owned());
     shop_id(&raw.ok_or_else(|| ApiError::Internal("a shop-key route without {shop}".into()))?)
 }

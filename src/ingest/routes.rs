@@ -32,7 +32,8 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
     let lines = std::mem::take(&mut batch.lines);
     let stocked: Vec<String> =
         ops.iter().filter_map(|op| if let FeedOp::Stock { sku, .. } = op { Some(sku.clone()) } else { None }).collect();
-    let results = state.store().on_shop(shop, "apply_feed", |shard| shard.apply_feed(shop, ops.clone(), state.clock.now())).await?;
+    let results =
+        state.store().on_shop(shop, "apply_feed", |shard| shard.apply_feed(shop, ops.clone(), state.clock.now())).await?;
     state.cache.invalidate(&crate::cache::shop_scope(shop.as_str())).await;
     // A stock line set to 0 is marked again by its event; forgetting first is the safe side.
     stocked.iter().for_each(|sku| state.sold_out.clear(shop.as_str(), sku));
@@ -53,12 +54,7 @@ async fn flush(state: &AppState, shop: &ShopId, batch: &mut Batch, report: &mut 
     request_body(content = String, content_type = "application/x-ndjson"),
     security(("shop_key" = [])),
     responses((status = 200, body = FeedReport), (status = 401, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
-async fn post_feed(
-    State(state): State<AppState>,
-    key: ShopKey,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<FeedReport>> {
+async fn post_feed(State(state): State<AppState>, key: ShopKey, headers: HeaderMap, body: Body) -> ApiResult<Json<FeedReport>> {
     let shop = key.id().clone();
     let record = key.0;
     let limits = state.config.limits.clone();

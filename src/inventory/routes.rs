@@ -3,10 +3,10 @@ use axum::Json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{valid_delta, valid_on_hand, AdjustStock, SetStock, Stock, MAX_QUANTITY};
-use crate::state::AppState;
 use crate::http::auth::{self, ShopKey};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ApiJson;
+use crate::state::AppState;
 use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,7 +34,8 @@ async fn set_stock(
     if !valid_on_hand(body.on_hand) {
         return Err(ApiError::field("on_hand", &format!("must be an integer from 0 to {MAX_QUANTITY}")));
     }
-    let stock = state.store().on_shop(&shop, "set_stock", |shard| shard.set_stock(&shop, &sku, body.on_hand, state.clock.now())).await?;
+    let stock =
+        state.store().on_shop(&shop, "set_stock", |shard| shard.set_stock(&shop, &sku, body.on_hand, state.clock.now())).await?;
     state.sold_out.note(&shop, &stock);
     Ok(Json(stock))
 }
@@ -56,7 +57,10 @@ async fn adjust_stock(
     if !valid_delta(body.delta) {
         return Err(ApiError::field("delta", &format!("must be a non-zero integer within ±{MAX_QUANTITY}")));
     }
-    let stock = state.store().on_shop(&shop, "adjust_stock", |shard| shard.adjust_stock(&shop, &sku, body.delta, state.clock.now())).await?;
+    let stock = state
+        .store()
+        .on_shop(&shop, "adjust_stock", |shard| shard.adjust_stock(&shop, &sku, body.delta, state.clock.now()))
+        .await?;
     state.sold_out.note(&shop, &stock);
     Ok(Json(stock))
 }

@@ -8,11 +8,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::idempotency::valid_key;
 use super::{Action, Order, OrderPage, OrderQuery, OrderStatus, PlaceOrder, PlaceOrderBody, PlaceOutcome};
-use crate::state::AppState;
 use crate::http::auth::ShopKey;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::pagination;
+use crate::state::AppState;
 use crate::store::StoreError;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -142,7 +142,11 @@ async fn get_order(
     key: ShopKey,
 ) -> ApiResult<Json<Order>> {
     let shop = key.id().clone();
-    let order = if uuid::Uuid::parse_str(&id).is_ok() { state.store().read_shop(&shop, "get_order", |shard| shard.get_order(&shop, &id)).await? } else { None };
+    let order = if uuid::Uuid::parse_str(&id).is_ok() {
+        state.store().read_shop(&shop, "get_order", |shard| shard.get_order(&shop, &id)).await?
+    } else {
+        None
+    };
     order.map(Json).ok_or_else(|| ApiError::NotFound(format!("order {id}")))
 }
 
@@ -196,7 +200,10 @@ async fn transition(
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::NotFound(format!("order {id}")));
     }
-    let order = state.store().on_shop(&shop, "transition_order", |shard| shard.transition_order(&shop, &id, action, state.clock.now())).await?;
+    let order = state
+        .store()
+        .on_shop(&shop, "transition_order", |shard| shard.transition_order(&shop, &id, action, state.clock.now()))
+        .await?;
     metrics::counter!("vitrina_orders_total", "outcome" => order.status.as_str()).increment(1);
     if action.stock_effect() == super::StockEffect::Release {
         state.sold_out.released(&order);

@@ -48,7 +48,10 @@ impl Sweeper {
             let due = store.expired_orders(now, BATCH).await?;
             let n = due.len();
             for (shop, id) in due {
-                match store.on_shop(&shop, "transition_order", |shard| shard.transition_order(&shop, &id, Action::Expire, now)).await {
+                match store
+                    .on_shop(&shop, "transition_order", |shard| shard.transition_order(&shop, &id, Action::Expire, now))
+                    .await
+                {
                     Ok(order) => {
                         self.sold_out.released(&order);
                         cancelled += 1;

@@ -6,10 +6,10 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{generate_api_key, hash_secret, CreateShop, Shop};
-use crate::state::AppState;
 use crate::http::auth::{self, Admin};
 use crate::http::error::{ApiResult, Problem};
 use crate::http::extract::ApiJson;
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -77,7 +77,6 @@ async fn move_shop(
     Path(shop): Path<String>,
     ApiJson(body): ApiJson<MoveShop>,
 ) -> ApiResult<Json<crate::store::moving::MoveReport>> {
-
     let id = auth::shop_id(&shop)?;
     auth::load_shop(&state, &id).await?;
     Ok(Json(state.store().move_shop(&id, &body.to, state.clock.now()).await?))

@@ -80,7 +80,8 @@ pub trait Webhooks: Send + Sync {
     /// Removes a subscription with its delivery log.
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()>;
     /// A subscription's delivery log, newest first, optionally of one status.
-    async fn webhook_deliveries(&self, shop: &ShopId, id: &str, status: Option<&str>, limit: usize) -> StoreResult<Vec<Delivery>>;
+    async fn webhook_deliveries(&self, shop: &ShopId, id: &str, status: Option<&str>, limit: usize)
+        -> StoreResult<Vec<Delivery>>;
     /// Puts a subscription's dead deliveries back in line until `deliver_by`; how many.
     async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
     /// Events of this shop that a sink gave up on.

@@ -87,13 +87,15 @@ impl Store {
                     let path = config.data_dir.join(file);
                     let cfg = config.sqlite.clone();
                     let shard_name = name.clone();
-                    let store = tokio::task::spawn_blocking(move || super::sqlite::SqliteStore::open(&path, &cfg, &shard_name)).await??;
+                    let store =
+                        tokio::task::spawn_blocking(move || super::sqlite::SqliteStore::open(&path, &cfg, &shard_name)).await??;
                     shards.push((name, Arc::new(store)));
                 }
             }
             StoreKind::Postgres => {
                 for shard in &config.postgres.shards {
-                    let store = super::postgres::PgStore::connect(&shard.name, &shard.primary, &shard.replicas, &config.postgres).await?;
+                    let store =
+                        super::postgres::PgStore::connect(&shard.name, &shard.primary, &shard.replicas, &config.postgres).await?;
                     shards.push((shard.name.clone(), Arc::new(store)));
                 }
             }
@@ -153,7 +155,8 @@ impl Store {
     /// Every call to shard `index`: its span, through its breaker.
     pub async fn call<T>(&self, index: usize, op: &'static str, fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         let name = self.name(index);
-        let span = tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op);
+        let span =
+            tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op);
         let unreachable = |r: &StoreResult<T>| matches!(r, Err(StoreError::Unreachable(_)));
         match self.members[index].breaker.call(fut.instrument(span), unreachable).await {
             Some(result) => result,
@@ -212,7 +215,8 @@ impl Store {
         F: Fn(&'a dyn Shard) -> Fut,
         Fut: Future<Output = StoreResult<T>> + 'a,
     {
-        let calls = (0..self.members.len()).map(|i| tokio::time::timeout(self.gather_timeout, self.call(i, op, read(self.shard(i)))));
+        let calls =
+            (0..self.members.len()).map(|i| tokio::time::timeout(self.gather_timeout, self.call(i, op, read(self.shard(i)))));
         let mut out = Gathered { value: Vec::new(), unavailable: Vec::new() };
         let mut last_error = None;
         for (name, result) in self.ring.shards().iter().zip(join_all(calls).await) {
@@ -426,11 +430,9 @@ impl Store {
             let i = self.for_doc(&d.name);
             parts[i].push(d);
         }
-        let writes = parts
-            .into_iter()
-            .enumerate()
-            .filter(|(_, p)| !p.is_empty())
-            .map(|(i, part)| async move { (i, self.call(i, "insert_users", self.shard(i).insert_users(collection, part)).await) });
+        let writes = parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(i, part)| async move {
+            (i, self.call(i, "insert_users", self.shard(i).insert_users(collection, part)).await)
+        });
         for (i, result) in join_all(writes).await {
             result.map_err(|e| match e {
                 StoreError::Unavailable(m) if !self.single() => StoreError::Unavailable(format!("shard {}: {m}", self.name(i))),

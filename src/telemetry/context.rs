@@ -137,7 +137,6 @@ pub fn on_this_thread<T>(tp: Option<TraceParent>, f: impl FnOnce() -> T) -> T {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => crate::http::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response(),
+        Err(_) => {
+            crate::http::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response()
+        }
     }
 }
 

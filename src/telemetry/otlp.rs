@@ -5,15 +5,14 @@
 
 use std::time::Duration;
 
+use super::config::TelemetryConfig;
 use bytes::Bytes;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use super::config::TelemetryConfig;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::Layer;
-
 
 /// Sends the exporter's requests with the service's own client, on the tokio runtime the
 /// service runs on (the SDK's batch thread has none of its own).

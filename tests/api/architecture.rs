@@ -271,14 +271,16 @@ fn imports_point_down_the_documented_layers_and_form_no_cycle() {
 
 #[test]
 fn the_reader_sees_cycles_and_grouped_imports() {
-    let g: BTreeMap<String, BTreeSet<String>> = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
-        .iter()
-        .fold(BTreeMap::new(), |mut g, (f, t)| {
+    let g: BTreeMap<String, BTreeSet<String>> =
+        [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")].iter().fold(BTreeMap::new(), |mut g, (f, t)| {
             g.entry(f.to_string()).or_insert_with(BTreeSet::new).insert(t.to_string());
             g
         });
     let found = cycles(&g);
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].iter().collect::<BTreeSet<_>>(), ["a", "b", "c"].iter().map(|s| s.to_string()).collect::<BTreeSet<_>>().iter().collect());
+    assert_eq!(
+        found[0].iter().collect::<BTreeSet<_>>(),
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect::<BTreeSet<_>>().iter().collect()
+    );
     assert_eq!(expand("crate::{a::{b, self}, c as d}"), ["crate::a::b", "crate::a", "crate::c"]);
 }

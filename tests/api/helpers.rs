@@ -5,9 +5,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use vitrina::app::Application;
-use vitrina::state::AppState;
 use vitrina::clock::Clock;
 use vitrina::config::Config;
+use vitrina::state::AppState;
 
 use crate::backend;
 

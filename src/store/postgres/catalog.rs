@@ -89,7 +89,8 @@ async fn write_on_hand(c: &impl GenericClient, shop: &ShopId, sku: &str, on_hand
 impl<C: GenericClient + Sync> CatalogRows for Tx<'_, C> {
     async fn product_for_update(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
         let c = self.0;
-        let stmt = c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1 AND sku = $2 FOR UPDATE")).await?;
+        let stmt =
+            c.prepare_cached(&format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1 AND sku = $2 FOR UPDATE")).await?;
         c.query_opt(&stmt, &[&shop.as_str(), &sku]).await?.as_ref().map(product_row).transpose()
     }
 
@@ -107,8 +108,16 @@ impl<C: GenericClient + Sync> CatalogRows for Tx<'_, C> {
                  RETURNING version",
             )
             .await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-            [&shop.as_str(), &p.sku, &p.name, &p.category, &p.price.amount, &p.price.currency.as_str(), &p.attributes, &micros(now)];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &shop.as_str(),
+            &p.sku,
+            &p.name,
+            &p.category,
+            &p.price.amount,
+            &p.price.currency.as_str(),
+            &p.attributes,
+            &micros(now),
+        ];
         Ok(c.query_one(&stmt, &params).await?.get(0))
     }
 
@@ -139,7 +148,8 @@ impl<C: GenericClient + Sync> CatalogRows for Tx<'_, C> {
     }
 
     async fn end_savepoint(&self, keep: bool) -> StoreResult<()> {
-        let sql = if keep { "RELEASE SAVEPOINT feed_line" } else { "ROLLBACK TO SAVEPOINT feed_line; RELEASE SAVEPOINT feed_line" };
+        let sql =
+            if keep { "RELEASE SAVEPOINT feed_line" } else { "ROLLBACK TO SAVEPOINT feed_line; RELEASE SAVEPOINT feed_line" };
         Ok(self.0.batch_execute(sql).await?)
     }
 }

@@ -27,7 +27,8 @@ use tokio_postgres::NoTls;
 
 use super::dump::ShopDump;
 use super::{
-    micros, CollectionCount, EventPage, Gathered, NodeReport, ShardReport, Catalog, Collections, Events, Inventory, Moves, Orders, Shard, Shops, Webhooks, StoreError, StoreReport, StoreResult, Upserted,
+    micros, Catalog, CollectionCount, Collections, EventPage, Events, Gathered, Inventory, Moves, NodeReport, Orders, Shard,
+    ShardReport, Shops, StoreError, StoreReport, StoreResult, Upserted, Webhooks,
 };
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;

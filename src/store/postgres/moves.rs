@@ -36,7 +36,6 @@ pub async fn set_pin(c: &impl GenericClient, shop: &ShopId, shard: Option<&str>,
     Ok(())
 }
 
-
 /// Deletes every row of a shop, children first.
 async fn purge(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
     let s = shop.as_str();

@@ -73,7 +73,16 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
             .await?;
         c.execute(
             &stmt,
-            &[&o.id, &o.shop.as_str(), &o.customer_id, &o.status.as_str(), &o.total.amount, &o.total.currency.as_str(), &o.created_at, &o.expires_at],
+            &[
+                &o.id,
+                &o.shop.as_str(),
+                &o.customer_id,
+                &o.status.as_str(),
+                &o.total.amount,
+                &o.total.currency.as_str(),
+                &o.created_at,
+                &o.expires_at,
+            ],
         )
         .await?;
         let stmt = c
@@ -92,7 +101,14 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         append_history(c, &o.id, 1, o.status, o.created_at, None).await
     }
 
-    async fn remember(&self, shop: &ShopId, key: &str, fingerprint: &[u8; 32], answer: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn remember(
+        &self,
+        shop: &ShopId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
@@ -117,7 +133,14 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         Ok(c.query(&stmt, &[&id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    async fn settle(&self, shop: &ShopId, sku: &str, qty: i64, effect: StockEffect, now: DateTime<Utc>) -> StoreResult<Option<Stock>> {
+    async fn settle(
+        &self,
+        shop: &ShopId,
+        sku: &str,
+        qty: i64,
+        effect: StockEffect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Stock>> {
         let sql = match effect {
             StockEffect::None => return Ok(None),
             StockEffect::Consume => {

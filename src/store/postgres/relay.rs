@@ -95,7 +95,9 @@ impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
     }
 
     async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()> {
-        self.0.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&sink, &now]).await?;
+        self.0
+            .execute("INSERT INTO relay_sinks (sink, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&sink, &now])
+            .await?;
         Ok(())
     }
 
@@ -105,7 +107,14 @@ impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
         read(self.0, after, limit).await
     }
 
-    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Option<u32>> {
+    async fn take_lease(
+        &self,
+        sink: &str,
+        owner: &str,
+        seen: &SinkRow,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<u32>> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
@@ -119,11 +128,26 @@ impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
         Ok(row.map(|r| r.get::<_, i32>(0) as u32))
     }
 
-    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+    async fn advance(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         advance(self.0, sink, owner, upto, count, error, now).await
     }
 
-    async fn add_dead_letter(&self, sink: &str, e: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn add_dead_letter(
+        &self,
+        sink: &str,
+        e: &OutboxEvent,
+        attempts: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         self.0
             .execute(
                 "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)

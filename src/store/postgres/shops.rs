@@ -15,7 +15,9 @@ impl<C: GenericClient + Sync> ShopRows for Tx<'_, C> {
                  ON CONFLICT (id) DO NOTHING",
             )
             .await?;
-        let n = c.execute(&stmt, &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&s.api_key_hash[..], &micros(s.created_at)]).await?;
+        let n = c
+            .execute(&stmt, &[&s.id.as_str(), &s.name, &s.currency.as_str(), &&s.api_key_hash[..], &micros(s.created_at)])
+            .await?;
         Ok(n == 1)
     }
 }

@@ -45,18 +45,22 @@ fn purge(c: &Connection, shop: &ShopId) -> StoreResult<()> {
     Ok(())
 }
 
-
 impl MoveRows for Tx<'_> {
     async fn swap_mark(&self, shop: &ShopId, expected: Option<&str>, next: Option<&str>) -> StoreResult<bool> {
-        let n = self
-            .0
-            .prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1 AND moved_to IS ?3")?
-            .execute(params![shop.as_str(), next, expected])?;
+        let n = self.0.prepare_cached("UPDATE shops SET moved_to = ?2 WHERE id = ?1 AND moved_to IS ?3")?.execute(params![
+            shop.as_str(),
+            next,
+            expected
+        ])?;
         Ok(n == 1)
     }
 
     async fn mark_for_update(&self, shop: &ShopId) -> StoreResult<Option<Option<String>>> {
-        Ok(self.0.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?)
+        Ok(self
+            .0
+            .prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?
+            .query_row([shop.as_str()], |r| r.get(0))
+            .optional()?)
     }
 
     async fn shop_record(&self, shop: &ShopId) -> StoreResult<Option<ShopRecord>> {

@@ -31,10 +31,13 @@ impl OrderRows for Tx<'_> {
         let mut out = Vec::with_capacity(skus.len());
         for sku in skus {
             let row = stmt
-                .query_row(params![shop.as_str(), sku], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+                .query_row(params![shop.as_str(), sku], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                })
                 .optional()?;
             if let Some((name, amount, currency)) = row {
-                let currency = Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("product {sku}: bad currency")))?;
+                let currency =
+                    Currency::parse(&currency).ok_or_else(|| StoreError::Backend(format!("product {sku}: bad currency")))?;
                 out.push(((*sku).to_owned(), name, Money::new(amount, currency)));
             }
         }
@@ -92,7 +95,14 @@ impl OrderRows for Tx<'_> {
         append_history(c, &o.id, 1, o.status, &created, None)
     }
 
-    async fn remember(&self, shop: &ShopId, key: &str, fingerprint: &[u8; 32], answer: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn remember(
+        &self,
+        shop: &ShopId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         self.0
             .prepare_cached(
                 "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at)
@@ -118,7 +128,14 @@ impl OrderRows for Tx<'_> {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    async fn settle(&self, shop: &ShopId, sku: &str, qty: i64, effect: StockEffect, now: DateTime<Utc>) -> StoreResult<Option<Stock>> {
+    async fn settle(
+        &self,
+        shop: &ShopId,
+        sku: &str,
+        qty: i64,
+        effect: StockEffect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Stock>> {
         let sql = match effect {
             StockEffect::None => return Ok(None),
             StockEffect::Consume => {
@@ -140,8 +157,11 @@ impl OrderRows for Tx<'_> {
 
     async fn record_status(&self, id: &str, to: OrderStatus, reason: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
         let (c, now) = (self.0, ts(now));
-        c.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3, expires_at = NULL WHERE id = ?1")?
-            .execute(params![id, to.as_str(), now])?;
+        c.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3, expires_at = NULL WHERE id = ?1")?.execute(params![
+            id,
+            to.as_str(),
+            now
+        ])?;
         let seq: i64 = c
             .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM order_history WHERE order_id = ?1")?
             .query_row([id], |r| r.get(0))?;
@@ -155,9 +175,7 @@ impl OrderRows for Tx<'_> {
 
 pub fn idempotency_record(c: &Connection, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
     Ok(c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
-        .query_row(params![shop.as_str(), key], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?))
-        })
+        .query_row(params![shop.as_str(), key], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?)))
         .optional()?
         .map(|(request_hash, status, body)| -> StoreResult<IdempotencyRecord> {
             Ok(IdempotencyRecord { request_hash, status, body: stored_answer(&body)? })

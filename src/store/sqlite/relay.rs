@@ -155,7 +155,10 @@ impl RelayRows for Tx<'_> {
     }
 
     async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()> {
-        self.0.execute("INSERT INTO relay_sinks (sink, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![sink, ts(now)])?;
+        self.0.execute(
+            "INSERT INTO relay_sinks (sink, updated_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![sink, ts(now)],
+        )?;
         Ok(())
     }
 
@@ -163,7 +166,14 @@ impl RelayRows for Tx<'_> {
         read(self.0, after, limit)
     }
 
-    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<Option<u32>> {
+    async fn take_lease(
+        &self,
+        sink: &str,
+        owner: &str,
+        seen: &SinkRow,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<u32>> {
         Ok(self
             .0
             .prepare_cached(
@@ -176,11 +186,26 @@ impl RelayRows for Tx<'_> {
             .optional()?)
     }
 
-    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+    async fn advance(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         advance(self.0, sink, owner, upto, count, error, now)
     }
 
-    async fn add_dead_letter(&self, sink: &str, e: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn add_dead_letter(
+        &self,
+        sink: &str,
+        e: &OutboxEvent,
+        attempts: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         self.0
             .prepare_cached(
                 "INSERT INTO dead_letters (sink, event_id, position, shop, type, envelope, attempts, error, dead_at)

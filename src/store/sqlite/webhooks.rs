@@ -126,7 +126,10 @@ pub fn claim(
 }
 
 fn exists(c: &Connection, shop: &str, id: &str) -> StoreResult<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM webhooks WHERE shop = ?1 AND id = ?2")?.query_row([shop, id], |_| Ok(())).optional()?.is_some())
+    Ok(c.prepare_cached("SELECT 1 FROM webhooks WHERE shop = ?1 AND id = ?2")?
+        .query_row([shop, id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 impl WebhookRows for Tx<'_> {
@@ -182,7 +185,14 @@ impl WebhookRows for Tx<'_> {
                    next_attempt_at = coalesce(?5, next_attempt_at), delivered_at = ?6, lease_owner = NULL, lease_until = NULL
                  WHERE id = ?1",
             )?
-            .execute(params![id, u.status, u.last_status.map(i64::from), u.error, u.next_attempt_at.map(ts), u.delivered_at.map(ts)])?;
+            .execute(params![
+                id,
+                u.status,
+                u.last_status.map(i64::from),
+                u.error,
+                u.next_attempt_at.map(ts),
+                u.delivered_at.map(ts)
+            ])?;
         Ok(())
     }
 

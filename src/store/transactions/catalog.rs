@@ -65,7 +65,13 @@ pub async fn delete_product(rows: &impl CatalogRows, shop: &ShopId, sku: &str) -
 }
 
 /// Sets the quantity on hand; never below what is reserved. The same figure writes nothing.
-pub async fn set_stock(rows: &impl CatalogRows, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+pub async fn set_stock(
+    rows: &impl CatalogRows,
+    shop: &ShopId,
+    sku: &str,
+    on_hand: i64,
+    now: DateTime<Utc>,
+) -> StoreResult<Stock> {
     rows.home(shop).await?;
     let current = rows.stock_for_update(shop, sku, now).await?.ok_or_else(|| StoreError::not_found("product", sku))?;
     let stock = Stock::new(sku.to_owned(), on_hand, current.reserved);
@@ -77,7 +83,13 @@ pub async fn set_stock(rows: &impl CatalogRows, shop: &ShopId, sku: &str, on_han
 }
 
 /// Receives or writes off stock; never below what is reserved.
-pub async fn adjust_stock(rows: &impl CatalogRows, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+pub async fn adjust_stock(
+    rows: &impl CatalogRows,
+    shop: &ShopId,
+    sku: &str,
+    delta: i64,
+    now: DateTime<Utc>,
+) -> StoreResult<Stock> {
     rows.home(shop).await?;
     let current = rows.stock_for_update(shop, sku, now).await?.ok_or_else(|| StoreError::not_found("product", sku))?;
     let on_hand = plan_adjust(&current, delta)?;
@@ -89,7 +101,12 @@ pub async fn adjust_stock(rows: &impl CatalogRows, shop: &ShopId, sku: &str, del
 
 /// A feed batch in one transaction, each line in its own savepoint: a refused line leaves no
 /// trace, its neighbours stay. One result per line, in order.
-pub async fn apply_feed(rows: &impl CatalogRows, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+pub async fn apply_feed(
+    rows: &impl CatalogRows,
+    shop: &ShopId,
+    ops: Vec<FeedOp>,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<StoreResult<()>>> {
     // A moved shop fails the whole batch (the router follows it), not line by line.
     rows.home(shop).await?;
     let mut results = Vec::with_capacity(ops.len());

@@ -27,15 +27,27 @@ pub trait OrderRows: Rows {
     /// Writes a new order: its row, lines and first history entry.
     async fn insert_order(&self, order: &Order) -> StoreResult<()>;
     /// Stores the answer to a placement under its key.
-    async fn remember(&self, shop: &ShopId, key: &str, fingerprint: &[u8; 32], answer: &str, now: DateTime<Utc>)
-        -> StoreResult<()>;
+    async fn remember(
+        &self,
+        shop: &ShopId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// An order's status, locked for this transaction where others could change it.
     async fn status_for_update(&self, shop: &ShopId, id: &str) -> StoreResult<Option<String>>;
     /// An order's lines as (SKU, quantity), by SKU.
     async fn order_lines(&self, id: &str) -> StoreResult<Vec<(String, i64)>>;
     /// Applies a transition's effect on one line's reserved stock; the row after, if it held.
-    async fn settle(&self, shop: &ShopId, sku: &str, qty: i64, effect: StockEffect, now: DateTime<Utc>)
-        -> StoreResult<Option<Stock>>;
+    async fn settle(
+        &self,
+        shop: &ShopId,
+        sku: &str,
+        qty: i64,
+        effect: StockEffect,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Stock>>;
     /// Sets the order's status (it no longer expires) and appends it to the history.
     async fn record_status(&self, id: &str, to: OrderStatus, reason: Option<&str>, now: DateTime<Utc>) -> StoreResult<()>;
     async fn load_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>>;
@@ -106,7 +118,13 @@ pub async fn place(rows: &impl OrderRows, shop: &ShopId, p: &PlaceOrder) -> Stor
 }
 
 /// Moves an order along its lifecycle if its status allows `action`, settling its lines' stock.
-pub async fn transition(rows: &impl OrderRows, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+pub async fn transition(
+    rows: &impl OrderRows,
+    shop: &ShopId,
+    id: &str,
+    action: Action,
+    now: DateTime<Utc>,
+) -> StoreResult<Order> {
     rows.home(shop).await?;
     let status = rows.status_for_update(shop, id).await?.ok_or_else(|| StoreError::not_found("order", id))?;
     let from = OrderStatus::parse(&status).ok_or_else(|| StoreError::Backend(format!("order {id} has status {status}")))?;

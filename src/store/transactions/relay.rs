@@ -31,14 +31,33 @@ pub trait RelayRows {
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
     /// Takes the sink's lease and counts an attempt, only if its row is still as `seen`; the
     /// attempts counted then.
-    async fn take_lease(&self, sink: &str, owner: &str, seen: &SinkRow, until: DateTime<Utc>, now: DateTime<Utc>)
-        -> StoreResult<Option<u32>>;
+    async fn take_lease(
+        &self,
+        sink: &str,
+        owner: &str,
+        seen: &SinkRow,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<u32>>;
     /// Moves the sink's cursor to `upto` and releases its lease, if `owner` still holds it.
-    async fn advance(&self, sink: &str, owner: &str, upto: &str, count: u64, error: Option<&str>, now: DateTime<Utc>)
-        -> StoreResult<bool>;
+    async fn advance(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
     /// Keeps an event the sink gave up on (again, if it was replayed and failed once more).
-    async fn add_dead_letter(&self, sink: &str, event: &OutboxEvent, attempts: u32, error: &str, now: DateTime<Utc>)
-        -> StoreResult<()>;
+    async fn add_dead_letter(
+        &self,
+        sink: &str,
+        event: &OutboxEvent,
+        attempts: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
 
 /// Takes the lease on `sink`'s next events, unless another owner's lease is still running.
@@ -70,7 +89,14 @@ pub async fn claim(
 }
 
 /// Gives up on `event`: the cursor moves past it and it is kept as a dead letter.
-pub async fn bury(rows: &impl RelayRows, sink: &str, owner: &str, event: &OutboxEvent, error: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+pub async fn bury(
+    rows: &impl RelayRows,
+    sink: &str,
+    owner: &str,
+    event: &OutboxEvent,
+    error: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
     let attempts = rows.sink_row(sink).await?.map_or(0, |r| r.head_attempts);
     if !rows.advance(sink, owner, &event.position, 0, Some(error), now).await? {
         return Ok(false);

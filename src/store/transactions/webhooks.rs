@@ -31,8 +31,13 @@ pub trait WebhookRows: Rows {
     /// The inbox: true the first time `consumer` sees `event_id`, in this transaction.
     async fn first_time(&self, consumer: &str, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
     /// A delivery of `event` to `hook`, unless it has one.
-    async fn add_delivery(&self, hook: &Webhook, event: &OutboxEvent, deliver_by: DateTime<Utc>, now: DateTime<Utc>)
-        -> StoreResult<()>;
+    async fn add_delivery(
+        &self,
+        hook: &Webhook,
+        event: &OutboxEvent,
+        deliver_by: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     async fn update_delivery(&self, id: i64, update: &DeliveryUpdate<'_>) -> StoreResult<()>;
     /// Marks a shop's dead letters (of one sink, or all) for the relay to publish again; how many.
     async fn mark_for_replay(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64>;
@@ -52,7 +57,13 @@ pub async fn delete(rows: &impl WebhookRows, shop: &ShopId, id: &str) -> StoreRe
 }
 
 /// Puts a subscription's dead deliveries back in line until `deliver_by`; how many.
-pub async fn replay(rows: &impl WebhookRows, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+pub async fn replay(
+    rows: &impl WebhookRows,
+    shop: &ShopId,
+    id: &str,
+    deliver_by: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
     exists(rows, shop, id).await?;
     rows.requeue_dead(id, deliver_by, now).await
 }
@@ -67,7 +78,12 @@ async fn exists(rows: &impl WebhookRows, shop: &ShopId, id: &str) -> StoreResult
 /// A delivery per subscription that wants each event. A subscription receives what happened
 /// from its creation on; the inbox makes the fan-out of one event happen once even if its
 /// batch is claimed again.
-pub async fn enqueue(rows: &impl WebhookRows, events: &[OutboxEvent], deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<()> {
+pub async fn enqueue(
+    rows: &impl WebhookRows,
+    events: &[OutboxEvent],
+    deliver_by: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     let mut hooks: std::collections::HashMap<String, Vec<Webhook>> = Default::default();
     for e in events {
         let Some(shop) = &e.shop else { continue };
