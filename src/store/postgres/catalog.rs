@@ -2,17 +2,19 @@
 //! and the reads. Writers lock the row they decide on (`FOR UPDATE`), so read-then-write
 //! decisions hold under any number of concurrent instances.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::Tx;
+use super::{replica_first, PgStore, Tx};
 use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::ingest::FeedOp;
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
 use crate::store::transactions::catalog::CatalogRows;
-use crate::store::{micros, StoreError, StoreResult};
+use crate::store::{micros, transactions, Catalog, Inventory, StoreError, StoreResult, Upserted};
 
 const PRODUCT_COLS: &str = "shop, sku, name, category, price_amount, currency, attributes, version, updated_at";
 
@@ -151,5 +153,68 @@ impl<C: GenericClient + Sync> CatalogRows for Tx<'_, C> {
         let sql =
             if keep { "RELEASE SAVEPOINT feed_line" } else { "ROLLBACK TO SAVEPOINT feed_line; RELEASE SAVEPOINT feed_line" };
         Ok(self.0.batch_execute(sql).await?)
+    }
+}
+
+#[async_trait]
+impl Catalog for PgStore {
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let out = transactions::catalog::upsert_product(&Tx(&tx), shop, &input, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        replica_first!(self, shop.as_str(), |c| get_product(c, shop, sku))
+    }
+
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
+        replica_first!(self, shop.as_str(), |c| list_products(c, shop, &query))
+    }
+
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        transactions::catalog::delete_product(&Tx(&tx), shop, sku).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Inventory for PgStore {
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stock = transactions::catalog::set_stock(&Tx(&tx), shop, sku, on_hand, now).await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stock = transactions::catalog::adjust_stock(&Tx(&tx), shop, sku, delta, now).await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
+        get_stock(&*self.client().await?, shop, sku).await
+    }
+
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let results = transactions::catalog::apply_feed(&Tx(&tx), shop, ops, now).await?;
+        tx.commit().await?;
+        Ok(results)
     }
 }

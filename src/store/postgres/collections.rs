@@ -1,12 +1,13 @@
 //! Seed-API collections on PostgreSQL, in insertion order like a MongoDB natural scan.
 
+use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::Tx;
+use super::{replica_first, seed_key, PgStore, Tx, ANY_SEED_WRITE};
 use crate::collections::UserDoc;
 use crate::store::transactions::collections::CollectionRows;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{transactions, CollectionCount, Collections, Gathered, StoreError, StoreResult};
 
 fn to_doc(r: &Row) -> StoreResult<UserDoc> {
     let id: String = r.get(0);
@@ -57,4 +58,36 @@ pub async fn count(c: &impl GenericClient, collection: &str) -> StoreResult<u64>
 pub async fn counts(c: &impl GenericClient) -> StoreResult<Vec<(String, u64)>> {
     let stmt = c.prepare_cached("SELECT collection, count(*) FROM seed_docs GROUP BY collection ORDER BY collection").await?;
     Ok(c.query(&stmt, &[]).await?.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64)).collect())
+}
+
+#[async_trait]
+impl Collections for PgStore {
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let _mark = self.replicas.writing(&seed_key(collection));
+        let _any = self.replicas.writing(ANY_SEED_WRITE);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        transactions::collections::insert(&Tx(&tx), collection, &docs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        replica_first!(self, &seed_key(collection), |c| find(c, collection, name))
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        replica_first!(self, &seed_key(collection), |c| list(c, collection, limit)).map(Gathered::complete)
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        replica_first!(self, &seed_key(collection), |c| count(c, collection)).map(Gathered::complete)
+    }
+
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
+        let rows: Vec<(String, u64)> = replica_first!(self, ANY_SEED_WRITE, |c| counts(c))?;
+        Ok(Gathered::complete(
+            rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: self.name.clone(), count }).collect(),
+        ))
+    }
 }

@@ -1,19 +1,20 @@
 //! What moving a shop needs on PostgreSQL: the pin directory, and the rows of
 //! `store::transactions::moves` (the shop's mark, its rows exported and imported whole). A mark
 //! takes the shop's fence lock exclusively, which every write of the shop takes shared
-//! (`shops::check_home`), so the fence waits for writes in flight and holds back new ones.
+//! (`super::shops::check_home`), so the fence waits for writes in flight and holds back new ones.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{catalog, orders, outbox, shops, webhooks, Tx};
+use super::{PgStore, Tx};
 use crate::catalog::Product;
 use crate::orders::Order;
 use crate::shops::{ShopId, ShopRecord};
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
 use crate::store::outbox::Webhook;
 use crate::store::transactions::moves::MoveRows;
-use crate::store::StoreResult;
+use crate::store::{micros, transactions, Moves, StoreResult};
 
 pub async fn directory(c: &impl GenericClient) -> StoreResult<Vec<(ShopId, String)>> {
     let stmt = c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop").await?;
@@ -68,11 +69,11 @@ impl<C: GenericClient + Sync> MoveRows for Tx<'_, C> {
     }
 
     async fn shop_record(&self, shop: &ShopId) -> StoreResult<Option<ShopRecord>> {
-        shops::get(self.0, shop).await
+        super::shops::get(self.0, shop).await
     }
 
     async fn all_products(&self, shop: &ShopId) -> StoreResult<Vec<Product>> {
-        catalog::all_products(self.0, shop).await
+        super::catalog::all_products(self.0, shop).await
     }
 
     async fn all_stock(&self, shop: &ShopId) -> StoreResult<Vec<StockRow>> {
@@ -90,7 +91,7 @@ impl<C: GenericClient + Sync> MoveRows for Tx<'_, C> {
         let ids = c.query("SELECT id FROM orders WHERE shop = $1 ORDER BY id", &[&shop.as_str()]).await?;
         let mut all = Vec::with_capacity(ids.len());
         for row in ids {
-            if let Some(o) = orders::load(c, shop, row.get::<_, &str>(0)).await? {
+            if let Some(o) = super::orders::load(c, shop, row.get::<_, &str>(0)).await? {
                 all.push(o);
             }
         }
@@ -117,11 +118,11 @@ impl<C: GenericClient + Sync> MoveRows for Tx<'_, C> {
     }
 
     async fn all_webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
-        webhooks::list(self.0, shop.as_str()).await
+        super::webhooks::list(self.0, shop.as_str()).await
     }
 
     async fn export_events(&self, shop: &ShopId, dump: &mut ShopDump) -> StoreResult<()> {
-        (dump.events, dump.sequences) = outbox::export_events(self.0, shop).await?;
+        (dump.events, dump.sequences) = super::outbox::export_events(self.0, shop).await?;
         Ok(())
     }
 
@@ -206,10 +207,45 @@ impl<C: GenericClient + Sync> MoveRows for Tx<'_, C> {
     }
 
     async fn import_events(&self, shop: &ShopId, dump: &ShopDump) -> StoreResult<()> {
-        outbox::import_events(self.0, shop, dump).await
+        super::outbox::import_events(self.0, shop, dump).await
     }
 
     async fn import_webhooks(&self, shop: &ShopId, hooks: &[Webhook]) -> StoreResult<()> {
-        webhooks::import(self.0, shop.as_str(), hooks).await
+        super::webhooks::import(self.0, shop.as_str(), hooks).await
+    }
+}
+
+#[async_trait]
+impl Moves for PgStore {
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
+        directory(&*self.client().await?).await
+    }
+
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        set_pin(&*self.client().await?, shop, shard, micros(now)).await
+    }
+
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        transactions::moves::mark(&Tx(&tx), shop, moved_to).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
+        let mut dump = transactions::moves::export(&Tx(&*self.client().await?), shop).await?;
+        dump.origin = self.name.clone();
+        Ok(dump)
+    }
+
+    async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
+        let _mark = self.replicas.writing(dump.shop.shop.id.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        transactions::moves::import(&Tx(&tx), &dump).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

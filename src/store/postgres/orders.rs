@@ -4,17 +4,18 @@
 //! back. An advisory lock on the idempotency key refuses a duplicate still in flight on another
 //! instance, and a transition locks its order's row.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::Tx;
+use super::{PgStore, Tx};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
-use crate::orders::{HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, StockEffect};
+use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
 use crate::store::transactions::orders::OrderRows;
-use crate::store::{micros, StoreError, StoreResult};
+use crate::store::{micros, transactions, Orders, StoreError, StoreResult};
 
 impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
     async fn claim_key(&self, shop: &ShopId, key: &str) -> StoreResult<bool> {
@@ -266,4 +267,41 @@ pub async fn expired(c: &impl GenericClient, now: DateTime<Utc>, limit: usize) -
         .prepare_cached("SELECT shop, id FROM orders WHERE status = 'placed' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
         .await?;
     Ok(c.query(&stmt, &[&now, &(limit as i64)]).await?.iter().map(|r| (ShopId::trusted(r.get(0)), r.get(1))).collect())
+}
+
+#[async_trait]
+impl Orders for PgStore {
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let outcome = transactions::orders::place(&Tx(&tx), shop, &order).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        idempotency_record(&*self.client().await?, shop, key).await
+    }
+
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+        load(&*self.client().await?, shop, id).await
+    }
+
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
+        list(&*self.client().await?, shop, &query).await
+    }
+
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let order = transactions::orders::transition(&Tx(&tx), shop, id, action, now).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+        expired(&*self.client().await?, now, limit).await
+    }
 }

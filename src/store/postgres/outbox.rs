@@ -3,14 +3,16 @@
 //! feed orders by (transaction id, position) and serves only transactions older than every one
 //! still running (`pg_snapshot_xmin`), so a transaction that commits late is never skipped.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tracing::Instrument;
 
+use super::PgStore;
 use crate::events::envelope::{envelope, NewEvent};
 use crate::shops::ShopId;
 use crate::store::dump::{EventRow, ShopDump, ShopEvents};
-use crate::store::{EventPage, StoreError, StoreResult};
+use crate::store::{EventPage, Events, StoreError, StoreResult};
 
 pub async fn emit(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
     let span = tracing::info_span!("outbox", otel.name = %format_args!("outbox {}", e.kind), event = e.kind);
@@ -195,4 +197,15 @@ pub async fn imported_position(
         )
         .await?;
     Ok(row.map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1))))
+}
+
+#[async_trait]
+impl Events for PgStore {
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+        events_after(&*self.client().await?, shop, after, limit).await
+    }
+
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+        imported_position(&*self.client().await?, shop, origin, position).await
+    }
 }

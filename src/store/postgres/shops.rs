@@ -1,10 +1,11 @@
+use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
-use super::Tx;
+use super::{PgStore, Tx};
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::transactions::shops::ShopRows;
-use crate::store::{home_check, micros, StoreError, StoreResult};
+use crate::store::{home_check, micros, transactions, Shops, StoreError, StoreResult};
 
 impl<C: GenericClient + Sync> ShopRows for Tx<'_, C> {
     async fn insert_shop(&self, s: &NewShop) -> StoreResult<bool> {
@@ -54,4 +55,25 @@ pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()
     let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
     let moved: Option<String> = c.query_opt(&stmt, &[&shop.as_str()]).await?.and_then(|r| r.get(0));
     home_check(shop, moved)
+}
+
+#[async_trait]
+impl Shops for PgStore {
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        let _mark = self.replicas.writing(shop.id.as_str());
+        // The shop and its event commit together.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let created = transactions::shops::create(&Tx(&tx), &shop).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        get(&*self.client().await?, id).await
+    }
+
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        live_ids(&*self.client().await?).await
+    }
 }

@@ -1,15 +1,16 @@
 //! Webhook subscriptions, their deliveries, and dead letters on PostgreSQL: the rows of
 //! `store::transactions::webhooks`, the reads, and the dispatchers' claim (`SKIP LOCKED`).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::Tx;
+use super::{PgStore, Tx};
 use crate::shops::ShopId;
 use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
 use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{transactions, StoreError, StoreResult, Webhooks};
 
 const WEBHOOK_COLUMNS: &str = "id, shop, url, events, secret, created_at";
 
@@ -227,5 +228,54 @@ impl<C: GenericClient + Sync> WebhookRows for Tx<'_, C> {
         let stmt =
             c.prepare_cached("UPDATE dead_letters SET replay = TRUE WHERE shop = $1 AND ($2::text IS NULL OR sink = $2)").await?;
         Ok(c.execute(&stmt, &[&shop.as_str(), &sink]).await?)
+    }
+}
+
+#[async_trait]
+impl Webhooks for PgStore {
+    async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let hook = transactions::webhooks::create(&Tx(&tx), shop, hook).await?;
+        tx.commit().await?;
+        Ok(hook)
+    }
+
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        list(&*self.client().await?, shop.as_str()).await
+    }
+
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        let _mark = self.replicas.writing(shop.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        transactions::webhooks::delete(&Tx(&tx), shop, id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        deliveries(&*self.client().await?, shop.as_str(), id, status, limit).await
+    }
+
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let _mark = self.replicas.writing(shop.as_str());
+        transactions::webhooks::replay(&Tx(&*self.client().await?), shop, id, deliver_by, now).await
+    }
+
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        dead_letters(&*self.client().await?, shop.as_str(), limit).await
+    }
+
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        let _mark = self.replicas.writing(shop.as_str());
+        Tx(&*self.client().await?).mark_for_replay(shop, sink).await
     }
 }

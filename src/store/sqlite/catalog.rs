@@ -2,16 +2,19 @@
 //! reads. Every function runs inside the caller's transaction (the writer's savepoint, or a
 //! reader's implicit read transaction); the one writer means nothing here needs a lock.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{parse_ts, ts, Tx};
+use super::{parse_ts, ts, SqliteStore, Tx};
 use crate::catalog::{Product, ProductInput, ProductQuery};
+use crate::ingest::FeedOp;
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
+use crate::store::transactions::at_once;
 use crate::store::transactions::catalog::CatalogRows;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{transactions, Catalog, Inventory, StoreError, StoreResult, Upserted};
 
 const PRODUCT_COLS: &str = "shop, sku, name, category, price_amount, currency, attributes, version, updated_at";
 
@@ -150,5 +153,51 @@ impl CatalogRows for Tx<'_> {
 
     async fn end_savepoint(&self, keep: bool) -> StoreResult<()> {
         Ok(self.0.execute_batch(if keep { "RELEASE feed_line" } else { "ROLLBACK TO feed_line; RELEASE feed_line" })?)
+    }
+}
+
+#[async_trait]
+impl Catalog for SqliteStore {
+    async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
+        let shop = shop.clone();
+        self.write(move |c| at_once(transactions::catalog::upsert_product(&Tx(c), &shop, &input, now))).await
+    }
+
+    async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.read(move |c| get_product(c, &shop, &sku)).await
+    }
+
+    async fn list_products(&self, shop: &ShopId, query: ProductQuery) -> StoreResult<Vec<Product>> {
+        let shop = shop.clone();
+        self.read(move |c| list_products(c, &shop, &query)).await
+    }
+
+    async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| at_once(transactions::catalog::delete_product(&Tx(c), &shop, &sku))).await
+    }
+}
+
+#[async_trait]
+impl Inventory for SqliteStore {
+    async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| at_once(transactions::catalog::set_stock(&Tx(c), &shop, &sku, on_hand, now))).await
+    }
+
+    async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.write(move |c| at_once(transactions::catalog::adjust_stock(&Tx(c), &shop, &sku, delta, now))).await
+    }
+
+    async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
+        let (shop, sku) = (shop.clone(), sku.to_owned());
+        self.read(move |c| get_stock(c, &shop, &sku)).await
+    }
+
+    async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
+        let shop = shop.clone();
+        self.write(move |c| at_once(transactions::catalog::apply_feed(&Tx(c), &shop, ops, now))).await
     }
 }

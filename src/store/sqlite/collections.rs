@@ -1,11 +1,13 @@
 //! Seed-API collections on SQLite, kept in insertion order like a MongoDB natural scan.
 
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::Tx;
+use super::{SqliteStore, Tx};
 use crate::collections::UserDoc;
+use crate::store::transactions::at_once;
 use crate::store::transactions::collections::CollectionRows;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{transactions, CollectionCount, Collections, Gathered, StoreError, StoreResult};
 
 fn doc_row(r: &Row<'_>) -> rusqlite::Result<(String, String, i64, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -55,4 +57,35 @@ pub fn counts(c: &Connection) -> StoreResult<Vec<(String, u64)>> {
     Ok(c.prepare_cached("SELECT collection, count(*) FROM seed_docs GROUP BY collection ORDER BY collection")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+#[async_trait]
+impl Collections for SqliteStore {
+    async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
+        let collection = collection.to_owned();
+        self.write(move |c| at_once(transactions::collections::insert(&Tx(c), &collection, &docs))).await
+    }
+
+    async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {
+        let (collection, name) = (collection.to_owned(), name.to_owned());
+        self.read(move |c| find(c, &collection, &name)).await
+    }
+
+    async fn list_users(&self, collection: &str, limit: usize) -> StoreResult<Gathered<Vec<UserDoc>>> {
+        let collection = collection.to_owned();
+        self.read(move |c| list(c, &collection, limit)).await.map(Gathered::complete)
+    }
+
+    async fn count_users(&self, collection: &str) -> StoreResult<Gathered<u64>> {
+        let collection = collection.to_owned();
+        self.read(move |c| count(c, &collection)).await.map(Gathered::complete)
+    }
+
+    async fn collection_counts(&self) -> StoreResult<Gathered<Vec<CollectionCount>>> {
+        let rows = self.read(counts).await?;
+        let shard = &self.name;
+        Ok(Gathered::complete(
+            rows.into_iter().map(|(collection, count)| CollectionCount { collection, shard: shard.clone(), count }).collect(),
+        ))
+    }
 }

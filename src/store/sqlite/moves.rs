@@ -2,17 +2,19 @@
 //! `store::transactions::moves` (the shop's mark, its rows exported and imported whole). The one
 //! writer orders a mark against every write of the shop, so nothing here locks.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{catalog, orders, outbox, parse_ts, shops, ts, webhooks, Tx};
+use super::{parse_ts, ts, SqliteStore, Tx};
 use crate::catalog::Product;
 use crate::orders::Order;
 use crate::shops::{ShopId, ShopRecord};
 use crate::store::dump::{IdempotencyRow, ShopDump, StockRow};
 use crate::store::outbox::Webhook;
+use crate::store::transactions::at_once;
 use crate::store::transactions::moves::MoveRows;
-use crate::store::StoreResult;
+use crate::store::{transactions, Moves, StoreResult};
 
 pub fn directory(c: &Connection) -> StoreResult<Vec<(ShopId, String)>> {
     Ok(c.prepare_cached("SELECT shop, shard FROM shop_directory ORDER BY shop")?
@@ -64,11 +66,11 @@ impl MoveRows for Tx<'_> {
     }
 
     async fn shop_record(&self, shop: &ShopId) -> StoreResult<Option<ShopRecord>> {
-        shops::get(self.0, shop)
+        super::shops::get(self.0, shop)
     }
 
     async fn all_products(&self, shop: &ShopId) -> StoreResult<Vec<Product>> {
-        catalog::all_products(self.0, shop)
+        super::catalog::all_products(self.0, shop)
     }
 
     async fn all_stock(&self, shop: &ShopId) -> StoreResult<Vec<StockRow>> {
@@ -92,7 +94,7 @@ impl MoveRows for Tx<'_> {
             .prepare_cached("SELECT id FROM orders WHERE shop = ?1 ORDER BY id")?
             .query_map([shop.as_str()], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        ids.iter().filter_map(|id| orders::load(c, shop, id).transpose()).collect()
+        ids.iter().filter_map(|id| super::orders::load(c, shop, id).transpose()).collect()
     }
 
     async fn all_idempotency(&self, shop: &ShopId) -> StoreResult<Vec<IdempotencyRow>> {
@@ -114,11 +116,11 @@ impl MoveRows for Tx<'_> {
     }
 
     async fn all_webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
-        webhooks::list(self.0, shop.as_str())
+        super::webhooks::list(self.0, shop.as_str())
     }
 
     async fn export_events(&self, shop: &ShopId, dump: &mut ShopDump) -> StoreResult<()> {
-        (dump.events, dump.sequences) = outbox::export_events(self.0, shop)?;
+        (dump.events, dump.sequences) = super::outbox::export_events(self.0, shop)?;
         Ok(())
     }
 
@@ -135,7 +137,7 @@ impl MoveRows for Tx<'_> {
             params![s.id.as_str(), s.name, s.currency.as_str(), &d.shop.api_key_hash[..], ts(s.created_at)],
         )?;
         for p in &d.products {
-            catalog::write_product(c, p)?;
+            super::catalog::write_product(c, p)?;
         }
         for st in &d.stock {
             c.prepare_cached("INSERT INTO stock (shop, sku, on_hand, reserved, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
@@ -178,10 +180,39 @@ impl MoveRows for Tx<'_> {
     }
 
     async fn import_events(&self, shop: &ShopId, dump: &ShopDump) -> StoreResult<()> {
-        outbox::import_events(self.0, shop, dump)
+        super::outbox::import_events(self.0, shop, dump)
     }
 
     async fn import_webhooks(&self, shop: &ShopId, hooks: &[Webhook]) -> StoreResult<()> {
-        webhooks::import(self.0, shop.as_str(), hooks)
+        super::webhooks::import(self.0, shop.as_str(), hooks)
+    }
+}
+
+#[async_trait]
+impl Moves for SqliteStore {
+    async fn directory(&self) -> StoreResult<Vec<(ShopId, String)>> {
+        self.read(directory).await
+    }
+
+    async fn set_pin(&self, shop: &ShopId, shard: Option<&str>, now: DateTime<Utc>) -> StoreResult<()> {
+        let (shop, shard) = (shop.clone(), shard.map(str::to_owned));
+        self.write(move |c| set_pin(c, &shop, shard.as_deref(), now)).await
+    }
+
+    async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
+        let (shop, moved_to) = (shop.clone(), moved_to.map(str::to_owned));
+        self.write(move |c| at_once(transactions::moves::mark(&Tx(c), &shop, moved_to.as_deref()))).await
+    }
+
+    async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
+        let shop = shop.clone();
+        // Through the writer: the export sees every write acknowledged before it.
+        let mut dump = self.write(move |c| at_once(transactions::moves::export(&Tx(c), &shop))).await?;
+        dump.origin = self.name.clone();
+        Ok(dump)
+    }
+
+    async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
+        self.write(move |c| at_once(transactions::moves::import(&Tx(c), &dump))).await
     }
 }

@@ -3,17 +3,19 @@
 //! stock) undoes every reservation already taken; the one writer means nothing else changes the
 //! rows meanwhile, so nothing here locks.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, Tx};
+use super::{parse_ts, ts, SqliteStore, Tx};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
-use crate::orders::{HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, StockEffect};
+use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
+use crate::store::transactions::at_once;
 use crate::store::transactions::orders::OrderRows;
-use crate::store::{stored_answer, StoreError, StoreResult};
+use crate::store::{stored_answer, transactions, Orders, StoreError, StoreResult};
 
 impl OrderRows for Tx<'_> {
     /// The single writer runs one placement at a time, and this process's in-flight keys keep
@@ -262,4 +264,36 @@ pub fn expired(c: &Connection, now: DateTime<Utc>, limit: usize) -> StoreResult<
     Ok(c.prepare_cached("SELECT shop, id FROM orders WHERE status = 'placed' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2")?
         .query_map(params![ts(now), limit as i64], |r| Ok((ShopId::trusted(r.get(0)?), r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+#[async_trait]
+impl Orders for SqliteStore {
+    async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
+        let shop = shop.clone();
+        self.write(move |c| at_once(transactions::orders::place(&Tx(c), &shop, &order))).await
+    }
+
+    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        let (shop, key) = (shop.clone(), key.to_owned());
+        self.read(move |c| idempotency_record(c, &shop, &key)).await
+    }
+
+    async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.read(move |c| load(c, &shop, &id)).await
+    }
+
+    async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
+        let shop = shop.clone();
+        self.read(move |c| list(c, &shop, &query)).await
+    }
+
+    async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| at_once(transactions::orders::transition(&Tx(c), &shop, &id, action, now))).await
+    }
+
+    async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {
+        self.read(move |c| expired(c, now, limit)).await
+    }
 }

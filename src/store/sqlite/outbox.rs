@@ -2,14 +2,15 @@
 //! per-aggregate sequence taken under the writer's lock. One writer means commit order is
 //! insertion order, so the feed's position never skips a late commit.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts};
+use super::{parse_ts, ts, SqliteStore};
 use crate::events::envelope::{envelope, NewEvent};
 use crate::shops::ShopId;
 use crate::store::dump::{EventRow, ShopDump, ShopEvents};
-use crate::store::{EventPage, StoreError, StoreResult};
+use crate::store::{EventPage, Events, StoreError, StoreResult};
 
 pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> {
     let _span = tracing::info_span!("outbox", otel.name = %format_args!("outbox {}", e.kind), event = e.kind).entered();
@@ -115,4 +116,17 @@ pub fn imported_position(c: &Connection, shop: &ShopId, origin: &str, position: 
         .query_row(params![shop.as_str(), origin, position], |r| r.get::<_, i64>(0))
         .optional()?
         .map(|p| p.to_string()))
+}
+
+#[async_trait]
+impl Events for SqliteStore {
+    async fn events_after(&self, shop: &ShopId, after: Option<&str>, limit: usize) -> StoreResult<EventPage> {
+        let (shop, after) = (shop.clone(), after.map(str::to_owned));
+        self.read(move |c| events_after(c, &shop, after.as_deref(), limit)).await
+    }
+
+    async fn imported_position(&self, shop: &ShopId, origin: &str, position: &str) -> StoreResult<Option<String>> {
+        let (shop, origin, position) = (shop.clone(), origin.to_owned(), position.to_owned());
+        self.read(move |c| imported_position(c, &shop, &origin, &position)).await
+    }
 }

@@ -1,10 +1,12 @@
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, Tx};
+use super::{parse_ts, ts, SqliteStore, Tx};
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
+use crate::store::transactions::at_once;
 use crate::store::transactions::shops::ShopRows;
-use crate::store::{home_check, StoreError, StoreResult};
+use crate::store::{home_check, transactions, Shops, StoreError, StoreResult};
 
 impl ShopRows for Tx<'_> {
     async fn insert_shop(&self, s: &NewShop) -> StoreResult<bool> {
@@ -53,4 +55,20 @@ pub fn check_home(c: &Connection, shop: &ShopId) -> StoreResult<()> {
     let moved: Option<Option<String>> =
         c.prepare_cached("SELECT moved_to FROM shops WHERE id = ?1")?.query_row([shop.as_str()], |r| r.get(0)).optional()?;
     home_check(shop, moved.flatten())
+}
+
+#[async_trait]
+impl Shops for SqliteStore {
+    async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
+        self.write(move |c| at_once(transactions::shops::create(&Tx(c), &shop))).await
+    }
+
+    async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
+        let id = id.clone();
+        self.read(move |c| get(c, &id)).await
+    }
+
+    async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {
+        self.read(live_ids).await
+    }
 }

@@ -2,14 +2,16 @@
 //! `store::transactions::webhooks`, the reads, and the dispatcher's claim (the one writer hands
 //! each due delivery to one dispatcher).
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, Tx};
+use super::{parse_ts, ts, SqliteStore, Tx};
 use crate::shops::ShopId;
-use crate::store::outbox::{Delivery, OutboxEvent, Webhook};
+use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
+use crate::store::transactions::at_once;
 use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{transactions, StoreError, StoreResult, Webhooks};
 
 const WEBHOOK_COLUMNS: &str = "id, shop, url, events, secret, created_at";
 
@@ -202,5 +204,49 @@ impl WebhookRows for Tx<'_> {
             params![shop.as_str(), sink],
         )?;
         Ok(n as u64)
+    }
+}
+
+#[async_trait]
+impl Webhooks for SqliteStore {
+    async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
+        let shop = shop.clone();
+        self.write(move |c| at_once(transactions::webhooks::create(&Tx(c), &shop, hook))).await
+    }
+
+    async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
+        let shop = shop.clone();
+        self.read(move |c| list(c, shop.as_str())).await
+    }
+
+    async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| at_once(transactions::webhooks::delete(&Tx(c), &shop, &id))).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        shop: &ShopId,
+        id: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (shop, id, status) = (shop.clone(), id.to_owned(), status.map(str::to_owned));
+        self.read(move |c| deliveries(c, shop.as_str(), &id, status.as_deref(), limit)).await
+    }
+
+    async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let (shop, id) = (shop.clone(), id.to_owned());
+        self.write(move |c| at_once(transactions::webhooks::replay(&Tx(c), &shop, &id, deliver_by, now))).await
+    }
+
+    async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        let shop = shop.clone();
+        self.read(move |c| super::relay::dead_letters(c, shop.as_str(), limit)).await
+    }
+
+    async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
+        let (shop, sink) = (shop.clone(), sink.map(str::to_owned));
+        self.write(move |c| at_once(Tx(c).mark_for_replay(&shop, sink.as_deref()))).await
     }
 }
