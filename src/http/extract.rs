@@ -25,13 +25,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let deadline = req.extensions().get::<BodyDeadline>().copied();
-        let read = axum::Json::<T>::from_request(req, state);
-        let read = match deadline {
-            Some(d) => tokio::time::timeout_at(d.at, read).await.map_err(|_| ApiError::BodyTimeout(d.limit.as_secs()))?,
-            None => read.await,
-        };
-        match read {
+        let deadline = BodyDeadline::of(&req);
+        match BodyDeadline::bound(deadline, axum::Json::<T>::from_request(req, state)).await? {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
@@ -47,15 +42,24 @@ pub struct BodyDeadline {
     limit: Duration,
 }
 
+impl BodyDeadline {
+    fn of(req: &Request) -> Option<BodyDeadline> {
+        req.extensions().get::<BodyDeadline>().copied()
+    }
+
+    /// `read` (of a request's body) within `deadline`, when the request has one.
+    async fn bound<T>(deadline: Option<BodyDeadline>, read: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.at, read).await.map_err(|_| ApiError::BodyTimeout(d.limit.as_secs())),
+            None => Ok(read.await),
+        }
+    }
+}
+
 /// The raw body, read within the request's `BodyDeadline` and under its size limit.
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
-    let deadline = req.extensions().get::<BodyDeadline>().copied();
-    let read = bytes::Bytes::from_request(req, state);
-    let read = match deadline {
-        Some(d) => tokio::time::timeout_at(d.at, read).await.map_err(|_| ApiError::BodyTimeout(d.limit.as_secs()))?,
-        None => read.await,
-    };
-    read.map_err(|e| match e.status() {
+    let deadline = BodyDeadline::of(&req);
+    BodyDeadline::bound(deadline, bytes::Bytes::from_request(req, state)).await?.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(e.body_text()),
         _ => ApiError::bad_request("unreadable_body", e.body_text()),
     })
