@@ -44,14 +44,15 @@ enum Caller {
 
 /// The credential each operation (method and route template) requires, read from the spec.
 #[derive(Debug, Default)]
-pub struct Guards(HashMap<(Method, String), Credential>);
+/// Keyed by route template, so a request is looked up by its matched path without allocating.
+pub struct Guards(HashMap<String, Vec<(Method, Credential)>>);
 
 impl Guards {
     /// Reads each operation's security requirement. An operation naming an unknown scheme, or
     /// a shop key on a route without `{shop}`, is a programming error caught at start-up.
     pub fn from_spec(spec: &utoipa::openapi::OpenApi) -> anyhow::Result<Guards> {
         let doc = serde_json::to_value(spec)?;
-        let mut guards = HashMap::new();
+        let mut guards: HashMap<String, Vec<(Method, Credential)>> = HashMap::new();
         let paths = doc["paths"].as_object().cloned().unwrap_or_default();
         for (path, item) in paths {
             for (method, op) in item.as_object().into_iter().flatten() {
@@ -69,7 +70,7 @@ impl Guards {
                     [SHOP_KEY_SCHEME] if path.contains("{shop}") => Credential::ShopKey,
                     other => anyhow::bail!("{method} {path}: unsupported security requirement {other:?}"),
                 };
-                guards.insert((method, path.clone()), credential);
+                guards.entry(path.clone()).or_default().push((method, credential));
             }
         }
         Ok(Guards(guards))
@@ -78,14 +79,14 @@ impl Guards {
     fn required(&self, method: &Method, route: &str) -> Option<Credential> {
         // HEAD is served by the GET route.
         let method = if method == Method::HEAD { &Method::GET } else { method };
-        self.0.get(&(method.clone(), route.to_owned())).copied()
+        self.0.get(route)?.iter().find(|(m, _)| m == method).map(|(_, c)| *c)
     }
 }
 
 /// The middleware in front of admission: authenticates what the route's spec requires.
 pub async fn gate(State((state, guards)): State<(AppState, Arc<Guards>)>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let Some(credential) = route.and_then(|r| guards.required(req.method(), &r)) else {
+    let required = req.extensions().get::<MatchedPath>().and_then(|p| guards.required(req.method(), p.as_str()));
+    let Some(credential) = required else {
         return next.run(req).await;
     };
     let (mut parts, body) = req.into_parts();
