@@ -20,7 +20,7 @@ fn to_doc(r: &Row) -> StoreResult<UserDoc> {
 
 impl<C: GenericClient + Sync> CollectionRows for Tx<'_, C> {
     /// One statement for the whole batch: the seed's 1000 users are one round trip.
-    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<Vec<String>> {
+    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<std::collections::HashSet<String>> {
         let c = self.0;
         let stmt = c
             .prepare_cached(

@@ -19,15 +19,15 @@ fn to_doc((id, name, age, extra): (String, String, i64, String)) -> StoreResult<
 }
 
 impl CollectionRows for Tx<'_> {
-    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<Vec<String>> {
+    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<std::collections::HashSet<String>> {
         let mut stmt = self.0.prepare_cached(
             "INSERT INTO seed_docs (id, collection, name, age, extra) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
         )?;
-        let mut added = Vec::new();
+        let mut added = std::collections::HashSet::new();
         for d in docs {
             let extra = serde_json::to_string(&d.extra).map_err(|e| StoreError::Backend(e.to_string()))?;
             if stmt.execute(params![d.id, collection, d.name, d.age, extra])? == 1 {
-                added.push(d.id.clone());
+                added.insert(d.id.clone());
             }
         }
         Ok(added)

@@ -1,5 +1,7 @@
 //! Adding documents to a seed-API collection.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 
 use super::Rows;
@@ -11,7 +13,7 @@ use crate::store::StoreResult;
 #[allow(async_fn_in_trait)]
 pub trait CollectionRows: Rows {
     /// Adds the documents whose id is not stored yet; the ids it added.
-    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<Vec<String>>;
+    async fn insert_docs(&self, collection: &str, docs: &[UserDoc]) -> StoreResult<HashSet<String>>;
 }
 
 /// An id already stored is skipped, and records no event: seeding is idempotent, also when
