@@ -82,7 +82,8 @@ async fn through_store(sync: Synchronous, orders: usize, concurrency: usize) -> 
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Shard> = Arc::new(
-        vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite, "bench").unwrap(),
+        vitrina::store::sqlite::SqliteStore::open(&dir.path().join("s.db"), &config(dir.path(), sync).sqlite, "bench", 64)
+            .unwrap(),
     );
     let usd = Currency::parse("USD").unwrap();
     let shop = ShopId::parse("bench").unwrap();
@@ -140,7 +141,7 @@ fn plain_rusqlite(sync: Synchronous, orders: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.db");
     // The schema comes from vitrina's own migrations so both sides run on identical tables.
-    vitrina::store::sqlite::SqliteStore::open(&path, &config(dir.path(), sync).sqlite, "bench").unwrap();
+    vitrina::store::sqlite::SqliteStore::open(&path, &config(dir.path(), sync).sqlite, "bench", 64).unwrap();
     let c = Connection::open(&path).unwrap();
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", sync.pragma()).unwrap();

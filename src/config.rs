@@ -122,6 +122,9 @@ pub struct OrdersConfig {
     /// How long a SKU seen with nothing available is refused from memory before the store is
     /// asked again (a stock event that makes it available ends this sooner). 0 turns it off.
     pub sold_out_ttl_ms: u64,
+    /// At most how many placements for one shard are decided and committed together (the ones
+    /// that queued while its previous group committed; an idle shard takes an order alone).
+    pub max_group: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,7 +219,7 @@ impl Default for Config {
 
 impl Default for OrdersConfig {
     fn default() -> Self {
-        OrdersConfig { hold_secs: 15 * 60, sweep_interval_ms: 10_000, sold_out_ttl_ms: 5_000 }
+        OrdersConfig { hold_secs: 15 * 60, sweep_interval_ms: 10_000, sold_out_ttl_ms: 5_000, max_group: 64 }
     }
 }
 
@@ -302,8 +305,8 @@ impl Config {
         if self.limits.body_read_timeout_secs == 0 || self.limits.header_read_timeout_secs == 0 {
             bail!("limits: body_read_timeout_secs and header_read_timeout_secs must be positive");
         }
-        if self.limits.feed_batch == 0 || self.sqlite.max_batch == 0 {
-            bail!("feed_batch and sqlite.max_batch must be positive");
+        if self.limits.feed_batch == 0 || self.sqlite.max_batch == 0 || self.orders.max_group == 0 {
+            bail!("feed_batch, sqlite.max_batch and orders.max_group must be positive");
         }
         if self.store == StoreKind::Postgres {
             if self.postgres.shards.is_empty() {

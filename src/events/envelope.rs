@@ -27,11 +27,20 @@ pub struct NewEvent {
     pub aggregate: String,
     pub shop: Option<String>,
     pub data: Value,
+    /// The request it came from, where that is not the current context (a placement written in
+    /// a group with other requests'); otherwise the current one is recorded.
+    pub traceparent: Option<String>,
 }
 
 impl NewEvent {
     pub fn new(kind: &'static str, shop: Option<&str>, aggregate: String, data: impl serde::Serialize) -> NewEvent {
-        NewEvent { kind, aggregate, shop: shop.map(str::to_owned), data: serde_json::to_value(data).unwrap_or(Value::Null) }
+        NewEvent {
+            kind,
+            aggregate,
+            shop: shop.map(str::to_owned),
+            data: serde_json::to_value(data).unwrap_or(Value::Null),
+            traceparent: None,
+        }
     }
 }
 

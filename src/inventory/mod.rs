@@ -1,6 +1,7 @@
 //! Inventory: stock per SKU. `available = on_hand - reserved`, and stock is only ever taken by a
 //! conditional update in the store, so it cannot be oversold.
 
+pub mod allocation;
 pub mod routes;
 pub mod sold_out;
 

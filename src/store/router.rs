@@ -87,15 +87,23 @@ impl Store {
                     let path = config.data_dir.join(file);
                     let cfg = config.sqlite.clone();
                     let shard_name = name.clone();
+                    let group = config.orders.max_group;
                     let store =
-                        tokio::task::spawn_blocking(move || super::sqlite::SqliteStore::open(&path, &cfg, &shard_name)).await??;
+                        tokio::task::spawn_blocking(move || super::sqlite::SqliteStore::open(&path, &cfg, &shard_name, group))
+                            .await??;
                     shards.push((name, Arc::new(store)));
                 }
             }
             StoreKind::Postgres => {
                 for shard in &config.postgres.shards {
-                    let store =
-                        super::postgres::PgStore::connect(&shard.name, &shard.primary, &shard.replicas, &config.postgres).await?;
+                    let store = super::postgres::PgStore::connect(
+                        &shard.name,
+                        &shard.primary,
+                        &shard.replicas,
+                        &config.postgres,
+                        config.orders.max_group,
+                    )
+                    .await?;
                     shards.push((shard.name.clone(), Arc::new(store)));
                 }
             }

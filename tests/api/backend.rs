@@ -91,9 +91,10 @@ async fn ensure_template() {
             admin(&format!("DROP DATABASE IF EXISTS {tpl} WITH (FORCE)")).await;
             admin(&format!("CREATE DATABASE {tpl}")).await;
             let cfg = Config::default();
-            let store = vitrina::store::postgres::PgStore::connect("tpl", &url_for(&tpl), &[], &cfg.postgres)
-                .await
-                .expect("migrate template");
+            let store =
+                vitrina::store::postgres::PgStore::connect("tpl", &url_for(&tpl), &[], &cfg.postgres, cfg.orders.max_group)
+                    .await
+                    .expect("migrate template");
             vitrina::store::Shard::close(&store);
             drop(store);
         })

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod collections;
+mod groups;
 mod held;
 mod moves;
 mod orders;
@@ -36,6 +37,7 @@ pub struct PgStore {
     address: String,
     pool: Pool,
     replicas: replicas::Replicas,
+    placements: groups::Groups,
 }
 
 /// A pool for one URL; a URL may name several hosts (`target_session_attrs=read-write` then
@@ -74,10 +76,18 @@ fn build_pool(shard: &str, url: &str, cfg: &PostgresConfig) -> anyhow::Result<(P
 impl PgStore {
     /// Connects to the shard's primary, applies pending migrations, and starts watching the
     /// replicas' lag.
-    pub async fn connect(name: &str, url: &str, replica_urls: &[String], cfg: &PostgresConfig) -> anyhow::Result<PgStore> {
+    /// `max_group`: at most how many placements one transaction decides together.
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        replica_urls: &[String],
+        cfg: &PostgresConfig,
+        max_group: usize,
+    ) -> anyhow::Result<PgStore> {
         let (pool, address) = build_pool(name, url, cfg)?;
         let replicas = replicas::Replicas::new(name, replica_urls, cfg)?;
-        let store = PgStore { name: name.to_owned(), address, pool, replicas };
+        let placements = groups::Groups::new(pool.clone(), name, max_group);
+        let store = PgStore { name: name.to_owned(), address, pool, replicas, placements };
         let mut client = store.client().await.map_err(|e| anyhow::anyhow!("shard {name}: {e}"))?;
         let applied = schema::migrate(&mut client).await.map_err(|e| anyhow::anyhow!("shard {name}: migrating: {e}"))?;
         if !applied.is_empty() {

@@ -1,8 +1,8 @@
-//! Orders on PostgreSQL: the rows of `store::transactions::orders`, and the reads. Stock is taken
-//! only by conditional updates, which the transaction makes in SKU order so two orders never
-//! wait on each other's rows in opposite orders; a refusal anywhere rolls the whole transaction
-//! back. An advisory lock on the idempotency key refuses a duplicate still in flight on another
-//! instance, and a transition locks its order's row.
+//! Orders on PostgreSQL: the rows of `store::transactions::orders` and `placement`, and the
+//! reads. A placement group locks its stock rows in SKU order (as transitions settle them), so
+//! two groups never wait on each other's rows in opposite orders, and takes the stock with one
+//! conditional update per SKU. An advisory lock on each idempotency key refuses a duplicate
+//! still in flight on another instance, and a transition locks its order's row.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,18 +14,39 @@ use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
-use crate::store::transactions::orders::OrderRows;
+use crate::store::transactions::orders::{OrderRows, Remembered};
+use crate::store::transactions::placement::Placement;
 use crate::store::{micros, transactions, Orders, StoreError, StoreResult};
 
 impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
-    async fn claim_key(&self, shop: &ShopId, key: &str) -> StoreResult<bool> {
+    /// Transaction-scoped advisory locks on the keys, taken in the order given: a key another
+    /// instance's transaction holds is refused, not waited for.
+    async fn claim_keys(&self, shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<bool>> {
         let c = self.0;
-        let stmt = c.prepare_cached("SELECT pg_try_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text, 0))").await?;
-        Ok(c.query_one(&stmt, &[&shop.as_str(), &key]).await?.get(0))
+        let stmt = c
+            .prepare_cached(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text || '/' || k, 0))
+                 FROM unnest($2::text[]) WITH ORDINALITY AS t (k, n) ORDER BY n",
+            )
+            .await?;
+        Ok(c.query(&stmt, &[&shop.as_str(), &keys]).await?.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-        idempotency_record(self.0, shop, key).await
+    async fn idempotency_records(&self, shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<(String, IdempotencyRecord)>> {
+        let c = self.0;
+        let stmt = c
+            .prepare_cached(
+                "SELECT key, request_hash, status_code, response FROM idempotency_keys WHERE shop = $1 AND key = ANY($2)",
+            )
+            .await?;
+        c.query(&stmt, &[&shop.as_str(), &keys])
+            .await?
+            .iter()
+            .map(|r| {
+                let body = crate::store::stored_answer(r.get::<_, &str>(3))?;
+                Ok((r.get(0), IdempotencyRecord { request_hash: r.get(1), status: r.get::<_, i32>(2) as u16, body }))
+            })
+            .collect()
     }
 
     async fn prices(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<(String, String, Money)>> {
@@ -43,81 +64,106 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
             .collect()
     }
 
-    async fn reserve(&self, shop: &ShopId, sku: &str, qty: i64, now: DateTime<Utc>) -> StoreResult<Option<Stock>> {
+    /// Locked in SKU order (the lock node sits above the sort), as every writer of stock locks.
+    async fn stock_for_update(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<Stock>> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
-                "UPDATE stock SET reserved = reserved + $3, updated_at = $4
-                 WHERE shop = $1 AND sku = $2 AND on_hand - reserved >= $3
-                 RETURNING on_hand, reserved",
+                "SELECT sku, on_hand, reserved FROM stock WHERE shop = $1 AND sku = ANY($2) ORDER BY sku FOR NO KEY UPDATE",
             )
             .await?;
-        let row = c.query_opt(&stmt, &[&shop.as_str(), &sku, &qty, &micros(now)]).await?;
-        Ok(row.map(|r| Stock::new(sku.to_owned(), r.get(0), r.get(1))))
+        Ok(c.query(&stmt, &[&shop.as_str(), &skus]).await?.iter().map(|r| Stock::new(r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    async fn nothing_available(&self, shop: &ShopId, skus: &[String]) -> StoreResult<Vec<String>> {
+    async fn reserve(&self, shop: &ShopId, takes: &[(&str, i64)], now: DateTime<Utc>) -> StoreResult<usize> {
+        if takes.is_empty() {
+            return Ok(0);
+        }
         let c = self.0;
-        let stmt = c.prepare_cached("SELECT sku FROM stock WHERE shop = $1 AND sku = ANY($2) AND on_hand - reserved > 0").await?;
-        let available: Vec<String> = c.query(&stmt, &[&shop.as_str(), &skus]).await?.iter().map(|r| r.get(0)).collect();
-        Ok(skus.iter().filter(|s| !available.contains(s)).cloned().collect())
+        let stmt = c
+            .prepare_cached(
+                "UPDATE stock s SET reserved = s.reserved + t.qty, updated_at = $4
+                 FROM unnest($2::text[], $3::bigint[]) AS t (sku, qty)
+                 WHERE s.shop = $1 AND s.sku = t.sku AND s.on_hand - s.reserved >= t.qty",
+            )
+            .await?;
+        let (skus, qtys): (Vec<&str>, Vec<i64>) = takes.iter().copied().unzip();
+        Ok(c.execute(&stmt, &[&shop.as_str(), &skus, &qtys, &micros(now)]).await? as usize)
     }
 
-    /// The lines in one statement, whatever their number.
-    async fn insert_order(&self, o: &Order) -> StoreResult<()> {
+    /// Three statements whatever the number of orders and lines.
+    async fn insert_orders(&self, orders: &[&Order]) -> StoreResult<()> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
                 "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                 SELECT id, shop, customer_id, status, total, currency, created_at, created_at, expires_at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[],
+                             $8::timestamptz[])
+                   AS o (id, shop, customer_id, status, total, currency, created_at, expires_at)",
             )
             .await?;
-        c.execute(
-            &stmt,
-            &[
-                &o.id,
-                &o.shop.as_str(),
-                &o.customer_id,
-                &o.status.as_str(),
-                &o.total.amount,
-                &o.total.currency.as_str(),
-                &o.created_at,
-                &o.expires_at,
-            ],
-        )
-        .await?;
+        let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
+        let shops: Vec<&str> = orders.iter().map(|o| o.shop.as_str()).collect();
+        let customers: Vec<&str> = orders.iter().map(|o| o.customer_id.as_str()).collect();
+        let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+        let totals: Vec<i64> = orders.iter().map(|o| o.total.amount).collect();
+        let currencies: Vec<&str> = orders.iter().map(|o| o.total.currency.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = orders.iter().map(|o| o.created_at).collect();
+        let expires: Vec<Option<DateTime<Utc>>> = orders.iter().map(|o| o.expires_at).collect();
+        c.execute(&stmt, &[&ids, &shops, &customers, &statuses, &totals, &currencies, &created, &expires]).await?;
+
         let stmt = c
             .prepare_cached(
                 "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total)
-                 SELECT $1, n::int - 1, sku, name, qty, unit_price, line_total
-                 FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) WITH ORDINALITY
-                   AS l (sku, name, qty, unit_price, line_total, n)",
+                 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])",
             )
             .await?;
-        let col = |f: fn(&OrderLine) -> i64| o.lines.iter().map(f).collect::<Vec<i64>>();
-        let names: Vec<&str> = o.lines.iter().map(|l| l.name.as_str()).collect();
-        let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
-        c.execute(&stmt, &[&o.id, &skus, &names, &col(|l| l.qty), &col(|l| l.unit_price.amount), &col(|l| l.line_total.amount)])
+        let lines: Vec<(&str, i32, &OrderLine)> =
+            orders.iter().flat_map(|o| o.lines.iter().enumerate().map(|(n, l)| (o.id.as_str(), n as i32, l))).collect();
+        let order_ids: Vec<&str> = lines.iter().map(|l| l.0).collect();
+        let line_nos: Vec<i32> = lines.iter().map(|l| l.1).collect();
+        let skus: Vec<&str> = lines.iter().map(|l| l.2.sku.as_str()).collect();
+        let names: Vec<&str> = lines.iter().map(|l| l.2.name.as_str()).collect();
+        let col = |f: fn(&OrderLine) -> i64| lines.iter().map(|l| f(l.2)).collect::<Vec<i64>>();
+        c.execute(
+            &stmt,
+            &[
+                &order_ids,
+                &line_nos,
+                &skus,
+                &names,
+                &col(|l| l.qty),
+                &col(|l| l.unit_price.amount),
+                &col(|l| l.line_total.amount),
+            ],
+        )
+        .await?;
+
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO order_history (order_id, seq, status, at) SELECT id, 1, status, at
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS h (id, status, at)",
+            )
             .await?;
-        append_history(c, &o.id, 1, o.status, o.created_at, None).await
+        c.execute(&stmt, &[&ids, &statuses, &created]).await?;
+        Ok(())
     }
 
-    async fn remember(
-        &self,
-        shop: &ShopId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        answer: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn remember(&self, answers: &[Remembered<'_>], now: DateTime<Utc>) -> StoreResult<()> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
                 "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at)
-                 VALUES ($1, $2, $3, 201, $4, $5)",
+                 SELECT shop, key, hash, 201, response, $5 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
+                   AS k (shop, key, hash, response)",
             )
             .await?;
-        c.execute(&stmt, &[&shop.as_str(), &key, &&fingerprint[..], &answer, &micros(now)]).await?;
+        let shops: Vec<&str> = answers.iter().map(|a| a.shop.as_str()).collect();
+        let keys: Vec<&str> = answers.iter().map(|a| a.key).collect();
+        let hashes: Vec<&[u8]> = answers.iter().map(|a| &a.fingerprint[..]).collect();
+        let bodies: Vec<&str> = answers.iter().map(|a| a.answer.as_str()).collect();
+        c.execute(&stmt, &[&shops, &keys, &hashes, &bodies, &micros(now)]).await?;
         Ok(())
     }
 
@@ -273,11 +319,7 @@ pub async fn expired(c: &impl GenericClient, now: DateTime<Utc>, limit: usize) -
 impl Orders for PgStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
         let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let outcome = transactions::orders::place(&Tx(&tx), shop, &order).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.placements.place(Placement::here(shop, order)).await
     }
 
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {

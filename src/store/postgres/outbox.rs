@@ -28,7 +28,7 @@ async fn emit_traced(c: &impl GenericClient, e: NewEvent, now: DateTime<Utc>) ->
         .await?;
     let seq: i64 = c.query_one(&stmt, &[&e.aggregate]).await?.get(0);
     let id = uuid::Uuid::now_v7().to_string();
-    let tp = crate::telemetry::context::current_header();
+    let tp = e.traceparent.clone().or_else(crate::telemetry::context::current_header);
     let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     let stmt = c
@@ -65,7 +65,7 @@ pub async fn emit_all(c: &impl GenericClient, events: Vec<NewEvent>, now: DateTi
     let (mut ids, mut shops, mut kinds, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (e, seq) in events.iter().zip(&seqs) {
         let id = uuid::Uuid::now_v7().to_string();
-        let env = envelope(&id, e, *seq, now, tp.as_deref());
+        let env = envelope(&id, e, *seq, now, e.traceparent.as_deref().or(tp.as_deref()));
         texts.push(serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?);
         ids.push(id);
         shops.push(e.shop.clone());

@@ -47,7 +47,8 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path, cfg: &SqliteConfig, name: &str) -> anyhow::Result<SqliteStore> {
+    /// `max_group`: at most how many placements the writer decides together.
+    pub fn open(path: &Path, cfg: &SqliteConfig, name: &str, max_group: usize) -> anyhow::Result<SqliteStore> {
         let lock_path = path.with_extension("lock");
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
         if let Err(e) = lock.try_lock() {
@@ -66,7 +67,9 @@ impl SqliteStore {
                 Ok(c)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (writer, thread) = Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1), cfg.wal_autocheckpoint_pages);
+        let placements = writer::Placements { group: orders::place_group, max_group };
+        let (writer, thread) =
+            Writer::start(conn, cfg.queue_len.max(1), cfg.max_batch.max(1), cfg.wal_autocheckpoint_pages, placements);
         Ok(SqliteStore {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -88,6 +91,20 @@ impl SqliteStore {
         let t0 = std::time::Instant::now();
         let result = match writer {
             Some(w) => w.write(op).await,
+            None => Err(StoreError::Unavailable("the store is shutting down".into())),
+        };
+        crate::store::observe(&self.name, "writer", t0, &result);
+        result
+    }
+
+    async fn place(
+        &self,
+        placement: crate::store::transactions::placement::Placement,
+    ) -> StoreResult<crate::orders::PlaceOutcome> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let t0 = std::time::Instant::now();
+        let result = match writer {
+            Some(w) => w.place(placement).await,
             None => Err(StoreError::Unavailable("the store is shutting down".into())),
         };
         crate::store::observe(&self.name, "writer", t0, &result);

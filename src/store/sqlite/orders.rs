@@ -1,7 +1,6 @@
-//! Orders on SQLite: the rows of `store::transactions::orders`, and the reads. Placement and
-//! transitions run inside the writer's savepoint, so a refusal anywhere (unknown SKU, short
-//! stock) undoes every reservation already taken; the one writer means nothing else changes the
-//! rows meanwhile, so nothing here locks.
+//! Orders on SQLite: the rows of `store::transactions::orders` and `placement`, and the reads.
+//! Placement groups and transitions run inside the writer's savepoints; the one writer means
+//! nothing else changes the rows meanwhile, so nothing here locks.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,18 +13,30 @@ use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
 use crate::store::transactions::at_once;
-use crate::store::transactions::orders::OrderRows;
+use crate::store::transactions::orders::{OrderRows, Remembered};
+use crate::store::transactions::placement::Placement;
 use crate::store::{stored_answer, transactions, Orders, StoreError, StoreResult};
 
+/// Decides a group of placements on the writer's connection (the writer's `PlaceGroup`).
+pub fn place_group(c: &Connection, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+    at_once(transactions::placement::place(&Tx(c), group))
+}
+
 impl OrderRows for Tx<'_> {
-    /// The single writer runs one placement at a time, and this process's in-flight keys keep
-    /// a repeat out before it gets here.
-    async fn claim_key(&self, _shop: &ShopId, _key: &str) -> StoreResult<bool> {
-        Ok(true)
+    /// The single writer runs one placement group at a time, and this process's in-flight keys
+    /// keep a repeat out before it gets here.
+    async fn claim_keys(&self, _shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<bool>> {
+        Ok(vec![true; keys.len()])
     }
 
-    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-        idempotency_record(self.0, shop, key)
+    async fn idempotency_records(&self, shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<(String, IdempotencyRecord)>> {
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(record) = idempotency_record(self.0, shop, key)? {
+                out.push(((*key).to_owned(), record));
+            }
+        }
+        Ok(out)
     }
 
     async fn prices(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<(String, String, Money)>> {
@@ -46,71 +57,69 @@ impl OrderRows for Tx<'_> {
         Ok(out)
     }
 
-    async fn reserve(&self, shop: &ShopId, sku: &str, qty: i64, now: DateTime<Utc>) -> StoreResult<Option<Stock>> {
-        let row = self
-            .0
-            .prepare_cached(
-                "UPDATE stock SET reserved = reserved + ?3, updated_at = ?4
-                 WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3
-                 RETURNING on_hand, reserved",
-            )?
-            .query_row(params![shop.as_str(), sku, qty, ts(now)], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()?;
-        Ok(row.map(|(on_hand, reserved)| Stock::new(sku.to_owned(), on_hand, reserved)))
-    }
-
-    async fn nothing_available(&self, shop: &ShopId, skus: &[String]) -> StoreResult<Vec<String>> {
-        let mut stmt = self.0.prepare_cached("SELECT on_hand - reserved FROM stock WHERE shop = ?1 AND sku = ?2")?;
-        let mut out = Vec::new();
+    /// Nothing to lock: nothing else writes while the writer runs the group.
+    async fn stock_for_update(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<Stock>> {
+        let mut stmt = self.0.prepare_cached("SELECT on_hand, reserved FROM stock WHERE shop = ?1 AND sku = ?2")?;
+        let mut out = Vec::with_capacity(skus.len());
         for sku in skus {
-            let available: Option<i64> = stmt.query_row(params![shop.as_str(), sku], |r| r.get(0)).optional()?;
-            if available.is_none_or(|a| a <= 0) {
-                out.push(sku.clone());
+            let row = stmt.query_row(params![shop.as_str(), sku], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            if let Some((on_hand, reserved)) = row {
+                out.push(Stock::new((*sku).to_owned(), on_hand, reserved));
             }
         }
         Ok(out)
     }
 
-    async fn insert_order(&self, o: &Order) -> StoreResult<()> {
+    async fn reserve(&self, shop: &ShopId, takes: &[(&str, i64)], now: DateTime<Utc>) -> StoreResult<usize> {
+        let mut stmt = self.0.prepare_cached(
+            "UPDATE stock SET reserved = reserved + ?3, updated_at = ?4 WHERE shop = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
+        )?;
+        let now = ts(now);
+        let mut changed = 0;
+        for (sku, qty) in takes {
+            changed += stmt.execute(params![shop.as_str(), sku, qty, now])?;
+        }
+        Ok(changed)
+    }
+
+    async fn insert_orders(&self, orders: &[&Order]) -> StoreResult<()> {
         let c = self.0;
-        let created = ts(o.created_at);
-        c.prepare_cached(
+        let mut head = c.prepare_cached(
             "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
-        )?
-        .execute(params![
-            o.id,
-            o.shop.as_str(),
-            o.customer_id,
-            o.status.as_str(),
-            o.total.amount,
-            o.total.currency.as_str(),
-            created,
-            o.expires_at.map(ts)
-        ])?;
+        )?;
         let mut line = c.prepare_cached(
             "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for (i, l) in o.lines.iter().enumerate() {
-            line.execute(params![o.id, i as i64, l.sku, l.name, l.qty, l.unit_price.amount, l.line_total.amount])?;
+        for o in orders {
+            let created = ts(o.created_at);
+            head.execute(params![
+                o.id,
+                o.shop.as_str(),
+                o.customer_id,
+                o.status.as_str(),
+                o.total.amount,
+                o.total.currency.as_str(),
+                created,
+                o.expires_at.map(ts)
+            ])?;
+            for (i, l) in o.lines.iter().enumerate() {
+                line.execute(params![o.id, i as i64, l.sku, l.name, l.qty, l.unit_price.amount, l.line_total.amount])?;
+            }
+            append_history(c, &o.id, 1, o.status, &created, None)?;
         }
-        append_history(c, &o.id, 1, o.status, &created, None)
+        Ok(())
     }
 
-    async fn remember(
-        &self,
-        shop: &ShopId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        answer: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at)
-                 VALUES (?1, ?2, ?3, 201, ?4, ?5)",
-            )?
-            .execute(params![shop.as_str(), key, &fingerprint[..], answer, ts(now)])?;
+    async fn remember(&self, answers: &[Remembered<'_>], now: DateTime<Utc>) -> StoreResult<()> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO idempotency_keys (shop, key, request_hash, status_code, response, created_at)
+             VALUES (?1, ?2, ?3, 201, ?4, ?5)",
+        )?;
+        let now = ts(now);
+        for a in answers {
+            stmt.execute(params![a.shop.as_str(), a.key, &a.fingerprint[..], a.answer, now])?;
+        }
         Ok(())
     }
 
@@ -269,8 +278,7 @@ pub fn expired(c: &Connection, now: DateTime<Utc>, limit: usize) -> StoreResult<
 #[async_trait]
 impl Orders for SqliteStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
-        let shop = shop.clone();
-        self.write(move |c| at_once(transactions::orders::place(&Tx(c), &shop, &order))).await
+        self.place(Placement::here(shop, order)).await
     }
 
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {

@@ -21,7 +21,7 @@ pub fn emit(c: &Connection, e: NewEvent, now: DateTime<Utc>) -> StoreResult<()> 
         )?
         .query_row([&e.aggregate], |r| r.get(0))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let tp = crate::telemetry::context::current_header();
+    let tp = e.traceparent.clone().or_else(crate::telemetry::context::current_header);
     let env = envelope(&id, &e, seq, now, tp.as_deref());
     let text = serde_json::to_string(&env).map_err(|e| StoreError::Backend(e.to_string()))?;
     c.prepare_cached(

@@ -1,7 +1,9 @@
 //! The single writer. SQLite allows one writer at a time, so every write goes to one thread that
 //! owns the write connection. It drains whatever is queued into one transaction, runs each
 //! operation in its own savepoint (a failing one is rolled back alone), commits once, and only
-//! then answers every caller: one fsync acknowledges the whole group (group commit).
+//! then answers every caller: one fsync acknowledges the whole group (group commit). Placements
+//! queued together are not run one by one: they are decided as one group in one savepoint
+//! (`store::transactions::placement`), the stock handed out in memory.
 
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -12,6 +14,8 @@ use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::orders::PlaceOutcome;
+use crate::store::transactions::placement::Placement;
 use crate::store::{StoreError, StoreResult};
 
 /// An operation waiting in the queue: run inside the group, then told how the commit went.
@@ -56,11 +60,33 @@ where
     }
 }
 
-type Job = Box<dyn Pending>;
+/// A placement waiting to be combined with the others queued beside it.
+struct Waiting {
+    placement: Placement,
+    span: tracing::Span,
+    trace: Option<crate::telemetry::context::TraceParent>,
+    reply: oneshot::Sender<StoreResult<PlaceOutcome>>,
+}
+
+enum Job {
+    Op(Box<dyn Pending>),
+    Place(Box<Waiting>),
+}
+
+/// Decides a group of placements on the writer's connection: the outer error undoes the group,
+/// the inner ones are each placement's answer.
+pub type PlaceGroup = fn(&Connection, &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>>;
 
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
+}
+
+/// How the writer runs placements: the transaction, and at most how many it decides at once.
+#[derive(Clone, Copy)]
+pub struct Placements {
+    pub group: PlaceGroup,
+    pub max_group: usize,
 }
 
 pub struct WriterThread(std::thread::JoinHandle<()>);
@@ -76,11 +102,17 @@ impl WriterThread {
 impl Writer {
     /// `checkpoint_pages`: WAL pages after which a commit checkpoints (0: never). It replaces the
     /// connection's `wal_autocheckpoint`.
-    pub fn start(conn: Connection, queue_len: usize, max_batch: usize, checkpoint_pages: u32) -> (Writer, WriterThread) {
+    pub fn start(
+        conn: Connection,
+        queue_len: usize,
+        max_batch: usize,
+        checkpoint_pages: u32,
+        placements: Placements,
+    ) -> (Writer, WriterThread) {
         let (tx, rx) = mpsc::channel(queue_len);
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch, checkpoint_pages))
+            .spawn(move || run(conn, rx, max_batch, checkpoint_pages, placements))
             .expect("spawn sqlite writer thread");
         (Writer { queue: tx }, WriterThread(handle))
     }
@@ -98,7 +130,16 @@ impl Writer {
     {
         let (reply, rx) = oneshot::channel();
         let (span, trace) = (tracing::Span::current(), crate::telemetry::context::current());
-        let job: Job = Box::new(PendingOp { op: Some(op), span, trace, result: None, reply });
+        let job = Job::Op(Box::new(PendingOp { op: Some(op), span, trace, result: None, reply }));
+        self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
+    }
+
+    /// Places an order together with the others queued beside it; resolves once that committed.
+    pub async fn place(&self, placement: Placement) -> StoreResult<PlaceOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let (span, trace) = (tracing::Span::current(), crate::telemetry::context::current());
+        let job = Job::Place(Box::new(Waiting { placement, span, trace, reply }));
         self.queue.send(job).await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         rx.await.map_err(|_| StoreError::Backend("the writer stopped before answering".into()))?
     }
@@ -128,7 +169,7 @@ fn checkpoint_when_full(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, checkpoint_pages: u32) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, checkpoint_pages: u32, placements: Placements) {
     CHECKPOINT_PAGES.with(|p| p.set(checkpoint_pages));
     conn.wal_hook(Some(checkpoint_when_full));
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
@@ -142,33 +183,62 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, checkpoi
         }
         let started = Instant::now();
         let size = batch.len();
-        commit_group(&conn, batch.drain(..));
+        commit_group(&conn, batch.drain(..), placements);
         metrics::histogram!("vitrina_sqlite_group_size").record(size as f64);
         metrics::histogram!("vitrina_sqlite_group_seconds").record(started.elapsed().as_secs_f64());
     }
     tracing::debug!("sqlite writer drained and stopped");
 }
 
-fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>) {
+/// What the group's commit decides: an operation's answer, or a placement's.
+enum Ran {
+    Op(Job),
+    Placed(Box<Waiting>, StoreResult<PlaceOutcome>),
+}
+
+impl Ran {
+    fn complete(self, commit: StoreResult<()>) {
+        match self {
+            Ran::Op(Job::Op(op)) => op.complete(commit),
+            Ran::Op(Job::Place(w)) => drop(w.reply.send(commit.and(Err(StoreError::Backend("placement not run".into()))))),
+            Ran::Placed(w, answer) => drop(w.reply.send(commit.and(answer))),
+        }
+    }
+}
+
+fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>, placements: Placements) {
+    let fail_all = |jobs: Vec<Ran>, err: StoreError| jobs.into_iter().for_each(|r| r.complete(Err(err.clone())));
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "sqlite writer could not begin a transaction");
-        let err = StoreError::Backend(format!("begin: {e}"));
-        jobs.for_each(|job| job.complete(Err(err.clone())));
+        fail_all(jobs.map(Ran::Op).collect(), StoreError::Backend(format!("begin: {e}")));
         return;
     }
-    let mut ran: Vec<Job> = Vec::new();
-    for mut job in jobs {
-        run_in_savepoint(conn, job.as_mut());
-        ran.push(job);
-        if conn.is_autocommit() {
-            // Some errors (disk full, I/O) make SQLite roll back the whole transaction: nothing
-            // of this group is durable, so nobody in it may be told otherwise.
-            let err = StoreError::Backend("the database rolled the transaction back".into());
-            ran.drain(..).for_each(|job| job.complete(Err(err.clone())));
-            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                tracing::error!(error = %e, "sqlite writer could not begin a transaction");
-                return;
+    let mut ran: Vec<Ran> = Vec::new();
+    let mut waiting: Vec<Box<Waiting>> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Op(mut op) => {
+                run_in_savepoint(conn, op.as_mut());
+                ran.push(Ran::Op(Job::Op(op)));
             }
+            Job::Place(w) => waiting.push(w),
+        }
+        if !rolled_back(conn, &mut ran) {
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "sqlite writer could not begin a transaction");
+            fail_all(waiting.into_iter().map(|w| Ran::Op(Job::Place(w))).collect(), StoreError::Backend(format!("begin: {e}")));
+            return;
+        }
+    }
+    while !waiting.is_empty() {
+        let rest = waiting.split_off(waiting.len().min(placements.max_group.max(1)));
+        let group = std::mem::replace(&mut waiting, rest);
+        ran.extend(place_group(conn, group, placements.group));
+        if rolled_back(conn, &mut ran) && conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            fail_all(waiting.into_iter().map(|w| Ran::Op(Job::Place(w))).collect(), StoreError::Backend("begin failed".into()));
+            return;
         }
     }
     let commit = conn.execute_batch("COMMIT").map_err(|e| {
@@ -176,9 +246,65 @@ fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>) {
         let _ = conn.execute_batch("ROLLBACK");
         StoreError::Backend(format!("commit: {e}"))
     });
-    for job in ran {
-        job.complete(commit.clone());
+    for r in ran {
+        r.complete(commit.clone());
     }
+}
+
+/// Some errors (disk full, I/O) make SQLite roll back the whole transaction: nothing of this
+/// group is durable, so nobody in it may be told otherwise. True when that happened.
+fn rolled_back(conn: &Connection, ran: &mut Vec<Ran>) -> bool {
+    if !conn.is_autocommit() {
+        return false;
+    }
+    let err = StoreError::Backend("the database rolled the transaction back".into());
+    ran.drain(..).for_each(|r| r.complete(Err(err.clone())));
+    true
+}
+
+/// One group of placements in one savepoint. If the group as a whole fails (a write error, a
+/// panic), each placement is tried again alone, so one bad order cannot fail its neighbours.
+fn place_group(conn: &Connection, group: Vec<Box<Waiting>>, decide: PlaceGroup) -> Vec<Ran> {
+    let size = group.len();
+    metrics::histogram!("vitrina_order_group_size").record(size as f64);
+    let placements: Vec<Placement> = group.iter().map(|w| w.placement.clone()).collect();
+    let span = tracing::info_span!("place_orders", orders = size);
+    let first = group.first().and_then(|w| w.trace);
+    let outcome =
+        span.in_scope(|| in_savepoint(conn, || crate::telemetry::context::on_this_thread(first, || decide(conn, &placements))));
+    match outcome {
+        Ok(answers) if answers.len() == size => group.into_iter().zip(answers).map(|(w, a)| Ran::Placed(w, a)).collect(),
+        Ok(_) => {
+            group.into_iter().map(|w| Ran::Placed(w, Err(StoreError::Backend("a placement went unanswered".into())))).collect()
+        }
+        Err(e) if size == 1 => group.into_iter().map(|w| Ran::Placed(w, Err(e.clone()))).collect(),
+        Err(_) => group
+            .into_iter()
+            .map(|w| {
+                let alone = std::slice::from_ref(&w.placement);
+                let answer = w.span.in_scope(|| {
+                    in_savepoint(conn, || crate::telemetry::context::on_this_thread(w.trace, || decide(conn, alone)))
+                });
+                let answer = answer.and_then(|mut a| a.pop().unwrap_or_else(|| Err(StoreError::Backend("unanswered".into()))));
+                Ran::Placed(w, answer)
+            })
+            .collect(),
+    }
+}
+
+/// Runs `f` in a savepoint, kept if it succeeds and undone if it fails or panics.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
+    exec("SAVEPOINT op")?;
+    let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("a store operation panicked; its writes were rolled back");
+        Err(StoreError::Backend("the operation panicked and was rolled back".into()))
+    });
+    let end = if result.is_ok() { exec("RELEASE op") } else { conn.execute_batch("ROLLBACK TO op; RELEASE op") };
+    if let Err(e) = end {
+        tracing::error!(error = %e, "sqlite savepoint release failed");
+    }
+    result
 }
 
 /// A failed or panicking operation is undone alone; its neighbours in the group keep theirs.
@@ -204,11 +330,15 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
 mod tests {
     use super::*;
 
+    fn no_placements() -> Placements {
+        Placements { group: |_, _| Err(StoreError::Backend("no placements here".into())), max_group: 1 }
+    }
+
     fn writer() -> (Writer, WriterThread, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER NOT NULL UNIQUE)").unwrap();
-        let (w, t) = Writer::start(conn, 1024, 64, 1000);
+        let (w, t) = Writer::start(conn, 1024, 64, 1000, no_placements());
         (w, t, dir)
     }
 
@@ -261,7 +391,7 @@ mod tests {
                 .unwrap();
             let size = || std::fs::metadata(&path).unwrap().len();
             let before = size();
-            let (w, thread) = Writer::start(conn, 1024, 64, pages);
+            let (w, thread) = Writer::start(conn, 1024, 64, pages, no_placements());
             for n in 0..50i64 {
                 w.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![n, "x".repeat(2000)])?))
                     .await

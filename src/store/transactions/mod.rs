@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod collections;
 pub mod moves;
 pub mod orders;
+pub mod placement;
 pub mod relay;
 pub mod shops;
 pub mod webhooks;

@@ -1,4 +1,5 @@
-//! Placing an order and moving it along its lifecycle.
+//! The rows orders read and write, and moving an order along its lifecycle (placing orders is
+//! `placement.rs`).
 
 use chrono::{DateTime, Utc};
 
@@ -7,34 +8,36 @@ use crate::events::envelope::{order_changed, stock_changed};
 use crate::inventory::Stock;
 use crate::money::Money;
 use crate::orders::idempotency::IdempotencyRecord;
-use crate::orders::{price_lines, Action, HistoryEntry, Order, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
-use crate::refusal::Refusal;
+use crate::orders::{Action, Order, OrderStatus, StockEffect};
 use crate::shops::ShopId;
-use crate::store::{micros, StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
+
+/// A placement's answer as stored under its Idempotency-Key.
+pub struct Remembered<'a> {
+    pub shop: &'a ShopId,
+    pub key: &'a str,
+    pub fingerprint: &'a [u8; 32],
+    pub answer: String,
+}
 
 /// The rows orders read and write.
 #[allow(async_fn_in_trait)]
 pub trait OrderRows: Rows {
-    /// Whether this transaction may act on the Idempotency-Key: false while another holds it.
-    async fn claim_key(&self, shop: &ShopId, key: &str) -> StoreResult<bool>;
-    async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
+    /// Which of `keys` this transaction may act on: false for one another transaction holds.
+    async fn claim_keys(&self, shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<bool>>;
+    /// The stored answers under those of `keys` that have one.
+    async fn idempotency_records(&self, shop: &ShopId, keys: &[&str]) -> StoreResult<Vec<(String, IdempotencyRecord)>>;
     /// The name and price of each of `skus` the shop sells.
     async fn prices(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<(String, String, Money)>>;
-    /// The only way stock is taken: reserve `qty` if that many are available; the row after.
-    async fn reserve(&self, shop: &ShopId, sku: &str, qty: i64, now: DateTime<Utc>) -> StoreResult<Option<Stock>>;
-    /// Which of `skus` have nothing available (rather than less than was asked).
-    async fn nothing_available(&self, shop: &ShopId, skus: &[String]) -> StoreResult<Vec<String>>;
-    /// Writes a new order: its row, lines and first history entry.
-    async fn insert_order(&self, order: &Order) -> StoreResult<()>;
-    /// Stores the answer to a placement under its key.
-    async fn remember(
-        &self,
-        shop: &ShopId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        answer: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    /// The stock rows of `skus` (sorted), locked until commit where others could change them.
+    async fn stock_for_update(&self, shop: &ShopId, skus: &[&str]) -> StoreResult<Vec<Stock>>;
+    /// The only way stock is taken: one conditional update per `(sku, qty)`, each applied only
+    /// if that many are available. How many rows it changed.
+    async fn reserve(&self, shop: &ShopId, takes: &[(&str, i64)], now: DateTime<Utc>) -> StoreResult<usize>;
+    /// Writes new orders: their rows, lines and first history entries.
+    async fn insert_orders(&self, orders: &[&Order]) -> StoreResult<()>;
+    /// Stores the answers to placements under their keys.
+    async fn remember(&self, answers: &[Remembered<'_>], now: DateTime<Utc>) -> StoreResult<()>;
     /// An order's status, locked for this transaction where others could change it.
     async fn status_for_update(&self, shop: &ShopId, id: &str) -> StoreResult<Option<String>>;
     /// An order's lines as (SKU, quantity), by SKU.
@@ -51,70 +54,6 @@ pub trait OrderRows: Rows {
     /// Sets the order's status (it no longer expires) and appends it to the history.
     async fn record_status(&self, id: &str, to: OrderStatus, reason: Option<&str>, now: DateTime<Utc>) -> StoreResult<()>;
     async fn load_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>>;
-}
-
-/// Places an order: the stored answer again for a key seen before; else every line's stock
-/// reserved by a conditional update, or nothing reserved and the short SKUs named.
-pub async fn place(rows: &impl OrderRows, shop: &ShopId, p: &PlaceOrder) -> StoreResult<PlaceOutcome> {
-    rows.home(shop).await?;
-    if !rows.claim_key(shop, &p.idempotency_key).await? {
-        return Err(StoreError::conflict(
-            "idempotency_key_in_flight",
-            "a request with this Idempotency-Key is still being processed",
-        ));
-    }
-    if let Some(record) = rows.idempotency_record(shop, &p.idempotency_key).await? {
-        return Ok(record.outcome(&p.fingerprint));
-    }
-
-    let skus: Vec<&str> = p.lines.iter().map(|l| l.sku.as_str()).collect();
-    let catalog = rows.prices(shop, &skus).await?;
-    let (lines, total) = price_lines(p.currency, &p.lines, |sku| {
-        catalog.iter().find(|(s, _, _)| s == sku).map(|(_, name, price)| (name.clone(), *price))
-    })
-    .map_err(Refusal::from)?;
-
-    // In SKU order, so two orders never wait on each other's rows in opposite orders.
-    let mut in_lock_order: Vec<_> = p.lines.iter().collect();
-    in_lock_order.sort_by(|a, b| a.sku.cmp(&b.sku));
-    let (mut short, mut drained) = (Vec::new(), Vec::new());
-    for line in in_lock_order {
-        match rows.reserve(shop, &line.sku, line.qty, p.now).await? {
-            None => short.push(line.sku.clone()),
-            // Available reached 0: other instances can refuse this SKU from memory from now on.
-            Some(stock) if stock.available == 0 => drained.push(stock),
-            Some(_) => {}
-        }
-    }
-    if !short.is_empty() {
-        // Reported in the order the client sent the lines.
-        short.sort_by_key(|s| p.lines.iter().position(|l| &l.sku == s));
-        let sold_out = rows.nothing_available(shop, &short).await?;
-        return Err(StoreError::InsufficientStock { skus: short, sold_out });
-    }
-
-    // The order as a later read returns it (times at the stored precision), without reading it back.
-    let created = micros(p.now);
-    let order = Order {
-        id: p.id.clone(),
-        shop: shop.clone(),
-        customer_id: p.customer_id.clone(),
-        status: OrderStatus::Placed,
-        lines,
-        total,
-        history: vec![HistoryEntry { status: OrderStatus::Placed, at: created, reason: None }],
-        created_at: created,
-        updated_at: created,
-        expires_at: Some(micros(p.expires_at)),
-    };
-    rows.insert_order(&order).await?;
-    let answer = serde_json::to_string(&order).map_err(|e| StoreError::Backend(e.to_string()))?;
-    rows.remember(shop, &p.idempotency_key, &p.fingerprint, &answer, p.now).await?;
-    rows.emit(order_changed(&order), p.now).await?;
-    for stock in &drained {
-        rows.emit(stock_changed(shop, stock), p.now).await?;
-    }
-    Ok(PlaceOutcome::Created(order))
 }
 
 /// Moves an order along its lifecycle if its status allows `action`, settling its lines' stock.

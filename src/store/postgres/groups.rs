@@ -1,0 +1,100 @@
+//! Placement groups on PostgreSQL. One task per shard takes the placements that queued while its
+//! previous group committed and runs them as the next group: one transaction, one connection,
+//! one commit (`store::transactions::placement`). An idle shard's order goes alone at once, so
+//! combining adds no wait; under a sale, the orders that would each have queued on the hot
+//! stock rows' locks through their own commit share one.
+
+use std::sync::OnceLock;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{held, Tx};
+use crate::orders::PlaceOutcome;
+use crate::store::transactions::placement::{self, Placement};
+use crate::store::{StoreError, StoreResult};
+
+/// Placements queued beyond this wait for room: admission bounds what reaches the store long
+/// before, so this only guards memory.
+const QUEUE: usize = 4096;
+
+struct Waiting {
+    placement: Placement,
+    reply: oneshot::Sender<StoreResult<PlaceOutcome>>,
+}
+
+pub struct Groups {
+    /// Started on first use, inside the runtime that serves the orders.
+    queue: OnceLock<mpsc::Sender<Waiting>>,
+    pool: Pool,
+    shard: String,
+    max_group: usize,
+}
+
+impl Groups {
+    pub fn new(pool: Pool, shard: &str, max_group: usize) -> Groups {
+        Groups { queue: OnceLock::new(), pool, shard: shard.to_owned(), max_group: max_group.max(1) }
+    }
+
+    /// Places an order in the next group of this shard; resolves once that group committed.
+    pub async fn place(&self, placement: Placement) -> StoreResult<PlaceOutcome> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(serve(rx, self.pool.clone(), self.shard.clone(), self.max_group));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Waiting { placement, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        answer.await.map_err(|_| StoreError::Backend("the placement group stopped before answering".into()))?
+    }
+}
+
+/// Until the store is dropped: a group of whatever queued, written, answered; then the next.
+async fn serve(mut queue: mpsc::Receiver<Waiting>, pool: Pool, shard: String, max_group: usize) {
+    let mut batch: Vec<Waiting> = Vec::with_capacity(max_group);
+    while queue.recv_many(&mut batch, max_group).await > 0 {
+        let (group, replies): (Vec<Placement>, Vec<_>) = batch.drain(..).map(|w| (w.placement, w.reply)).unzip();
+        metrics::histogram!("vitrina_order_group_size").record(group.len() as f64);
+        // A task of its own, so a panic fails this group's orders and not every later one.
+        let answers = match tokio::spawn(decide(pool.clone(), shard.clone(), group)).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::error!(error = %e, "a placement group panicked");
+                replies.iter().map(|_| Err(StoreError::Backend("the placement group failed".into()))).collect()
+            }
+        };
+        // A caller gone (client disconnected) leaves its order standing.
+        replies.into_iter().zip(answers).for_each(|(reply, answer)| drop(reply.send(answer)));
+    }
+}
+
+/// Every placement's answer. If the group as a whole fails with a write error, each placement
+/// is tried again alone, so one bad order cannot fail its neighbours.
+async fn decide(pool: Pool, shard: String, group: Vec<Placement>) -> Vec<StoreResult<PlaceOutcome>> {
+    let span = tracing::info_span!("place_orders", shard = %shard, orders = group.len());
+    match transaction(&pool, &shard, &group).instrument(span).await {
+        Ok(answers) => answers,
+        Err(StoreError::Backend(e)) if group.len() > 1 => {
+            tracing::warn!(error = %e, orders = group.len(), "a placement group failed; placing its orders one by one");
+            let mut answers = Vec::with_capacity(group.len());
+            for p in group {
+                let alone = transaction(&pool, &shard, std::slice::from_ref(&p)).await;
+                answers.push(alone.and_then(|mut a| a.pop().unwrap_or_else(|| Err(StoreError::Backend("unanswered".into())))));
+            }
+            answers
+        }
+        Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+async fn transaction(pool: &Pool, shard: &str, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+    let mut client = held::take(pool, shard).await?;
+    let tx = client.transaction().await?;
+    let answers = placement::place(&Tx(&tx), group).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
