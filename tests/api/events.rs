@@ -220,3 +220,46 @@ async fn the_feed_never_skips_a_late_commit() {
     expected.sort();
     assert_eq!(unique, expected, "exactly the committed events, none skipped, none rolled back");
 }
+
+/// Transaction ids compare as numbers: 999 comes before 1000 in the feed (as text it would not,
+/// and the page after 1000 would then skip 999).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_orders_transactions_as_numbers_not_as_their_digits() {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        eprintln!("skipped on Sqlite: its feed is ordered by one integer position");
+        return;
+    }
+    let app = spawn().await;
+    let shop = app.create_shop("digits").await;
+    let url = app.state.config.postgres.shards[0].primary.clone();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // The later transaction's row first, so position order and transaction order disagree.
+    for (txid, id) in [("1000", "second"), ("999", "first")] {
+        client
+            .execute(
+                "INSERT INTO outbox (txid, id, shop, aggregate, type, sequence, envelope, created_at)
+                 VALUES ($1::text::xid8, $2, 'digits', $2, 'test.digits', 1, json_build_object('id', $2::text)::text, now())",
+                &[&txid, &id],
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..4 {
+        let mut path = "/shops/digits/events?limit=1".to_owned();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page = app.get_json_as(&path, &shop.key).await;
+        for e in page["events"].as_array().unwrap() {
+            let id = e["id"].as_str().unwrap();
+            if ["first", "second"].contains(&id) {
+                seen.push(id.to_owned());
+            }
+        }
+        after = page["next"].as_str().map(str::to_owned).or(after);
+    }
+    assert_eq!(seen, ["first", "second"]);
+}

@@ -101,7 +101,7 @@ pub async fn events_after(c: &impl GenericClient, shop: &ShopId, after: Option<&
             "SELECT txid::text, position, envelope FROM outbox
              WHERE shop = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())
                AND (txid, position) > ($2::text::xid8, $3)
-             ORDER BY txid, position LIMIT $4",
+             ORDER BY outbox.txid, position LIMIT $4",
         )
         .await?;
     let rows = c.query(&stmt, &[&shop.as_str(), &txid, &pos, &(limit as i64)]).await?;
@@ -120,7 +120,7 @@ pub async fn export_events(c: &impl GenericClient, shop: &ShopId) -> StoreResult
     let events = c
         .query(
             "SELECT txid::text, position, id, aggregate, type, sequence, envelope, created_at FROM outbox
-             WHERE shop = $1 ORDER BY txid, position",
+             WHERE shop = $1 ORDER BY outbox.txid, position",
             &[&shop.as_str()],
         )
         .await?

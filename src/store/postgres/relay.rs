@@ -47,7 +47,7 @@ async fn read(c: &impl GenericClient, after: Option<&str>, limit: usize) -> Stor
             "SELECT txid::text, position, id, shop, aggregate, type, sequence, envelope, created_at FROM outbox
              WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND (txid, position) > ($1::text::xid8, $2)
                AND origin IS NULL
-             ORDER BY txid, position LIMIT $3",
+             ORDER BY outbox.txid, position LIMIT $3",
         )
         .await?;
     Ok(c.query(&stmt, &[&txid, &pos, &(limit as i64)]).await?.iter().map(event_row).collect())
@@ -194,7 +194,7 @@ impl Outbox for PgStore {
             .query_opt(
                 "SELECT txid::text, position FROM outbox
                  WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND origin IS NULL
-                 ORDER BY txid DESC, position DESC LIMIT 1",
+                 ORDER BY outbox.txid DESC, position DESC LIMIT 1",
                 &[],
             )
             .await?;
