@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::dump::ShopDump;
 use super::outbox::{DeadLetter, Delivery, Outbox, Webhook};
+use super::transactions::placement::Placement;
 use super::{CollectionCount, EventPage, Gathered, StoreReport, StoreResult, Upserted};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::collections::UserDoc;
@@ -52,7 +53,12 @@ pub trait Inventory: Send + Sync {
 
 #[async_trait]
 pub trait Orders: Send + Sync {
+    /// Places one order in the next group this shard commits (the orders that queued while its
+    /// previous group committed); alone when nothing else is waiting.
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome>;
+    /// Places these orders together in one transaction, each answered as if placed alone one
+    /// after the other in this order. The outer error means none of them was placed.
+    async fn place_orders(&self, group: Vec<Placement>) -> StoreResult<Vec<StoreResult<PlaceOutcome>>>;
     /// The stored answer to an earlier placement with this Idempotency-Key, read from the primary.
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>>;

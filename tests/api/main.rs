@@ -13,6 +13,7 @@ mod cache;
 mod cache_cluster;
 mod catalog;
 mod cluster;
+mod combining;
 mod concurrency;
 mod edges;
 mod events;

@@ -188,3 +188,129 @@ async fn sighup_reloads_the_storage_configuration() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// How a process reaches the store under test: the data dir, or a fresh PostgreSQL database.
+async fn store_args(dir: &std::path::Path) -> (Vec<String>, Option<String>) {
+    if crate::backend::backend() != crate::backend::Backend::Postgres {
+        return (vec!["--data-dir".into(), dir.to_str().unwrap().into()], None);
+    }
+    let db = crate::backend::fresh_database().await;
+    let config = dir.join("vitrina.toml");
+    let url = crate::backend::url_for(&db);
+    std::fs::write(&config, format!("store = \"postgres\"\n[[postgres.shards]]\nname = \"shard1\"\nprimary = \"{url}\"\n"))
+        .unwrap();
+    (vec!["--config".into(), config.to_str().unwrap().into()], Some(db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_groups_commit_loses_no_acknowledged_order_and_keeps_no_refused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, db) = store_args(dir.path()).await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_with(port, &args);
+    wait_ready(&client, &base).await;
+    let shop: Value = client
+        .post(format!("{base}/shops"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = shop["api_key"].as_str().unwrap().to_owned();
+    // A sells out and is refused from then on; B keeps groups committing until the kill.
+    for (sku, on_hand) in [("A", 120), ("B", 1_000_000)] {
+        let product = json!({"name": sku, "category": "c", "price": {"amount": 100, "currency": "USD"}});
+        client.put(format!("{base}/shops/acme/products/{sku}")).bearer_auth(&key).json(&product).send().await.unwrap();
+        client
+            .put(format!("{base}/shops/acme/stock/{sku}"))
+            .bearer_auth(&key)
+            .json(&json!({"on_hand": on_hand}))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, StatusCode)>::new()));
+    let buyers: Vec<_> = (0..40)
+        .map(|i| {
+            let (client, base, key, answered) = (client.clone(), base.clone(), key.clone(), answered.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let buyer = format!("b{i}-{n}");
+                    let sku = if n % 2 == 0 { "A" } else { "B" };
+                    let sent = client
+                        .post(format!("{base}/shops/acme/orders"))
+                        .bearer_auth(&key)
+                        .header("idempotency-key", &buyer)
+                        .json(&json!({"customer_id": buyer, "lines": [{"sku": sku, "qty": 1}]}))
+                        .send()
+                        .await;
+                    // The kill: what was in flight is neither acknowledged nor refused.
+                    let Ok(r) = sent else { return };
+                    answered.lock().unwrap().push((buyer, r.status()));
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let (total, refused) = {
+            let a = answered.lock().unwrap();
+            (a.len(), a.iter().filter(|(_, s)| *s == StatusCode::CONFLICT).count())
+        };
+        if total >= 400 && refused >= 20 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "only {total} answers, {refused} refusals in a minute");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL while the buyers keep ordering
+    child.wait().unwrap();
+    for b in buyers {
+        b.await.unwrap();
+    }
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_with(port, &args);
+    wait_ready(&client, &base).await;
+    let mut present = std::collections::HashSet::new();
+    let mut path = format!("{base}/shops/acme/orders?limit=100");
+    loop {
+        let page: Value = client.get(&path).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        for o in page["items"].as_array().unwrap() {
+            present.insert(o["customer_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("{base}/shops/acme/orders?limit=100&cursor={c}"),
+            None => break,
+        }
+    }
+    let answered = answered.lock().unwrap().clone();
+    for (buyer, status) in &answered {
+        match *status {
+            StatusCode::CREATED => assert!(present.contains(buyer), "acknowledged order {buyer} was lost"),
+            s if s == StatusCode::CONFLICT || s.as_u16() >= 429 => {
+                assert!(!present.contains(buyer), "order {buyer}, answered {s}, was placed after all")
+            }
+            s => panic!("unexpected answer {s} to {buyer}"),
+        }
+    }
+    let mut reserved = 0;
+    for sku in ["A", "B"] {
+        let stock: Value = client.get(format!("{base}/shops/acme/stock/{sku}")).send().await.unwrap().json().await.unwrap();
+        reserved += stock["reserved"].as_i64().unwrap();
+    }
+    assert_eq!(reserved as usize, present.len(), "every reserved unit belongs to a stored order");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Some(db) = db {
+        crate::backend::drop_database(db);
+    }
+}

@@ -91,7 +91,8 @@ async fn decide(pool: Pool, shard: String, group: Vec<Placement>) -> Vec<StoreRe
     }
 }
 
-async fn transaction(pool: &Pool, shard: &str, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+/// One group in one transaction on the shard's primary.
+pub async fn transaction(pool: &Pool, shard: &str, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
     let mut client = held::take(pool, shard).await?;
     let tx = client.transaction().await?;
     let answers = placement::place(&Tx(&tx), group).await?;

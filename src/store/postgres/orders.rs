@@ -322,6 +322,13 @@ impl Orders for PgStore {
         self.placements.place(Placement::here(shop, order)).await
     }
 
+    async fn place_orders(&self, group: Vec<Placement>) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+        let marks: Vec<_> = group.iter().map(|p| self.replicas.writing(p.shop.as_str())).collect();
+        let answers = super::groups::transaction(&self.pool, &self.name, &group).await;
+        drop(marks);
+        answers
+    }
+
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
         idempotency_record(&*self.client().await?, shop, key).await
     }

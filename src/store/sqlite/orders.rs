@@ -281,6 +281,10 @@ impl Orders for SqliteStore {
         self.place(Placement::here(shop, order)).await
     }
 
+    async fn place_orders(&self, group: Vec<Placement>) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+        self.write(move |c| place_group(c, &group)).await
+    }
+
     async fn idempotency_record(&self, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
         let (shop, key) = (shop.clone(), key.to_owned());
         self.read(move |c| idempotency_record(c, &shop, &key)).await

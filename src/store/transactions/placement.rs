@@ -5,7 +5,7 @@
 //! written with one statement each, then one commit. Every order's answer is what placing the
 //! orders one after the other would give; a group of one is a lone order.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use super::orders::{OrderRows, Remembered};
 use crate::events::envelope::{order_changed, stock_changed, NewEvent};
@@ -88,33 +88,34 @@ async fn decide(
         Err(e) => return Err(e),
     }
 
-    // A key named twice in one group: the later request is a repeat of one still in flight.
-    let mut seen = HashSet::new();
-    let mut open: Vec<usize> = Vec::with_capacity(members.len());
+    // Each key once: a transaction another instance runs under one of them holds it.
+    let mut keys: Vec<&str> = Vec::with_capacity(members.len());
     for &i in members {
-        if seen.insert(group[i].order.idempotency_key.as_str()) {
-            open.push(i);
-        } else {
-            answers[i] = Some(Err(in_flight()));
+        if !keys.contains(&group[i].order.idempotency_key.as_str()) {
+            keys.push(&group[i].order.idempotency_key);
         }
     }
-    let keys: Vec<&str> = open.iter().map(|&i| group[i].order.idempotency_key.as_str()).collect();
     let claimed = rows.claim_keys(shop, &keys).await?;
-    open =
-        open.into_iter().zip(claimed).filter_map(|(i, ok)| ok.then_some(i).or_else(|| reject(answers, i, in_flight()))).collect();
+    let held: Vec<&str> = keys.iter().zip(&claimed).filter(|(_, ok)| !**ok).map(|(k, _)| *k).collect();
+    let free: Vec<&str> = keys.iter().zip(&claimed).filter(|(_, ok)| **ok).map(|(k, _)| *k).collect();
+    let records = if free.is_empty() { Vec::new() } else { rows.idempotency_records(shop, &free).await? };
 
-    let keys: Vec<&str> = open.iter().map(|&i| group[i].order.idempotency_key.as_str()).collect();
-    let mut records = if keys.is_empty() { Vec::new() } else { rows.idempotency_records(shop, &keys).await? };
-    open.retain(|&i| {
+    let mut open: Vec<usize> = Vec::with_capacity(members.len());
+    let mut started: Vec<&str> = Vec::new();
+    for &i in members {
         let p = &group[i].order;
-        match records.iter().position(|(k, _)| *k == p.idempotency_key) {
-            Some(at) => {
-                answers[i] = Some(Ok(records.swap_remove(at).1.outcome(&p.fingerprint)));
-                false
-            }
-            None => true,
+        let key = p.idempotency_key.as_str();
+        if let Some((_, record)) = records.iter().find(|(k, _)| k == key) {
+            // A finished request's key: every repeat gets its stored answer.
+            answers[i] = Some(Ok(record.clone().outcome(&p.fingerprint)));
+        } else if held.contains(&key) || started.contains(&key) {
+            // In flight elsewhere, or earlier in this very group.
+            answers[i] = Some(Err(in_flight()));
+        } else {
+            started.push(key);
+            open.push(i);
         }
-    });
+    }
 
     let skus: Vec<&str> = open
         .iter()
@@ -177,11 +178,6 @@ fn group_time(group: &[Placement]) -> chrono::DateTime<chrono::Utc> {
 
 fn in_flight() -> StoreError {
     StoreError::conflict("idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed")
-}
-
-fn reject(answers: &mut Answers, i: usize, e: StoreError) -> Option<usize> {
-    answers[i] = Some(Err(e));
-    None
 }
 
 /// The order as a later read returns it (times at the stored precision), without reading it back.
