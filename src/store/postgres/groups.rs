@@ -54,6 +54,8 @@ impl Groups {
 }
 
 /// Until the store is dropped: a group of whatever queued, written, answered; then the next.
+/// One group at a time: a second one in flight (deciding while the first commits) was measured
+/// and made smaller groups for more database work at the same throughput (docs/benchmarks.md).
 async fn serve(mut queue: mpsc::Receiver<Waiting>, pool: Pool, shard: String, max_group: usize) {
     let mut batch: Vec<Waiting> = Vec::with_capacity(max_group);
     while queue.recv_many(&mut batch, max_group).await > 0 {

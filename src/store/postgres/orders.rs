@@ -36,7 +36,13 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         let c = self.0;
         let stmt = c
             .prepare_cached(
-                "SELECT key, request_hash, status_code, response FROM idempotency_keys WHERE shop = $1 AND key = ANY($2)",
+                // One primary-key probe per key. A join or `key = ANY` may be planned, on a
+                // connection that first ran it while the table was nearly empty, as a scan of
+                // the whole shop's keys, kept as the table grows (a flash sale's hottest
+                // statement until this form); the LIMIT keeps the probe from being flattened.
+                "SELECT k.key, i.request_hash, i.status_code, i.response FROM unnest($2::text[]) AS k (key)
+                 CROSS JOIN LATERAL (SELECT request_hash, status_code, response FROM idempotency_keys
+                                     WHERE shop = $1 AND key = k.key LIMIT 1) AS i",
             )
             .await?;
         c.query(&stmt, &[&shop.as_str(), &keys])
@@ -91,16 +97,28 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         Ok(c.execute(&stmt, &[&shop.as_str(), &skus, &qtys, &micros(now)]).await? as usize)
     }
 
-    /// Three statements whatever the number of orders and lines.
+    /// Three statements whatever the number of orders and lines, sent together.
     async fn insert_orders(&self, orders: &[&Order]) -> StoreResult<()> {
         let c = self.0;
-        let stmt = c
+        let heads = c
             .prepare_cached(
                 "INSERT INTO orders (id, shop, customer_id, status, total_amount, currency, created_at, updated_at, expires_at)
                  SELECT id, shop, customer_id, status, total, currency, created_at, created_at, expires_at
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[],
                              $8::timestamptz[])
                    AS o (id, shop, customer_id, status, total, currency, created_at, expires_at)",
+            )
+            .await?;
+        let lines_stmt = c
+            .prepare_cached(
+                "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total)
+                 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])",
+            )
+            .await?;
+        let history = c
+            .prepare_cached(
+                "INSERT INTO order_history (order_id, seq, status, at) SELECT id, 1, status, at
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS h (id, status, at)",
             )
             .await?;
         let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
@@ -111,14 +129,6 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         let currencies: Vec<&str> = orders.iter().map(|o| o.total.currency.as_str()).collect();
         let created: Vec<DateTime<Utc>> = orders.iter().map(|o| o.created_at).collect();
         let expires: Vec<Option<DateTime<Utc>>> = orders.iter().map(|o| o.expires_at).collect();
-        c.execute(&stmt, &[&ids, &shops, &customers, &statuses, &totals, &currencies, &created, &expires]).await?;
-
-        let stmt = c
-            .prepare_cached(
-                "INSERT INTO order_lines (order_id, line_no, sku, name, qty, unit_price, line_total)
-                 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])",
-            )
-            .await?;
         let lines: Vec<(&str, i32, &OrderLine)> =
             orders.iter().flat_map(|o| o.lines.iter().enumerate().map(|(n, l)| (o.id.as_str(), n as i32, l))).collect();
         let order_ids: Vec<&str> = lines.iter().map(|l| l.0).collect();
@@ -126,27 +136,13 @@ impl<C: GenericClient + Sync> OrderRows for Tx<'_, C> {
         let skus: Vec<&str> = lines.iter().map(|l| l.2.sku.as_str()).collect();
         let names: Vec<&str> = lines.iter().map(|l| l.2.name.as_str()).collect();
         let col = |f: fn(&OrderLine) -> i64| lines.iter().map(|l| f(l.2)).collect::<Vec<i64>>();
-        c.execute(
-            &stmt,
-            &[
-                &order_ids,
-                &line_nos,
-                &skus,
-                &names,
-                &col(|l| l.qty),
-                &col(|l| l.unit_price.amount),
-                &col(|l| l.line_total.amount),
-            ],
+        let (qtys, prices, line_totals) = (col(|l| l.qty), col(|l| l.unit_price.amount), col(|l| l.line_total.amount));
+        futures::future::try_join3(
+            c.execute(&heads, &[&ids, &shops, &customers, &statuses, &totals, &currencies, &created, &expires]),
+            c.execute(&lines_stmt, &[&order_ids, &line_nos, &skus, &names, &qtys, &prices, &line_totals]),
+            c.execute(&history, &[&ids, &statuses, &created]),
         )
         .await?;
-
-        let stmt = c
-            .prepare_cached(
-                "INSERT INTO order_history (order_id, seq, status, at) SELECT id, 1, status, at
-                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS h (id, status, at)",
-            )
-            .await?;
-        c.execute(&stmt, &[&ids, &statuses, &created]).await?;
         Ok(())
     }
 

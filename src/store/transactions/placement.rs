@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 
+use futures::future::{join5, try_join4, try_join_all};
+
 use super::orders::{OrderRows, Remembered};
 use crate::events::envelope::{order_changed, stock_changed, NewEvent};
 use crate::inventory::allocation::Shelf;
@@ -51,6 +53,7 @@ type Answers = Vec<Option<StoreResult<PlaceOutcome>>>;
 pub async fn place(rows: &impl OrderRows, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
     let mut answers: Answers = group.iter().map(|_| None).collect();
     let mut placed = Vec::new();
+    let mut takes = Vec::new();
     let mut shops: Vec<&ShopId> = Vec::new();
     for p in group {
         if !shops.contains(&&p.shop) {
@@ -60,47 +63,68 @@ pub async fn place(rows: &impl OrderRows, group: &[Placement]) -> StoreResult<Ve
     // Shops share no stock, so each decides its orders alone, in arrival order within the shop.
     for shop in shops {
         let members: Vec<usize> = (0..group.len()).filter(|&i| group[i].shop == *shop).collect();
-        decide(rows, shop, group, &members, &mut answers, &mut placed).await?;
+        takes.extend(decide(rows, shop, group, &members, &mut answers, &mut placed).await?);
     }
-    write(rows, group, &mut answers, placed).await?;
+    write(rows, group, &mut answers, placed, takes).await?;
     Ok(answers
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(StoreError::Backend("a placement was left undecided".into()))))
         .collect())
 }
 
-/// Decides the orders of one shop: refusals go to `answers`, orders to create to `placed`.
-async fn decide(
+/// What one shop's orders take: its stock, per SKU.
+struct Takes<'g> {
+    shop: &'g ShopId,
+    skus: Vec<(String, i64)>,
+}
+
+/// Decides the orders of one shop: refusals go to `answers`, orders to create to `placed`, and
+/// the stock they take is returned.
+async fn decide<'g>(
     rows: &impl OrderRows,
-    shop: &ShopId,
-    group: &[Placement],
+    shop: &'g ShopId,
+    group: &'g [Placement],
     members: &[usize],
     answers: &mut Answers,
     placed: &mut Vec<Placed>,
-) -> StoreResult<()> {
-    match rows.home(shop).await {
-        Ok(()) => {}
-        // The shop left (or is leaving) this shard: its orders follow it, the others stay.
-        Err(e @ (StoreError::Moved { .. } | StoreError::Unavailable(_))) => {
-            members.iter().for_each(|&i| answers[i] = Some(Err(e.clone())));
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    }
-
-    // Each key once: a transaction another instance runs under one of them holds it.
+) -> StoreResult<Option<Takes<'g>>> {
     let mut keys: Vec<&str> = Vec::with_capacity(members.len());
     for &i in members {
         if !keys.contains(&group[i].order.idempotency_key.as_str()) {
             keys.push(&group[i].order.idempotency_key);
         }
     }
-    let claimed = rows.claim_keys(shop, &keys).await?;
+    let skus: Vec<&str> = members
+        .iter()
+        .flat_map(|&i| group[i].order.lines.iter().map(|l| l.sku.as_str()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Everything the shop's orders may need, asked at once (on PostgreSQL the statements go out
+    // together, in this order, the shop's fence first): a replayed or refused order's SKUs are
+    // read and locked too, which costs less than a round trip more.
+    let (home, claimed, records, catalog, stock) = join5(
+        rows.home(shop),
+        rows.claim_keys(shop, &keys),
+        rows.idempotency_records(shop, &keys),
+        rows.prices(shop, &skus),
+        rows.stock_for_update(shop, &skus),
+    )
+    .await;
+    match home {
+        Ok(()) => {}
+        // The shop left (or is leaving) this shard: its orders follow it, the others stay.
+        Err(e @ (StoreError::Moved { .. } | StoreError::Unavailable(_))) => {
+            members.iter().for_each(|&i| answers[i] = Some(Err(e.clone())));
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let (claimed, records, catalog, stock) = (claimed?, records?, catalog?, stock?);
+    // Keys another instance's transaction holds now.
     let held: Vec<&str> = keys.iter().zip(&claimed).filter(|(_, ok)| !**ok).map(|(k, _)| *k).collect();
-    let free: Vec<&str> = keys.iter().zip(&claimed).filter(|(_, ok)| **ok).map(|(k, _)| *k).collect();
-    let records = if free.is_empty() { Vec::new() } else { rows.idempotency_records(shop, &free).await? };
 
-    let mut open: Vec<usize> = Vec::with_capacity(members.len());
+    let mut shelf = Shelf::new(stock);
     let mut started: Vec<&str> = Vec::new();
     for &i in members {
         let p = &group[i].order;
@@ -108,66 +132,30 @@ async fn decide(
         if let Some((_, record)) = records.iter().find(|(k, _)| k == key) {
             // A finished request's key: every repeat gets its stored answer.
             answers[i] = Some(Ok(record.clone().outcome(&p.fingerprint)));
-        } else if held.contains(&key) || started.contains(&key) {
+            continue;
+        }
+        if held.contains(&key) || started.contains(&key) {
             // In flight elsewhere, or earlier in this very group.
             answers[i] = Some(Err(in_flight()));
-        } else {
-            started.push(key);
-            open.push(i);
+            continue;
         }
-    }
-
-    let skus: Vec<&str> = open
-        .iter()
-        .flat_map(|&i| group[i].order.lines.iter().map(|l| l.sku.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if skus.is_empty() {
-        return Ok(());
-    }
-    let catalog = rows.prices(shop, &skus).await?;
-    let mut priced = Vec::with_capacity(open.len());
-    for i in open {
-        let p = &group[i].order;
+        started.push(key);
         let lookup = |sku: &str| catalog.iter().find(|(s, _, _)| s == sku).map(|(_, name, price)| (name.clone(), *price));
-        match price_lines(p.currency, &p.lines, lookup) {
-            Ok(lines) => priced.push((i, lines)),
-            Err(e) => answers[i] = Some(Err(Refusal::from(e).into())),
-        }
-    }
-
-    let skus: Vec<&str> = priced
-        .iter()
-        .flat_map(|(i, _)| group[*i].order.lines.iter().map(|l| l.sku.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if skus.is_empty() {
-        return Ok(());
-    }
-    let mut shelf = Shelf::new(rows.stock_for_update(shop, &skus).await?);
-    let mut created = Vec::with_capacity(priced.len());
-    for (i, (lines, total)) in priced {
-        let p = &group[i].order;
+        let (lines, total) = match price_lines(p.currency, &p.lines, lookup) {
+            Ok(priced) => priced,
+            Err(e) => {
+                answers[i] = Some(Err(Refusal::from(e).into()));
+                continue;
+            }
+        };
         let wanted: Vec<(&str, i64)> = p.lines.iter().map(|l| (l.sku.as_str(), l.qty)).collect();
         match shelf.take(&wanted) {
-            Ok(drained) => created.push(Placed { at: i, order: new_order(shop, p, lines, total), drained }),
+            Ok(drained) => placed.push(Placed { at: i, order: new_order(shop, p, lines, total), drained }),
             Err(s) => answers[i] = Some(Err(StoreError::InsufficientStock { skus: s.short, sold_out: s.sold_out })),
         }
     }
-    let takes = shelf.taken();
-    let now = group_time(group);
-    let changed = rows.reserve(shop, &takes, now).await?;
-    if changed != takes.len() {
-        // The rows were read under lock in this transaction: a miss means they were not.
-        return Err(StoreError::Backend(format!(
-            "stock changed under a placement group: {changed} of {} rows held",
-            takes.len()
-        )));
-    }
-    placed.extend(created);
-    Ok(())
+    let skus: Vec<(String, i64)> = shelf.taken().into_iter().map(|(sku, n)| (sku.to_owned(), n)).collect();
+    Ok((!skus.is_empty()).then_some(Takes { shop, skus }))
 }
 
 /// The time of the group's writes that are not one order's own: its latest request's, so no
@@ -197,15 +185,21 @@ fn new_order(shop: &ShopId, p: &PlaceOrder, lines: Vec<crate::orders::OrderLine>
     }
 }
 
-/// The group's orders, stored answers and events, each kind in one statement; events in
-/// arrival order, an order's own before the stock rows it emptied.
-async fn write(rows: &impl OrderRows, group: &[Placement], answers: &mut Answers, mut placed: Vec<Placed>) -> StoreResult<()> {
+/// The group's stock, orders, stored answers and events, each kind in one statement and all
+/// sent at once; events in arrival order, an order's own before the stock rows it emptied.
+async fn write(
+    rows: &impl OrderRows,
+    group: &[Placement],
+    answers: &mut Answers,
+    mut placed: Vec<Placed>,
+    takes: Vec<Takes<'_>>,
+) -> StoreResult<()> {
     if placed.is_empty() {
         return Ok(());
     }
     placed.sort_by_key(|p| p.at);
+    let now = group_time(group);
     let orders: Vec<&Order> = placed.iter().map(|p| &p.order).collect();
-    rows.insert_orders(&orders).await?;
     let mut remembered = Vec::with_capacity(placed.len());
     let mut events: Vec<NewEvent> = Vec::with_capacity(placed.len() * 2);
     for p in &placed {
@@ -222,9 +216,20 @@ async fn write(rows: &impl OrderRows, group: &[Placement], answers: &mut Answers
         events.push(traced(order_changed(&p.order)));
         events.extend(p.drained.iter().map(|s| traced(stock_changed(&g.shop, s))));
     }
-    let now = group_time(group);
-    rows.remember(&remembered, now).await?;
-    rows.emit_all(events, now).await?;
+    let takes: Vec<(&ShopId, Vec<(&str, i64)>)> =
+        takes.iter().map(|t| (t.shop, t.skus.iter().map(|(sku, n)| (sku.as_str(), *n)).collect())).collect();
+    let reserved = try_join_all(takes.iter().map(|(shop, skus)| rows.reserve(shop, skus, now)));
+    let (reserved, (), (), ()) =
+        try_join4(reserved, rows.insert_orders(&orders), rows.remember(&remembered, now), rows.emit_all(events, now)).await?;
+    for ((_, skus), changed) in takes.iter().zip(reserved) {
+        if changed != skus.len() {
+            // The rows were read under lock in this transaction: a miss means they were not.
+            return Err(StoreError::Backend(format!(
+                "stock changed under a placement group: {changed} of {} rows held",
+                skus.len()
+            )));
+        }
+    }
     for p in placed {
         answers[p.at] = Some(Ok(PlaceOutcome::Created(p.order)));
     }
