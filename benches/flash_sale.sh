@@ -43,7 +43,7 @@ serve() {
   local bin=$1 store=$2 args
   rm -rf "$work/data"
   if [ "$store" = postgres ]; then
-    psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_flash WITH (FORCE)" -c "CREATE DATABASE vitrina_flash" >/dev/null
+    psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_flash WITH (FORCE)" -c "CREATE DATABASE vitrina_flash" >/dev/null 2>&1
     printf 'store = "postgres"\n[[postgres.shards]]\nname = "shard1"\nprimary = "%s/vitrina_flash"\n' "$pg_base" >"$work/pg.toml"
     args=(--config "$work/pg.toml")
   else
@@ -66,7 +66,7 @@ stop() {
 # The reference: an order as bare SQL, on the hottest possible rows, on the same server.
 reference() {
   local skus=$1
-  psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_flash_ref WITH (FORCE)" -c "CREATE DATABASE vitrina_flash_ref" >/dev/null
+  psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_flash_ref WITH (FORCE)" -c "CREATE DATABASE vitrina_flash_ref" >/dev/null 2>&1
   psql -q "$pg_base/vitrina_flash_ref" >/dev/null <<SQL
 CREATE TABLE stock (sku INT PRIMARY KEY, on_hand BIGINT NOT NULL, reserved BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, sku INT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now());
@@ -120,7 +120,7 @@ for skus in skus_list:
             vs_ref = f"{r['goodput_rps'] / ref:.2f}" if ref and store == "postgres" else ""
             vs_emb = f"{got['postgres'] / got['sqlite']:.2f}" if store == "postgres" and "sqlite" in got else ""
             print(f"| {name} | {store} | {skus} | {r['goodput_rps']:,.0f} | {lat['p50']:.1f} / {lat['p99']:.1f} | "
-                  f"{(r.get('sale') or {}).get('oversell', '')} | {vs_ref} | {vs_emb} |")
+                  f"{r.get('oversell', '')} | {vs_ref} | {vs_emb} |")
 if len(names) > 1:
     print()
     print("| store | SKUs | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |")

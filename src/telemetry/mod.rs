@@ -71,6 +71,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("vitrina_order_group_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
                 // A refusal is decided in microseconds; the shared buckets start at 0.5 ms.
                 .and_then(|b| {
                     b.set_buckets_for_metric(
