@@ -50,6 +50,35 @@ fn start_with(port: u16, args: &[&str]) -> Server {
     )
 }
 
+/// Shop `acme` selling each SKU at 1.00 USD with the given stock; its API key.
+async fn stocked_shop(client: &reqwest::Client, base: &str, stock: &[(&str, i64)]) -> String {
+    let shop: Value = client
+        .post(format!("{base}/shops"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = shop["api_key"].as_str().unwrap().to_owned();
+    for (sku, on_hand) in stock {
+        let product = json!({"name": sku, "category": "c", "price": {"amount": 100, "currency": "USD"}});
+        let r = client.put(format!("{base}/shops/acme/products/{sku}")).bearer_auth(&key).json(&product).send().await.unwrap();
+        assert!(r.status().is_success());
+        let r = client
+            .put(format!("{base}/shops/acme/stock/{sku}"))
+            .bearer_auth(&key)
+            .json(&json!({"on_hand": on_hand}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    key
+}
+
 async fn wait_ready(client: &reqwest::Client, base: &str) {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
@@ -75,25 +104,7 @@ async fn acknowledged_orders_survive_a_kill() {
     let mut child = start(dir.path(), port);
     wait_ready(&client, &base).await;
 
-    let shop: Value = client
-        .post(format!("{base}/shops"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = shop["api_key"].as_str().unwrap().to_owned();
-    client
-        .put(format!("{base}/shops/acme/products/A"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "A", "category": "c", "price": {"amount": 100, "currency": "USD"}}))
-        .send()
-        .await
-        .unwrap();
-    client.put(format!("{base}/shops/acme/stock/A")).bearer_auth(&key).json(&json!({"on_hand": 1000})).send().await.unwrap();
+    let key = stocked_shop(&client, &base, &[("A", 1000)]).await;
 
     let tasks: Vec<_> = (0..60)
         .map(|i| {
@@ -212,29 +223,8 @@ async fn a_kill_while_groups_commit_loses_no_acknowledged_order_and_keeps_no_ref
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start_with(port, &args);
     wait_ready(&client, &base).await;
-    let shop: Value = client
-        .post(format!("{base}/shops"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id": "acme", "name": "ACME", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = shop["api_key"].as_str().unwrap().to_owned();
     // A sells out and is refused from then on; B keeps groups committing until the kill.
-    for (sku, on_hand) in [("A", 120), ("B", 1_000_000)] {
-        let product = json!({"name": sku, "category": "c", "price": {"amount": 100, "currency": "USD"}});
-        client.put(format!("{base}/shops/acme/products/{sku}")).bearer_auth(&key).json(&product).send().await.unwrap();
-        client
-            .put(format!("{base}/shops/acme/stock/{sku}"))
-            .bearer_auth(&key)
-            .json(&json!({"on_hand": on_hand}))
-            .send()
-            .await
-            .unwrap();
-    }
+    let key = stocked_shop(&client, &base, &[("A", 120), ("B", 1_000_000)]).await;
 
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, StatusCode)>::new()));
     let buyers: Vec<_> = (0..40)

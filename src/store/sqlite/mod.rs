@@ -87,26 +87,25 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let writer = self.writer()?;
         let t0 = std::time::Instant::now();
-        let result = match writer {
-            Some(w) => w.write(op).await,
-            None => Err(StoreError::Unavailable("the store is shutting down".into())),
-        };
+        let result = writer.write(op).await;
         crate::store::observe(&self.name, "writer", t0, &result);
         result
+    }
+
+    fn writer(&self) -> StoreResult<Writer> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        writer.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))
     }
 
     async fn place(
         &self,
         placement: crate::store::transactions::placement::Placement,
     ) -> StoreResult<crate::orders::PlaceOutcome> {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let writer = self.writer()?;
         let t0 = std::time::Instant::now();
-        let result = match writer {
-            Some(w) => w.place(placement).await,
-            None => Err(StoreError::Unavailable("the store is shutting down".into())),
-        };
+        let result = writer.place(placement).await;
         crate::store::observe(&self.name, "writer", t0, &result);
         result
     }
