@@ -201,13 +201,14 @@ impl Relay {
                 }
             }
             // Claiming writes; while nothing new was committed since the last empty claim, a
-            // look at the head (a read) is enough.
-            let head = outbox.head().await.ok();
-            if head.is_some() && head == idle_at {
-                if pause(poll, &mut stop).await {
-                    return;
+            // look at the head (a read) is enough. While claims find events, no look is needed.
+            if let Some(idle) = &idle_at {
+                if outbox.head().await.ok().as_ref() == Some(idle) {
+                    if pause(poll, &mut stop).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
             }
             let claimed = match outbox.claim(&name, &self.owner, self.lease(), self.cfg.batch, Utc::now()).await {
                 Ok(Some(c)) => {
@@ -215,7 +216,9 @@ impl Relay {
                     c
                 }
                 Ok(None) => {
-                    idle_at = head;
+                    // Read after the empty claim: an event committed in between moves the head
+                    // past this, so the next look claims it.
+                    idle_at = outbox.head().await.ok();
                     if pause(poll, &mut stop).await {
                         return;
                     }
