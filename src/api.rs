@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -97,6 +97,6 @@ pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
         .layer(axum::middleware::from_fn(telemetry::http::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(axum::middleware::from_fn(telemetry::trace::request))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, telemetry::http::RequestIds::default()))
         .with_state(state))
 }

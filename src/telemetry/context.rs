@@ -64,6 +64,16 @@ impl TraceParent {
         }
     }
 
+    /// The W3C form without a heap string: what every response's `traceparent` header carries.
+    pub fn header_bytes(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // Infallible: the slices are exactly twice the bytes' length.
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
+    }
+
     pub fn trace_id_hex(&self) -> String {
         hex::encode(self.trace_id)
     }
@@ -140,6 +150,13 @@ pub fn on_this_thread<T>(tp: Option<TraceParent>, f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_bytes_are_the_w3c_form() {
+        for tp in [TraceParent::child_of(None), TraceParent { sampled: false, ..TraceParent::child_of(None) }] {
+            assert_eq!(std::str::from_utf8(&tp.header_bytes()).unwrap(), tp.to_string());
+        }
+    }
 
     const SAMPLE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

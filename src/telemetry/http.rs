@@ -25,6 +25,33 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Request ids made without the system's random source: one random prefix per process and a
+/// counter (a UUID per request took a `getrandom` call on every request). Unique across a
+/// fleet as long as two processes do not draw the same 64-bit prefix.
+#[derive(Clone)]
+pub struct RequestIds {
+    prefix: [u8; 16],
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut prefix = [0u8; 16];
+        let _ = hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut prefix);
+        RequestIds { prefix, next: Default::default() }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = [b'-'; 33];
+        id[..16].copy_from_slice(&self.prefix);
+        let _ = hex::encode_to_slice(n.to_be_bytes(), &mut id[17..]);
+        axum::http::HeaderValue::from_bytes(&id).ok().map(tower_http::request_id::RequestId::new)
+    }
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics_text))
 }
@@ -51,4 +78,21 @@ pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, ne
 /// A 404 for unknown routes, in the API's problem format.
 pub async fn not_found() -> Response {
     crate::http::error::ApiError::NotFound("route".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::request_id::MakeRequestId;
+
+    use super::RequestIds;
+
+    #[test]
+    fn request_ids_differ_and_carry_the_process_prefix() {
+        let mut ids = RequestIds::default();
+        let req = axum::http::Request::new(());
+        let id = |ids: &mut RequestIds| ids.make_request_id(&req).unwrap().header_value().to_str().unwrap().to_owned();
+        let (a, b) = (id(&mut ids), id(&mut ids));
+        assert_ne!(a, b);
+        assert_eq!((a.len(), &a[..17]), (33, &b[..17]));
+    }
 }

@@ -22,35 +22,48 @@ pub const HEADER: &str = "traceparent";
 /// id for the logs, and answers with the request's `traceparent`.
 pub async fn request(req: Request, next: Next) -> Response {
     let incoming = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = req.method().clone();
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    // Fields filled only when something records the span: formatting them is most of what an
+    // unrecorded request would otherwise pay here.
     let span = tracing::info_span!(
         "request",
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = tracing::field::Empty,
         otel.kind = "server",
         method = %method,
-        route = %route,
-        request_id = %request_id,
+        route = tracing::field::Empty,
+        request_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    if let Some(parent) = incoming {
-        let _ = span.set_parent(parent.remote_context());
+    let recorded = !span.is_disabled();
+    if recorded {
+        let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+        let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+        span.record("otel.name", tracing::field::display(format_args!("{method} {route}")));
+        span.record("route", route);
+        span.record("request_id", request_id);
+        if let Some(parent) = incoming {
+            let _ = span.set_parent(parent.remote_context());
+        }
     }
     let here = TraceParent::of_span(&span).unwrap_or_else(|| TraceParent::child_of(incoming));
-    span.record("trace_id", tracing::field::display(here.trace_id_hex()));
+    if recorded {
+        span.record("trace_id", tracing::field::display(here.trace_id_hex()));
+    }
     let started = Instant::now();
     let mut resp = within_request(here, next.run(req)).instrument(span.clone()).await;
     let status = resp.status().as_u16();
-    span.record("status", status);
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if recorded {
+        span.record("status", status);
+    }
     if resp.status().is_server_error() {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::warn!(parent: &span, status, ms, "answered with a server error");
-    } else {
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::debug!(parent: &span, status, ms, "answered");
     }
-    if let Ok(v) = HeaderValue::from_str(&here.to_string()) {
+    if let Ok(v) = HeaderValue::from_bytes(&here.header_bytes()) {
         resp.headers_mut().insert(HEADER, v);
     }
     resp
