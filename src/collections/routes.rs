@@ -204,19 +204,33 @@ pub struct CountReport {
     pub unavailable_shards: Vec<String>,
 }
 
-/// Number of documents in a collection.
+/// Number of documents in a collection, cached as its user list is (60 s, invalidated by a
+/// write to it): counting the rows on every request was most of what this answer cost.
 #[utoipa::path(get, path = "/{collection_name}/count", tag = "seed",
     params(("collection_name" = String, Path)),
     responses((status = 200, body = CountReport)))]
-async fn count(State(state): State<AppState>, Path(collection): Path<String>) -> Result<Json<CountReport>, SeedError> {
+async fn count(State(state): State<AppState>, Path(collection): Path<String>, headers: HeaderMap) -> Result<Response, SeedError> {
     check_collection(&collection)?;
-    let count = state.store().count_users(&collection).await?;
-    Ok(Json(CountReport {
-        status: "OK".into(),
-        mongo_db: state.config.mongo_db.clone(),
-        items_count: count.value,
-        unavailable_shards: count.unavailable,
-    }))
+    let store = state.store();
+    let (name, mongo_db) = (collection.clone(), state.config.mongo_db.clone());
+    let loaded = state
+        .cache
+        .get_or_load(Family::Users, &collection_scope(&collection), "count", async move {
+            let count = store.count_users(&name).await?;
+            // Some shards did not answer: serve this answer, do not keep it.
+            let partial = !count.unavailable.is_empty();
+            let report =
+                CountReport { status: "OK".into(), mongo_db, items_count: count.value, unavailable_shards: count.unavailable };
+            let body = serde_json::to_vec(&report).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok(if partial { Loaded::Once(body) } else { Loaded::Keep(body) })
+        })
+        .await
+        .map_err(|e| match e {
+            CacheError::Store(e) => SeedError::Store(e),
+            CacheError::Overloaded => SeedError::Store(StoreError::Unavailable(e.to_string())),
+        })?;
+    let cached = loaded.ok_or_else(|| SeedError::Store(StoreError::Backend("a count cannot be absent".into())))?;
+    Ok(http::respond(&cached, &headers))
 }
 
 #[derive(Serialize, ToSchema)]

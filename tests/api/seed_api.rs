@@ -62,6 +62,8 @@ async fn count_list_and_get_by_name() {
 #[tokio::test]
 async fn list_is_capped_at_1000() {
     let app = spawn().await;
+    // Counted (and cached) before the write: the write must invalidate it.
+    assert_eq!(app.get_json("/helloDoc/count").await["items_count"], 1000);
     let r = app.post("/helloDoc/users").json(&json!({"name": "extra", "age": 1})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let c: Value = app.get_json("/helloDoc/count").await;
