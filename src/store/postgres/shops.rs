@@ -49,12 +49,12 @@ pub async fn live_ids(c: &impl GenericClient) -> StoreResult<Vec<ShopId>> {
 /// An advisory lock rather than `FOR SHARE` on the shop row: a hot shop's concurrent orders
 /// would otherwise pile up as a multixact on that one row.
 pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()> {
-    let stmt = c.prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || $1::text, 0))").await?;
-    c.execute(&stmt, &[&shop.as_str()]).await?;
-    // A statement of its own: its snapshot must be taken after the lock was granted.
-    let stmt = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
-    let moved: Option<String> = c.query_opt(&stmt, &[&shop.as_str()]).await?.and_then(|r| r.get(0));
-    home_check(shop, moved)
+    let fence = c.prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended('fence/' || $1::text, 0))").await?;
+    // A statement of its own: its snapshot must be taken after the lock was granted. Sent right
+    // behind the lock, not after its answer: the server runs it only once the lock is held.
+    let home = c.prepare_cached("SELECT moved_to FROM shops WHERE id = $1").await?;
+    let (_, row) = futures::future::try_join(c.execute(&fence, &[&shop.as_str()]), c.query_opt(&home, &[&shop.as_str()])).await?;
+    home_check(shop, row.and_then(|r| r.get(0)))
 }
 
 #[async_trait]
