@@ -10,6 +10,8 @@
 # SALE_DAY_BIN runs a vitrina built elsewhere instead of building this checkout (two builds compared
 # in one session, one after the other on the same machine).
 # SALE_DAY_SERVER_CPUS / SALE_DAY_BENCH_CPUS (taskset lists, e.g. 0 and 1) keep the two apart.
+# SALE_DAY_STORE=postgres runs the server on a scratch database of the PostgreSQL at
+# SALE_DAY_PG_URL (an admin URL; default postgres://postgres:postgres@127.0.0.1:5432/postgres).
 #
 # Everything runs on loopback, in a temporary directory, and stops by itself.
 set -euo pipefail
@@ -31,10 +33,17 @@ token="sale-day-admin-token-0123456789"
 server_cpus=() bench_cpus=()
 [ -n "${SALE_DAY_SERVER_CPUS:-}" ] && server_cpus=(taskset -c "$SALE_DAY_SERVER_CPUS")
 [ -n "${SALE_DAY_BENCH_CPUS:-}" ] && bench_cpus=(taskset -c "$SALE_DAY_BENCH_CPUS")
-VITRINA_LOG_LEVEL=warn VITRINA_ADMIN_TOKEN=$token "${server_cpus[@]}" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
+store_args=(--data-dir "$work/data")
+pg=${SALE_DAY_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+if [ "${SALE_DAY_STORE:-sqlite}" = postgres ]; then
+  psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_sale_day WITH (FORCE)" -c "CREATE DATABASE vitrina_sale_day" >/dev/null 2>&1
+  printf 'store = "postgres"\n[[postgres.shards]]\nname = "shard1"\nprimary = "%s/vitrina_sale_day"\n' "${pg%/*}" >"$work/pg.toml"
+  store_args=(--config "$work/pg.toml")
+fi
+VITRINA_LOG_LEVEL=warn VITRINA_ADMIN_TOKEN=$token "${server_cpus[@]}" "$bin" serve --listen "127.0.0.1:$port" "${store_args[@]}" \
   >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"; [ "${SALE_DAY_STORE:-sqlite}" = postgres ] && psql -q "$pg" -c "DROP DATABASE IF EXISTS vitrina_sale_day WITH (FORCE)" >/dev/null 2>&1' EXIT
 for _ in $(seq 1 100); do curl -sf "$url/health/ready" >/dev/null && break; sleep 0.1; done
 
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
@@ -114,14 +123,17 @@ ok = lambda c: "met" if c else "NOT met"
 g = tw["goodput_rps"] / peak
 lat = tw["latency_admitted_ms"]["p99"] / un["latency_admitted_ms"]["p99"]
 print(f"- goodput at 2x: {tw['goodput_rps']:.0f}/s = {g:.2f} of the peak {peak:.0f}/s (>= 0.90): {ok(g >= 0.9)}")
-print(f"- refusals decided in the server: {under_ms:.0f} of {total:.0f} under 1 ms, {under_100us:.0f} under 0.1 ms: {ok(total > 0 and under_ms == total)}")
+pk = r["peak"]["latency_admitted_ms"]["p99"]
+at_peak = tw["latency_admitted_ms"]["p99"] / pk
+print(f"- admitted p99 at 2x: {tw['latency_admitted_ms']['p99']:.2f} ms = {at_peak:.2f}x the admitted p99 at the peak {pk:.2f} ms (<= 1.5): {ok(at_peak <= 1.5)}")
+print(f"- refusals decided in the server: {under_ms:.0f} of {total:.0f} under 1 ms ({under_ms / max(total, 1):.4f}; p99.9 needs 0.999), {under_100us:.0f} under 0.1 ms: {ok(total > 0 and under_ms >= 0.999 * total)}")
 print(f"- refusals as the bench saw them: p50 {tw['latency_refused_ms']['p50']:.2f} ms, p99 {tw['latency_refused_ms']['p99']:.2f} ms; "
       f"the probe (cheapest answer) at the same rate: p50 {pr['latency_ms']['p50']:.2f} ms, p99 {pr['latency_ms']['p99']:.2f} ms")
 fs = tw["latency_refused_from_send_ms"]; lag = tw["send_lag_ms"]; ua = un["latency_admitted_from_send_ms"]; ta = tw["latency_admitted_from_send_ms"]
 print(f"- counted from when each request was actually sent: refused p50 {fs['p50']:.2f} ms, p99 {fs['p99']:.2f} ms; "
       f"admitted p99 {ta['p99']:.2f} ms against {ua['p99']:.2f} ms unloaded ({ta['p99'] / ua['p99']:.2f}x); "
       f"the bench's own lateness p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms")
-print(f"- admitted p99 at 2x: {tw['latency_admitted_ms']['p99']:.2f} ms = {lat:.2f}x the unloaded {un['latency_admitted_ms']['p99']:.2f} ms (<= 2): {ok(lat <= 2.0)}")
+print(f"- (issue 6's criterion, replaced by the one against the peak) admitted p99 at 2x: {lat:.2f}x the unloaded {un['latency_admitted_ms']['p99']:.2f} ms")
 si, su = inside_p99(1, 2), inside_p99(0, 1)
 limits = re.findall(r'vitrina_admission_limit\{[^}]*\} (\S+)', open(f"{work}/metrics.2").read())
 print(f"- admitted p99 inside the server (vitrina_admission_inside_seconds, shop gate): {si:.2f} ms at 2x against "
