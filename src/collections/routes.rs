@@ -211,26 +211,42 @@ pub struct CountReport {
     responses((status = 200, body = CountReport)))]
 async fn count(State(state): State<AppState>, Path(collection): Path<String>, headers: HeaderMap) -> Result<Response, SeedError> {
     check_collection(&collection)?;
-    let store = state.store();
-    let (name, mongo_db) = (collection.clone(), state.config.mongo_db.clone());
+    let (store, name, mongo_db) = (state.store(), collection.clone(), state.config.mongo_db.clone());
+    cached_answer(&state, &collection, "count", &headers, async move {
+        let count = store.count_users(&name).await?;
+        let complete = count.unavailable.is_empty();
+        Ok((
+            CountReport { status: "OK".into(), mongo_db, items_count: count.value, unavailable_shards: count.unavailable },
+            complete,
+        ))
+    })
+    .await
+}
+
+/// A seed answer kept in the cache under the collection's scope (which a write to the
+/// collection invalidates), serialised once. `load` says whether its answer is complete: one
+/// missing a shard is served but never kept.
+async fn cached_answer<T: Serialize>(
+    state: &AppState,
+    collection: &str,
+    key: &str,
+    headers: &HeaderMap,
+    load: impl std::future::Future<Output = Result<(T, bool), StoreError>> + Send + 'static,
+) -> Result<Response, SeedError> {
     let loaded = state
         .cache
-        .get_or_load(Family::Users, &collection_scope(&collection), "count", async move {
-            let count = store.count_users(&name).await?;
-            // Some shards did not answer: serve this answer, do not keep it.
-            let partial = !count.unavailable.is_empty();
-            let report =
-                CountReport { status: "OK".into(), mongo_db, items_count: count.value, unavailable_shards: count.unavailable };
-            let body = serde_json::to_vec(&report).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))?;
-            Ok(if partial { Loaded::Once(body) } else { Loaded::Keep(body) })
+        .get_or_load(Family::Users, &collection_scope(collection), key, async move {
+            let (answer, complete) = load.await?;
+            let body = serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok(if complete { Loaded::Keep(body) } else { Loaded::Once(body) })
         })
         .await
         .map_err(|e| match e {
             CacheError::Store(e) => SeedError::Store(e),
             CacheError::Overloaded => SeedError::Store(StoreError::Unavailable(e.to_string())),
         })?;
-    let cached = loaded.ok_or_else(|| SeedError::Store(StoreError::Backend("a count cannot be absent".into())))?;
-    Ok(http::respond(&cached, &headers))
+    let cached = loaded.ok_or_else(|| SeedError::Store(StoreError::Backend(format!("a seed {key} cannot be absent"))))?;
+    Ok(http::respond(&cached, headers))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -252,25 +268,13 @@ async fn list_users(
     headers: HeaderMap,
 ) -> Result<Response, SeedError> {
     check_collection(&collection)?;
-    let store = state.store();
-    let name = collection.clone();
-    let loaded = state
-        .cache
-        .get_or_load(Family::Users, &collection_scope(&collection), "list", async move {
-            let gathered = store.list_users(&name, MAX_LIST).await?;
-            // Some shards did not answer: serve this answer, do not keep it.
-            let partial = !gathered.unavailable.is_empty();
-            let list = UserList { users: gathered.value, unavailable_shards: gathered.unavailable };
-            let body = serde_json::to_vec(&list).map(Bytes::from).map_err(|e| StoreError::Backend(e.to_string()))?;
-            Ok(if partial { Loaded::Once(body) } else { Loaded::Keep(body) })
-        })
-        .await
-        .map_err(|e| match e {
-            CacheError::Store(e) => SeedError::Store(e),
-            CacheError::Overloaded => SeedError::Store(StoreError::Unavailable(e.to_string())),
-        })?;
-    let cached = loaded.ok_or_else(|| SeedError::Store(StoreError::Backend("a user list cannot be absent".into())))?;
-    Ok(http::respond(&cached, &headers))
+    let (store, name) = (state.store(), collection.clone());
+    cached_answer(&state, &collection, "list", &headers, async move {
+        let gathered = store.list_users(&name, MAX_LIST).await?;
+        let complete = gathered.unavailable.is_empty();
+        Ok((UserList { users: gathered.value, unavailable_shards: gathered.unavailable }, complete))
+    })
+    .await
 }
 
 /// One user by name, or 404 `{"detail": "User <name> not found"}`.
