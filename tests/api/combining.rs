@@ -289,3 +289,43 @@ fn the_serial_order_check_refuses_what_no_order_gives() {
     let fine = Run { stock: vec![1, 1, 0], orders: vec![(vec![(0, 1)], None), (vec![(0, 1), (1, 1)], Some(vec![0]))] };
     assert!(serialisable(&fine));
 }
+
+/// An order whose write fails in the database (here: an id already taken) fails alone, whatever
+/// group it lands in: a group that fails as a whole is placed again order by order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_the_database_refuses_fails_alone() {
+    let app = spawn_with(|c| c.admission.enabled = false).await;
+    let shop = app.shop_with_stock("lone", "A", 100).await;
+    let first = placement(&app, "lone", "first", &[("A", 1)]);
+    let taken_id = first.order.id.clone();
+    let id = ShopId::parse("lone").unwrap();
+    let store = app.state.store();
+    assert!(matches!(
+        store.on_shop(&id, "place_order", |s| s.place_order(&id, first.order.clone())).await,
+        Ok(PlaceOutcome::Created(_))
+    ));
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let mut p = placement(&app, "lone", &format!("k{i}"), &[("A", 1)]);
+            if i == 7 {
+                p.order.id = taken_id.clone();
+            }
+            let (state, start) = (app.state.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let shop = p.shop.clone();
+                state.store().on_shop(&shop, "place_order", |s| s.place_order(&shop, p.order.clone())).await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i, t.await.unwrap()) {
+            (7, Err(StoreError::Backend(_))) => {}
+            (7, other) => panic!("the order reusing an id: {other:?}"),
+            (_, Ok(PlaceOutcome::Created(_))) => {}
+            (i, other) => panic!("order {i}: {other:?}"),
+        }
+    }
+    assert_eq!(app.stock(&shop, "A").await, (100, 20, 80), "the refused order took nothing");
+}
