@@ -75,17 +75,16 @@ async fn serve(mut queue: mpsc::Receiver<Waiting>, pool: Pool, shard: String, ma
 }
 
 /// Every placement's answer. If the group as a whole fails with a write error, each placement
-/// is tried again alone, so one bad order cannot fail its neighbours.
+/// is tried again alone, so one bad order cannot fail its neighbours (`placement::retry_alone`).
 async fn decide(pool: Pool, shard: String, group: Vec<Placement>) -> Vec<StoreResult<PlaceOutcome>> {
     let span = tracing::info_span!("place_orders", shard = %shard, orders = group.len());
     match transaction(&pool, &shard, &group).instrument(span).await {
         Ok(answers) => answers,
-        Err(StoreError::Backend(e)) if group.len() > 1 => {
+        Err(e) if placement::retry_alone(&e, group.len()) => {
             tracing::warn!(error = %e, orders = group.len(), "a placement group failed; placing its orders one by one");
             let mut answers = Vec::with_capacity(group.len());
             for p in group {
-                let alone = transaction(&pool, &shard, std::slice::from_ref(&p)).await;
-                answers.push(alone.and_then(|mut a| a.pop().unwrap_or_else(|| Err(StoreError::Backend("unanswered".into())))));
+                answers.push(placement::answer_alone(transaction(&pool, &shard, std::slice::from_ref(&p)).await));
             }
             answers
         }

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::orders::PlaceOutcome;
-use crate::store::transactions::placement::Placement;
+use crate::store::transactions::placement::{self, Placement};
 use crate::store::{StoreError, StoreResult};
 
 /// An operation waiting in the queue: run inside the group, then told how the commit went.
@@ -218,7 +218,10 @@ fn commit_group(conn: &Connection, jobs: impl Iterator<Item = Job>, placements: 
     for job in jobs {
         match job {
             Job::Op(mut op) => {
-                run_in_savepoint(conn, op.as_mut());
+                // A failed or panicking operation is undone alone; its neighbours keep theirs. Its
+                // answer stays in the job, to be sent once the commit is known.
+                let keep = || op.execute(conn).then_some(()).ok_or_else(|| StoreError::Backend("the operation failed".into()));
+                let _ = in_savepoint(conn, keep);
                 ran.push(Ran::Op(Job::Op(op)));
             }
             Job::Place(w) => waiting.push(w),
@@ -262,8 +265,9 @@ fn rolled_back(conn: &Connection, ran: &mut Vec<Ran>) -> bool {
     true
 }
 
-/// One group of placements in one savepoint. If the group as a whole fails (a write error, a
-/// panic), each placement is tried again alone, so one bad order cannot fail its neighbours.
+/// One group of placements in one savepoint. If the group as a whole fails with a write error
+/// (or a panic), each placement is tried again alone, so one bad order cannot fail its
+/// neighbours (`placement::retry_alone`).
 fn place_group(conn: &Connection, group: Vec<Box<Waiting>>, decide: PlaceGroup) -> Vec<Ran> {
     let size = group.len();
     metrics::histogram!("vitrina_order_group_size").record(size as f64);
@@ -277,25 +281,29 @@ fn place_group(conn: &Connection, group: Vec<Box<Waiting>>, decide: PlaceGroup) 
         Ok(_) => {
             group.into_iter().map(|w| Ran::Placed(w, Err(StoreError::Backend("a placement went unanswered".into())))).collect()
         }
-        Err(e) if size == 1 => group.into_iter().map(|w| Ran::Placed(w, Err(e.clone()))).collect(),
-        Err(_) => group
+        Err(e) if placement::retry_alone(&e, size) => group
             .into_iter()
             .map(|w| {
                 let alone = std::slice::from_ref(&w.placement);
                 let answer = w.span.in_scope(|| {
                     in_savepoint(conn, || crate::telemetry::context::on_this_thread(w.trace, || decide(conn, alone)))
                 });
-                let answer = answer.and_then(|mut a| a.pop().unwrap_or_else(|| Err(StoreError::Backend("unanswered".into()))));
-                Ran::Placed(w, answer)
+                Ran::Placed(w, placement::answer_alone(answer))
             })
             .collect(),
+        Err(e) => group.into_iter().map(|w| Ran::Placed(w, Err(e.clone()))).collect(),
     }
 }
 
 /// Runs `f` in a savepoint, kept if it succeeds and undone if it fails or panics.
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    // Cached statements: these run around every operation, and parsing them each time was work
+    // on the one thread every write waits for.
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
-    exec("SAVEPOINT op")?;
+    if let Err(e) = exec("SAVEPOINT op") {
+        tracing::error!(error = %e, "sqlite savepoint failed");
+        return Err(e.into());
+    }
     let result = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         tracing::error!("a store operation panicked; its writes were rolled back");
         Err(StoreError::Backend("the operation panicked and was rolled back".into()))
@@ -305,25 +313,6 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce() -> StoreResult<T>) -> Sto
         tracing::error!(error = %e, "sqlite savepoint release failed");
     }
     result
-}
-
-/// A failed or panicking operation is undone alone; its neighbours in the group keep theirs.
-fn run_in_savepoint(conn: &Connection, job: &mut dyn Pending) {
-    // Cached statements: these two run around every operation, and parsing them each time was
-    // work on the one thread every write waits for.
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
-    if let Err(e) = exec("SAVEPOINT op") {
-        tracing::error!(error = %e, "sqlite savepoint failed");
-        return;
-    }
-    let keep = catch_unwind(AssertUnwindSafe(|| job.execute(conn))).unwrap_or_else(|_| {
-        tracing::error!("a store operation panicked; its writes were rolled back");
-        false
-    });
-    let end = if keep { exec("RELEASE op") } else { conn.execute_batch("ROLLBACK TO op; RELEASE op") };
-    if let Err(e) = end {
-        tracing::error!(error = %e, "sqlite savepoint release failed");
-    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,18 @@ impl Placement {
     }
 }
 
+/// Whether a group that failed as a whole is worth placing again order by order: a write error
+/// (a constraint, a panic) may be one order's doing; a database that is busy, unreachable or
+/// shutting down fails every order the same way, and trying each alone would only add load.
+pub fn retry_alone(failure: &StoreError, size: usize) -> bool {
+    size > 1 && matches!(failure, StoreError::Backend(_))
+}
+
+/// The answer of a group of one.
+pub fn answer_alone(group: StoreResult<Vec<StoreResult<PlaceOutcome>>>) -> StoreResult<PlaceOutcome> {
+    group?.pop().unwrap_or_else(|| Err(StoreError::Backend("a placement went unanswered".into())))
+}
+
 /// An order this group creates, with the stock rows it emptied.
 struct Placed {
     at: usize,
