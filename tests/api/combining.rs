@@ -33,6 +33,28 @@ fn placement(app: &TestApp, shop: &str, key: &str, lines: &[(&str, i64)]) -> Pla
     Placement::here(&ShopId::parse(shop).unwrap(), order)
 }
 
+/// Places each order through the store as its route does, all let go at the same moment so
+/// they queue behind each other's groups; their answers in the order given.
+async fn place_at_once(app: &TestApp, placements: Vec<Placement>) -> Vec<StoreResult<PlaceOutcome>> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(placements.len()));
+    let tasks: Vec<_> = placements
+        .into_iter()
+        .map(|p| {
+            let (state, start) = (app.state.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let shop = p.shop.clone();
+                state.store().on_shop(&shop, "place_order", |s| s.place_order(&shop, p.order.clone())).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 async fn place_together(app: &TestApp, shop: &str, group: Vec<Placement>) -> Vec<StoreResult<PlaceOutcome>> {
     let id = ShopId::parse(shop).unwrap();
     app.state.store().on_shop(&id, "place_orders", |s| s.place_orders(group.clone())).await.expect("the group commits")
@@ -221,24 +243,18 @@ async fn concurrent_run(app: &TestApp, case: usize, stock: Vec<i64>, orders: Vec
         app.put_product(&shop, sku, 100).await;
         app.set_stock(&shop, sku, *n).await;
     }
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(orders.len()));
-    let tasks: Vec<_> = orders
+    let placements = orders
         .iter()
         .enumerate()
         .map(|(i, lines)| {
             let named: Vec<(&str, i64)> = lines.iter().map(|(sku, qty)| (SKUS[*sku], *qty)).collect();
-            let p = placement(app, &shop_id, &format!("o{i}"), &named);
-            let (state, start) = (app.state.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                let shop = p.shop.clone();
-                state.store().on_shop(&shop, "place_order", |s| s.place_order(&shop, p.order.clone())).await
-            })
+            placement(app, &shop_id, &format!("o{i}"), &named)
         })
         .collect();
+    let answers = place_at_once(app, placements).await;
     let mut run = Run { stock: stock.clone(), orders: Vec::new() };
-    for (lines, task) in orders.into_iter().zip(tasks) {
-        let refused = match task.await.unwrap() {
+    for (lines, answer) in orders.into_iter().zip(answers) {
+        let refused = match answer {
             Ok(PlaceOutcome::Created(_)) => None,
             Err(StoreError::InsufficientStock { skus, .. }) => {
                 Some(skus.iter().map(|s| SKUS.iter().position(|k| k == s).unwrap()).collect::<Vec<_>>())
@@ -304,23 +320,17 @@ async fn an_order_the_database_refuses_fails_alone() {
         store.on_shop(&id, "place_order", |s| s.place_order(&id, first.order.clone())).await,
         Ok(PlaceOutcome::Created(_))
     ));
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(20));
-    let tasks: Vec<_> = (0..20)
+    let placements = (0..20)
         .map(|i| {
             let mut p = placement(&app, "lone", &format!("k{i}"), &[("A", 1)]);
             if i == 7 {
                 p.order.id = taken_id.clone();
             }
-            let (state, start) = (app.state.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                let shop = p.shop.clone();
-                state.store().on_shop(&shop, "place_order", |s| s.place_order(&shop, p.order.clone())).await
-            })
+            p
         })
         .collect();
-    for (i, t) in tasks.into_iter().enumerate() {
-        match (i, t.await.unwrap()) {
+    for (i, answer) in place_at_once(&app, placements).await.into_iter().enumerate() {
+        match (i, answer) {
             (7, Err(StoreError::Backend(_))) => {}
             (7, other) => panic!("the order reusing an id: {other:?}"),
             (_, Ok(PlaceOutcome::Created(_))) => {}
