@@ -1,14 +1,11 @@
 //! The HTTP API assembled: every capability's routes with their OpenAPI spec, declared together,
-//! and the middleware around them, outermost last: request id, trace context, RED metrics,
-//! read-your-writes token, credentials, admission.
+//! and the edge every request passes first (`http::edge`: request id, trace context, RED
+//! metrics, read-your-writes token, credentials, admission).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
 use axum::Router;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -16,6 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::http::auth;
+use crate::http::edge::{self, Edge};
 use crate::state::AppState;
 use crate::{catalog, collections, events, health, ingest, inventory, orders, shops, telemetry};
 
@@ -63,12 +61,11 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(telemetry::http::router())
         .layer(DefaultBodyLimit::max(config.limits.json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
-            crate::http::extract::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Duration::from_secs(config.limits.request_timeout_secs.max(1)),
-            telemetry::http::deadline,
+            edge::Bounds {
+                request: Duration::from_secs(config.limits.request_timeout_secs.max(1)),
+                body: Duration::from_secs(config.limits.body_read_timeout_secs.max(1)),
+            },
+            edge::bounded,
         ));
     // Feeds stream large bodies for as long as they take; they bound themselves.
     bounded.merge(ingest::routes::router())
@@ -82,21 +79,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The service: routes, spec, documentation and middleware, over `state`.
 pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let (router, spec) = routes(config).split_for_parts();
-    let guards = Arc::new(auth::Guards::from_spec(&spec)?);
-    let request_id = HeaderName::from_static("x-request-id");
+    let guards = auth::Guards::from_spec(&spec)?;
     Ok(router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(telemetry::http::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            (state.admission.clone(), state.store_slot()),
-            crate::admission::middleware::admit,
-        ))
-        // Outside admission: a caller without valid credentials takes no place in its gates.
-        .layer(axum::middleware::from_fn_with_state((state.clone(), guards), auth::gate))
-        .layer(axum::middleware::from_fn(crate::http::consistency::track))
-        .layer(axum::middleware::from_fn(telemetry::http::track))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(axum::middleware::from_fn(telemetry::trace::request))
-        .layer(SetRequestIdLayer::new(request_id, telemetry::http::RequestIds::default()))
+        .layer(Edge::layer(state.clone(), guards))
         .with_state(state))
 }

@@ -109,6 +109,10 @@ impl AppState {
         self.store.clone()
     }
 
+    pub fn store_slot_ref(&self) -> &Slot {
+        &self.store
+    }
+
     /// Re-opens the store if `config` describes another storage topology (a new primary URL,
     /// other shards), swaps it in, and closes the old one once the requests using it are done.
     /// On failure the current store stays. Returns whether a swap happened.

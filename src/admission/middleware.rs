@@ -1,13 +1,12 @@
 //! Admission in front of every route: sorts a request, checks its token buckets, takes its
 //! places in the gates, and answers a refusal as the API's 429 or 503 with `Retry-After`.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{classify, Admission, Kind, Refused, Verdict};
@@ -30,10 +29,13 @@ fn rate_headers(headers: &mut HeaderMap, v: &Verdict) {
     }
 }
 
-/// The middleware in front of every route.
-pub async fn admit(State((admission, store)): State<(Arc<Admission>, Slot)>, req: Request, next: Next) -> Response {
+/// In front of every route's handler (`http::edge`): takes the request's places, or refuses it.
+pub async fn admit<F>(admission: &Admission, store: &Slot, req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     if !admission.cfg.enabled {
-        return next.run(req).await;
+        return next(req).await;
     }
     // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
     let started = Instant::now();
@@ -66,7 +68,7 @@ pub async fn admit(State((admission, store)): State<(Arc<Admission>, Slot)>, req
         Ok(p) => p,
         Err(e) => return refused(e),
     };
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     drop(passes);
     if let Some(v) = verdict {
         rate_headers(resp.headers_mut(), &v);

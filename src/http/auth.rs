@@ -5,12 +5,11 @@
 //! extractors `Admin` and `ShopKey` hand the handler what the gate established.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -83,24 +82,28 @@ impl Guards {
     }
 }
 
-/// The middleware in front of admission: authenticates what the route's spec requires.
-pub async fn gate(State((state, guards)): State<(AppState, Arc<Guards>)>, req: Request, next: Next) -> Response {
+/// In front of admission (`http::edge`): authenticates what the route's spec requires, then
+/// hands the request to `next`.
+pub async fn gate<F>(state: &AppState, guards: &Guards, req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let required = req.extensions().get::<MatchedPath>().and_then(|p| guards.required(req.method(), p.as_str()));
     let Some(credential) = required else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let (mut parts, body) = req.into_parts();
     let caller = match credential {
-        Credential::Admin => admin(&state, &parts.headers).map(|()| Caller::Admin),
-        Credential::ShopKey => match path_shop(&mut parts, &state).await {
-            Ok(shop) => shop_key(&state, &parts.headers, &shop).await.map(Caller::Shop),
+        Credential::Admin => admin(state, &parts.headers).map(|()| Caller::Admin),
+        Credential::ShopKey => match path_shop(&mut parts, state).await {
+            Ok(shop) => shop_key(state, &parts.headers, &shop).await.map(Caller::Shop),
             Err(e) => Err(e),
         },
     };
     match caller {
         Ok(caller) => {
             parts.extensions.insert(caller);
-            next.run(Request::from_parts(parts, body)).await
+            next(Request::from_parts(parts, body)).await
         }
         Err(e) => e.into_response(),
     }

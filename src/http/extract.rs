@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::Response;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -43,6 +41,11 @@ pub struct BodyDeadline {
 }
 
 impl BodyDeadline {
+    /// The deadline of a body whose reading may begin now.
+    pub fn after(limit: Duration) -> BodyDeadline {
+        BodyDeadline { at: Instant::now() + limit, limit }
+    }
+
     fn of(req: &Request) -> Option<BodyDeadline> {
         req.extensions().get::<BodyDeadline>().copied()
     }
@@ -63,12 +66,6 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<bytes
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(e.body_text()),
         _ => ApiError::bad_request("unreadable_body", e.body_text()),
     })
-}
-
-/// Stamps each request with its `BodyDeadline`.
-pub async fn body_deadline(State(limit): State<Duration>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(BodyDeadline { at: Instant::now() + limit, limit });
-    next.run(req).await
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {

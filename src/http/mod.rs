@@ -4,5 +4,6 @@
 
 pub mod auth;
 pub mod consistency;
+pub mod edge;
 pub mod error;
 pub mod extract;

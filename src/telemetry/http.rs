@@ -1,37 +1,88 @@
 //! The HTTP side of telemetry: RED metrics per route, `GET /metrics`, and the answers every
 //! request may get from the edge (a deadline, an unknown route) in the API's format.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::RwLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::state::AppState;
 
-/// RED metrics per route template (never the raw path, which would explode cardinality).
-pub async fn track(req: Request, next: Next) -> Response {
+/// RED metrics per route template (never the raw path, which would explode cardinality), with
+/// each series' handle resolved once: registering by labels hashed and allocated them per request.
+#[derive(Default)]
+pub struct RedMetrics(RwLock<HashMap<Box<str>, Vec<RouteSeries>>>);
+
+/// One route and method's series.
+struct RouteSeries {
+    method: Method,
+    duration: Histogram,
+    /// Few statuses per route; a scan beats hashing.
+    requests: Vec<(u16, Counter)>,
+}
+
+impl RedMetrics {
+    /// Counts a request answered `status` after `secs`.
+    pub fn record(&self, method: &Method, route: &str, status: u16, secs: f64) {
+        {
+            let routes = self.0.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(series) = routes.get(route).and_then(|s| s.iter().find(|s| s.method == *method)) {
+                if let Some((_, counter)) = series.requests.iter().find(|(code, _)| *code == status) {
+                    counter.increment(1);
+                    series.duration.record(secs);
+                    return;
+                }
+            }
+        }
+        let mut routes = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let per_method = routes.entry(route.into()).or_default();
+        let at = match per_method.iter().position(|s| s.method == *method) {
+            Some(at) => at,
+            None => {
+                let duration = metrics::histogram!("vitrina_http_request_duration_seconds",
+                    "method" => method.as_str().to_owned(), "route" => route.to_owned());
+                per_method.push(RouteSeries { method: method.clone(), duration, requests: Vec::new() });
+                per_method.len() - 1
+            }
+        };
+        let series = &mut per_method[at];
+        let counter = match series.requests.iter().find(|(code, _)| *code == status) {
+            Some((_, counter)) => counter.clone(),
+            None => {
+                let counter = metrics::counter!("vitrina_http_requests_total",
+                    "method" => method.as_str().to_owned(), "route" => route.to_owned(), "status" => status.to_string());
+                series.requests.push((status, counter.clone()));
+                counter
+            }
+        };
+        counter.increment(1);
+        series.duration.record(secs);
+    }
+}
+
+/// RED metrics of each request (`http::edge`).
+pub async fn track<F: Future<Output = Response>>(red: &RedMetrics, req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    let secs = started.elapsed().as_secs_f64();
-    metrics::counter!("vitrina_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("vitrina_http_request_duration_seconds", "method" => method, "route" => route).record(secs);
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let resp = next(req).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    red.record(&method, route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }
 
 /// Request ids made without the system's random source: one random prefix per process and a
 /// counter (a UUID per request took a `getrandom` call on every request). Unique across a
 /// fleet as long as two processes do not draw the same 64-bit prefix.
-#[derive(Clone)]
 pub struct RequestIds {
     prefix: [u8; 16],
-    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Default for RequestIds {
@@ -42,13 +93,13 @@ impl Default for RequestIds {
     }
 }
 
-impl tower_http::request_id::MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+impl RequestIds {
+    pub fn next(&self) -> axum::http::HeaderValue {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut id = [b'-'; 33];
         id[..16].copy_from_slice(&self.prefix);
         let _ = hex::encode_to_slice(n.to_be_bytes(), &mut id[17..]);
-        axum::http::HeaderValue::from_bytes(&id).ok().map(tower_http::request_id::RequestId::new)
+        axum::http::HeaderValue::from_bytes(&id).expect("hex digits and a dash are a header value")
     }
 }
 
@@ -64,17 +115,6 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-/// Bounds a request's time with an answer in the API's format. A write already handed to the
-/// store may still commit after the 503; the order's idempotency key makes the retry safe.
-pub async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => {
-            crate::http::error::ApiError::Unavailable(format!("request took longer than {} s", limit.as_secs())).into_response()
-        }
-    }
-}
-
 /// A 404 for unknown routes, in the API's problem format.
 pub async fn not_found() -> Response {
     crate::http::error::ApiError::NotFound("route".into()).into_response()
@@ -82,16 +122,13 @@ pub async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use tower_http::request_id::MakeRequestId;
-
     use super::RequestIds;
 
     #[test]
     fn request_ids_differ_and_carry_the_process_prefix() {
-        let mut ids = RequestIds::default();
-        let req = axum::http::Request::new(());
-        let id = |ids: &mut RequestIds| ids.make_request_id(&req).unwrap().header_value().to_str().unwrap().to_owned();
-        let (a, b) = (id(&mut ids), id(&mut ids));
+        let ids = RequestIds::default();
+        let id = |ids: &RequestIds| ids.next().to_str().unwrap().to_owned();
+        let (a, b) = (id(&ids), id(&ids));
         assert_ne!(a, b);
         assert_eq!((a.len(), &a[..17]), (33, &b[..17]));
     }

@@ -4,11 +4,11 @@
 //! continues the same trace. When spans are exported (`otlp`), the ids are the exported spans'
 //! own, and the chain is request → store → outbox; without an exporter the ids are made here.
 
+use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -17,10 +17,10 @@ use super::context::{within_request, TraceParent};
 
 pub const HEADER: &str = "traceparent";
 
-/// The middleware that opens every request's span: continues the caller's trace, records the
+/// Opens every request's span (`http::edge`): continues the caller's trace, records the
 /// route (never the raw path: paths carry names that are personal data), request id and trace
 /// id for the logs, and answers with the request's `traceparent`.
-pub async fn request(req: Request, next: Next) -> Response {
+pub async fn request<F: Future<Output = Response>>(req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let incoming = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
     let method = req.method().clone();
     // Fields filled only when something records the span: formatting them is most of what an
@@ -51,7 +51,7 @@ pub async fn request(req: Request, next: Next) -> Response {
         span.record("trace_id", tracing::field::display(here.trace_id_hex()));
     }
     let started = Instant::now();
-    let mut resp = within_request(here, next.run(req)).instrument(span.clone()).await;
+    let mut resp = within_request(here, next(req)).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     if recorded {
         span.record("status", status);
