@@ -69,6 +69,8 @@ impl AppState {
             true => Some(Arc::new(events::relay::Relay::new(&config.events, &config.breakers, relay_status.clone())?)),
             false => None,
         };
+        // First: the recorder must be in place before the parts below take their metric handles.
+        let metrics = telemetry::metrics_handle();
         Ok(AppState(Arc::new(Inner {
             store_generation: watch::channel(0).0,
             bus: events::bus::Bus::new(4096),
@@ -80,7 +82,7 @@ impl AppState {
             sold_out: Arc::new(inventory::sold_out::SoldOut::new(Duration::from_millis(config.orders.sold_out_ttl_ms))),
             clock,
             admin_token_hash,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             started: Instant::now(),
             ready: AtomicBool::new(false),
             store_config: Mutex::new(StoreSettings::of(&config)),

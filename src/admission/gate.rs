@@ -37,6 +37,9 @@ struct Places {
     owed: AtomicUsize,
     adaptive: Option<Controller>,
     resizing: Mutex<()>,
+    /// Handles of the series every admitted request touches, resolved once.
+    admitted: metrics::Counter,
+    inside: metrics::Histogram,
 }
 
 /// Held while the request runs; leaving frees the place for the next one.
@@ -49,7 +52,7 @@ impl Drop for Pass {
     fn drop(&mut self) {
         let now = Instant::now();
         let took = now.saturating_duration_since(self.entered);
-        metrics::histogram!("vitrina_admission_inside_seconds", "gate" => self.places.name).record(took.as_secs_f64());
+        self.places.inside.record(took.as_secs_f64());
         self.places.give_back();
         if let Some(c) = &self.places.adaptive {
             if c.left(self.entered.into_std(), now.into_std(), self.places.inside()).is_some() {
@@ -126,6 +129,8 @@ impl Gate {
             owed: AtomicUsize::new(0),
             adaptive: None,
             resizing: Mutex::new(()),
+            admitted: metrics::counter!("vitrina_admission_total", "gate" => name, "result" => "admitted"),
+            inside: metrics::histogram!("vitrina_admission_inside_seconds", "gate" => name),
         };
         Gate { places: Arc::new(places), queue, wait, waiting: AtomicUsize::new(0), backoff }
     }
@@ -157,7 +162,7 @@ impl Gate {
     pub async fn enter(&self) -> Result<Pass, Refused> {
         if let Ok(p) = self.places.permits.try_acquire() {
             p.forget();
-            metrics::counter!("vitrina_admission_total", "gate" => self.places.name, "result" => "admitted").increment(1);
+            self.places.admitted.increment(1);
             return Ok(self.pass());
         }
         // A queue absorbs a burst; under an overload that goes on it only adds its wait to the

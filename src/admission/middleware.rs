@@ -29,19 +29,39 @@ fn rate_headers(headers: &mut HeaderMap, v: &Verdict) {
     }
 }
 
-/// In front of every route's handler (`http::edge`): takes the request's places, or refuses it.
-pub async fn admit<F>(admission: &Admission, store: &Slot, req: Request, next: impl FnOnce(Request) -> F) -> Response
-where
-    F: Future<Output = Response>,
-{
-    if !admission.cfg.enabled {
-        return next(req).await;
+/// A request's places in the gates and its rate verdict, held until it is answered.
+pub struct Admitted {
+    _passes: Vec<super::gate::Pass>,
+    verdict: Option<Verdict>,
+}
+
+impl Admitted {
+    /// Gives the places back and adds the rate headers.
+    pub fn answer(self, resp: &mut Response) {
+        if let Some(v) = &self.verdict {
+            rate_headers(resp.headers_mut(), v);
+        }
     }
+}
+
+/// In front of every route's handler (`http::edge`): takes the request's places, or answers the
+/// refusal as the API's 429 or 503 with `Retry-After`.
+///
+/// The request is read before the returned future runs, so the future does not hold it.
+pub fn admit<'a>(
+    admission: &'a Admission,
+    store: &'a Slot,
+    req: &Request,
+) -> impl Future<Output = Result<Admitted, Response>> + Send + 'a {
+    let enabled = admission.cfg.enabled;
     // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
     let started = Instant::now();
-    let kind = classify(req.method(), req.uri().path());
+    let kind = if enabled { classify(req.method(), req.uri().path()) } else { Kind::Exempt };
     // Only a client bucket needs the address, and formatting it is per request.
-    let client = admission.client_rate.as_ref().and_then(|_| client_address(&req, admission.cfg.trust_forwarded_for));
+    let client = match enabled {
+        true => admission.client_rate.as_ref().and_then(|_| client_address(req, admission.cfg.trust_forwarded_for)),
+        false => None,
+    };
     let shop = match &kind {
         Kind::ShopWrite(s) | Kind::Other(Some(s)) => Some(s),
         _ => None,
@@ -50,7 +70,7 @@ where
         Kind::Exempt => Ok(None),
         _ => admission.rate(client.as_deref(), shop, Instant::now()),
     };
-    let refused = |r: Refused| {
+    let refused = move |r: Refused| {
         metrics::histogram!("vitrina_admission_refusal_seconds").record(started.elapsed().as_secs_f64());
         let code = if r.over_quota { "quota_exceeded" } else { "overloaded" };
         let (detail, retry_after) = (r.detail, r.retry_after);
@@ -60,20 +80,14 @@ where
         }
         .into_response()
     };
-    let verdict = match verdict {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let passes = match admission.admit(&kind, |shop| store.get().shard_of(shop)).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
-    let mut resp = next(req).await;
-    drop(passes);
-    if let Some(v) = verdict {
-        rate_headers(resp.headers_mut(), &v);
+    async move {
+        if !enabled {
+            return Ok(Admitted { _passes: Vec::new(), verdict: None });
+        }
+        let verdict = verdict.map_err(refused)?;
+        let passes = admission.admit(&kind, |shop| store.get().shard_of(shop)).await.map_err(refused)?;
+        Ok(Admitted { _passes: passes, verdict })
     }
-    resp
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! extractors `Admin` and `ShopKey` hand the handler what the gate established.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
@@ -82,15 +81,12 @@ impl Guards {
     }
 }
 
-/// In front of admission (`http::edge`): authenticates what the route's spec requires, then
-/// hands the request to `next`.
-pub async fn gate<F>(state: &AppState, guards: &Guards, req: Request, next: impl FnOnce(Request) -> F) -> Response
-where
-    F: Future<Output = Response>,
-{
+/// In front of admission (`http::edge`): authenticates what the route's spec requires, and
+/// passes the request on with its `Caller`, or answers the refusal.
+pub async fn gate(state: &AppState, guards: &Guards, req: Request) -> Result<Request, Response> {
     let required = req.extensions().get::<MatchedPath>().and_then(|p| guards.required(req.method(), p.as_str()));
     let Some(credential) = required else {
-        return next(req).await;
+        return Ok(req);
     };
     let (mut parts, body) = req.into_parts();
     let caller = match credential {
@@ -103,9 +99,9 @@ where
     match caller {
         Ok(caller) => {
             parts.extensions.insert(caller);
-            next(Request::from_parts(parts, body)).await
+            Ok(Request::from_parts(parts, body))
         }
-        Err(e) => e.into_response(),
+        Err(e) => Err(e.into_response()),
     }
 }
 

@@ -10,15 +10,31 @@ use axum::response::Response;
 
 use crate::consistency::{serving, READ_AFTER, WRITTEN_AT};
 
-pub async fn track<F: Future<Output = Response>>(req: Request, next: impl FnOnce(Request) -> F) -> Response {
-    let read_after_ms = req.headers().get(READ_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut resp = serving(read_after_ms, next(req)).await;
-    if writes && resp.status().is_success() {
-        let now = chrono::Utc::now().timestamp_millis();
-        if let Ok(v) = HeaderValue::from_str(&now.to_string()) {
-            resp.headers_mut().insert(WRITTEN_AT, v);
+/// What a request asked of read-your-writes, read before it runs.
+pub struct Token {
+    read_after_ms: Option<i64>,
+    writes: bool,
+}
+
+impl Token {
+    pub fn of(req: &Request) -> Token {
+        let read_after_ms =
+            req.headers().get(READ_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+        Token { read_after_ms, writes: !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) }
+    }
+
+    /// Runs the request's work with its token handed to the store.
+    pub async fn serving<T>(&self, work: impl Future<Output = T>) -> T {
+        serving(self.read_after_ms, work).await
+    }
+
+    /// Answers a successful write with its `vitrina-written-at`.
+    pub fn stamp(&self, resp: &mut Response) {
+        if self.writes && resp.status().is_success() {
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Ok(v) = HeaderValue::from_str(&now.to_string()) {
+                resp.headers_mut().insert(WRITTEN_AT, v);
+            }
         }
     }
-    resp
 }

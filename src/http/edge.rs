@@ -1,7 +1,8 @@
-//! What every request passes through before its route's handler, outermost first: its request
-//! id, its trace span, RED metrics, the read-your-writes token, credentials, admission. One
-//! service runs them as one future: a stack of middleware layers cloned its whole inner stack
-//! at each layer of each request, and that was most of what a cheap answer cost.
+//! What every request passes through before its route's handler, in order: its request id, its
+//! trace span, RED metrics, the read-your-writes token, credentials, admission. One service runs
+//! them as one flat future: a stack of middleware layers cloned its whole inner stack at each
+//! layer of each request, and nested futures were copied into each other level by level; that
+//! was most of what a cheap answer cost.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,7 +39,7 @@ impl Edge {
         EdgeLayer(Arc::new(Edge { state, guards, ids: RequestIds::default(), red: RedMetrics::default() }))
     }
 
-    async fn pass<S>(&self, mut req: Request, route: S) -> Response
+    async fn pass<S>(self: Arc<Self>, mut req: Request, route: S) -> Result<Response, Infallible>
     where
         S: Service<Request, Response = Response, Error = Infallible>,
     {
@@ -51,25 +52,31 @@ impl Edge {
                 id
             }
         };
+        let span = telemetry::trace::RequestSpan::open(&req);
+        let timing = telemetry::http::Timing::start(&req);
+        let token = super::consistency::Token::of(&req);
         let state = &self.state;
-        let mut resp = telemetry::trace::request(req, |req| {
-            telemetry::http::track(&self.red, req, |req| {
-                super::consistency::track(req, |req| {
-                    // Outside admission: a caller without valid credentials takes no place in its gates.
-                    auth::gate(state, &self.guards, req, |req| {
-                        admission::middleware::admit(&state.admission, state.store_slot_ref(), req, |req| async move {
-                            match route.oneshot(req).await {
-                                Ok(resp) => resp,
-                                Err(never) => match never {},
-                            }
-                        })
-                    })
-                })
-            })
-        })
-        .await;
+        let mut resp = span
+            .within(token.serving(async {
+                // Outside admission: a caller without valid credentials takes no place in its gates.
+                let req = match auth::gate(state, &self.guards, req).await {
+                    Ok(req) => req,
+                    Err(refused) => return refused,
+                };
+                let admitted = match admission::middleware::admit(&state.admission, state.store_slot_ref(), &req).await {
+                    Ok(admitted) => admitted,
+                    Err(refused) => return refused,
+                };
+                let Ok(mut resp) = route.oneshot(req).await;
+                admitted.answer(&mut resp);
+                resp
+            }))
+            .await;
+        token.stamp(&mut resp);
+        timing.record(&self.red, &resp);
+        span.close(&mut resp);
         resp.headers_mut().insert(REQUEST_ID, id);
-        resp
+        Ok(resp)
     }
 }
 
@@ -106,8 +113,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let (edge, route) = (self.edge.clone(), self.route.clone());
-        Box::pin(async move { Ok(edge.pass(req, route).await) })
+        Box::pin(self.edge.clone().pass(req, self.route.clone()))
     }
 }
 

@@ -2,7 +2,6 @@
 //! request may get from the edge (a deadline, an unknown route) in the API's format.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::RwLock;
 use std::time::Instant;
 
@@ -66,15 +65,22 @@ impl RedMetrics {
     }
 }
 
-/// RED metrics of each request (`http::edge`).
-pub async fn track<F: Future<Output = Response>>(red: &RedMetrics, req: Request, next: impl FnOnce(Request) -> F) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let resp = next(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    red.record(&method, route, resp.status().as_u16(), started.elapsed().as_secs_f64());
-    resp
+/// A request's RED timing (`http::edge`), recorded when it is answered.
+pub struct Timing {
+    method: Method,
+    route: Option<MatchedPath>,
+    started: Instant,
+}
+
+impl Timing {
+    pub fn start(req: &Request) -> Timing {
+        Timing { method: req.method().clone(), route: req.extensions().get::<MatchedPath>().cloned(), started: Instant::now() }
+    }
+
+    pub fn record(self, red: &RedMetrics, resp: &Response) {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        red.record(&self.method, route, resp.status().as_u16(), self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Request ids made without the system's random source: one random prefix per process and a
