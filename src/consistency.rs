@@ -32,6 +32,7 @@ pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Out
 }
 
 /// Runs `fut` as the work of a request that carried `read_after_ms`.
-pub async fn serving<T>(read_after_ms: Option<i64>, fut: impl std::future::Future<Output = T>) -> T {
-    CONTEXT.scope(Context { read_after_ms }, fut).await
+/// Not an `async fn`, which would hold `fut` twice (see `telemetry::context::within_request`).
+pub fn serving<F: std::future::Future>(read_after_ms: Option<i64>, fut: F) -> impl std::future::Future<Output = F::Output> {
+    CONTEXT.scope(Context { read_after_ms }, fut)
 }

@@ -91,10 +91,15 @@ pub async fn gate(state: &AppState, guards: &Guards, req: Request) -> Result<Req
     let (mut parts, body) = req.into_parts();
     let caller = match credential {
         Credential::Admin => admin(state, &parts.headers).map(|()| Caller::Admin),
-        Credential::ShopKey => match path_shop(&mut parts, state).await {
-            Ok(shop) => shop_key(state, &parts.headers, &shop).await.map(Caller::Shop),
-            Err(e) => Err(e),
-        },
+        // Boxed: loading the shop is a large future that only guarded routes need, and an
+        // unguarded request's edge would otherwise carry (and copy) its space.
+        Credential::ShopKey => {
+            Box::pin(async {
+                let shop = path_shop(&mut parts, state).await?;
+                shop_key(state, &parts.headers, &shop).await.map(Caller::Shop)
+            })
+            .await
+        }
     };
     match caller {
         Ok(caller) => {

@@ -24,8 +24,8 @@ impl Token {
     }
 
     /// Runs the request's work with its token handed to the store.
-    pub async fn serving<T>(&self, work: impl Future<Output = T>) -> T {
-        serving(self.read_after_ms, work).await
+    pub fn serving<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        serving(self.read_after_ms, work)
     }
 
     /// Answers a successful write with its `vitrina-written-at`.

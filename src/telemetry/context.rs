@@ -135,8 +135,11 @@ pub fn current_header() -> Option<String> {
 }
 
 /// Runs `fut` as the work of the request whose context is `tp`.
-pub async fn within_request<T>(tp: TraceParent, fut: impl std::future::Future<Output = T>) -> T {
-    REQUEST.scope(tp, fut).await
+///
+/// Not an `async fn`: that would keep `fut` twice in its state (as the argument and inside the
+/// scope), and every request's future passes through here.
+pub fn within_request<F: std::future::Future>(tp: TraceParent, fut: F) -> impl std::future::Future<Output = F::Output> {
+    REQUEST.scope(tp, fut)
 }
 
 /// Runs `f` on this thread as part of the request whose context is `tp`.

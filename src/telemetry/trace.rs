@@ -62,8 +62,8 @@ impl RequestSpan {
     }
 
     /// Runs the request's work inside its span and trace context.
-    pub async fn within<T>(&self, work: impl Future<Output = T>) -> T {
-        within_request(self.here, work).instrument(self.span.clone()).await
+    pub fn within<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        within_request(self.here, work).instrument(self.span.clone())
     }
 
     /// Records the answer, logs a server error, and stamps the response's `traceparent`.
