@@ -22,7 +22,8 @@ use super::config::EventsConfig;
 use super::sinks::{self, webhook, Published, Sink, SinkError};
 use crate::breaker::{Breakers, BreakersConfig};
 use crate::events::config::WEBHOOKS_SINK;
-use crate::store::outbox::{backoff, Outbox, OutboxEvent, SinkState};
+use crate::store::outbox::{backoff, Claimed, Outbox, OutboxEvent, SinkState};
+use crate::store::StoreResult;
 
 /// The sink name under which webhook subscriptions keep their fan-out progress.
 
@@ -189,8 +190,15 @@ impl Relay {
         let mut failures = 0u32;
         let mut replays_checked = Instant::now() - Duration::from_secs(60);
         let mut idle_at: Option<Option<String>> = None;
+        // Read ahead while the batch before it was published: the next batch, and the whole
+        // batch published before it whose acknowledgement goes with the next read.
+        let mut next: Option<Claimed> = None;
+        let mut pending: Option<(String, u64)> = None;
         loop {
             if *stop.borrow() {
+                if let Some((upto, count)) = pending.take() {
+                    let _ = outbox.ack(&name, &self.owner, &upto, count, Utc::now()).await;
+                }
                 return;
             }
             if let Target::Sink(sink) = &target {
@@ -202,7 +210,7 @@ impl Relay {
             }
             // Claiming writes; while nothing new was committed since the last empty claim, a
             // look at the head (a read) is enough. While claims find events, no look is needed.
-            if let Some(idle) = &idle_at {
+            if let Some(idle) = idle_at.as_ref().filter(|_| next.is_none()) {
                 if outbox.head().await.ok().as_ref() == Some(idle) {
                     if pause(poll, &mut stop).await {
                         return;
@@ -210,7 +218,11 @@ impl Relay {
                     continue;
                 }
             }
-            let claimed = match outbox.claim(&name, &self.owner, self.lease(), self.cfg.batch, Utc::now()).await {
+            let claimed = match next.take() {
+                Some(c) => Ok(Some(c)),
+                None => outbox.claim(&name, &self.owner, self.lease(), self.cfg.batch, Utc::now()).await,
+            };
+            let claimed = match claimed {
                 Ok(Some(c)) => {
                     idle_at = None;
                     c
@@ -233,13 +245,18 @@ impl Relay {
                 }
             };
             let started = Instant::now();
+            let mut ahead = Ok(Some(Vec::new()));
+            // Acknowledged with the read ahead, or (below) with this batch.
+            let mut unacked = pending.as_ref().map_or(0, |(_, count)| *count);
             let published = match &target {
                 Target::Sink(sink) => {
-                    // Sends stop at half the lease; the hard limit leaves room for the ack.
-                    let soft = Instant::now() + self.lease() / 2;
-                    tokio::time::timeout(self.lease() * 3 / 4, sink.publish(&claimed.events, soft))
-                        .await
-                        .unwrap_or_else(|_| Published::stopped(0, SinkError::Unavailable("publish timed out".into())))
+                    let published;
+                    (published, ahead) =
+                        self.publish_reading_ahead(outbox.as_ref(), sink.as_ref(), &claimed, pending.take()).await;
+                    if matches!(ahead, Ok(Some(_))) {
+                        unacked = 0;
+                    }
+                    published
                 }
                 Target::Webhooks => {
                     let deliver_for = Duration::from_secs(self.cfg.webhooks.deliver_for_secs);
@@ -254,9 +271,29 @@ impl Relay {
                 }
             };
             record(&name, &claimed.events[..published.acked], started, published.error.as_ref());
+            // A sink may stop early without an error (its time for the batch ran out).
+            let whole = published.error.is_none() && published.acked == claimed.events.len();
+            match ahead {
+                Ok(Some(events)) if !events.is_empty() && whole => {
+                    // The whole batch went out and more follows: its acknowledgement goes with
+                    // the next batch's read.
+                    let last = claimed.events[published.acked - 1].position.clone();
+                    pending = Some((last, published.acked as u64));
+                    next = Some(Claimed { events, attempts: 1 });
+                    failures = 0;
+                    continue;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(shard, sink = name, "lease lost before the acknowledgement; the batch will be claimed again");
+                    continue;
+                }
+                Err(e) => tracing::warn!(shard, sink = name, error = %e, "reading ahead failed; acknowledging this batch alone"),
+            }
             if published.acked > 0 && matches!(target, Target::Sink(_)) {
                 let last = &claimed.events[published.acked - 1];
-                match outbox.ack(&name, &self.owner, &last.position, published.acked as u64, Utc::now()).await {
+                let count = published.acked as u64 + unacked;
+                match outbox.ack(&name, &self.owner, &last.position, count, Utc::now()).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(
                         shard,
@@ -294,6 +331,29 @@ impl Relay {
                 return;
             }
         }
+    }
+
+    /// Publishes `claimed` to `sink` while the store reads what follows it and records
+    /// `pending`'s acknowledgement (`Outbox::ack_and_read`): the store's round trip hides behind
+    /// the sink's. What was read is used only if the whole batch went out.
+    async fn publish_reading_ahead(
+        &self,
+        outbox: &dyn Outbox,
+        sink: &dyn Sink,
+        claimed: &Claimed,
+        pending: Option<(String, u64)>,
+    ) -> (Published, StoreResult<Option<Vec<OutboxEvent>>>) {
+        // Sends stop at half the lease; the hard limit leaves room for the ack.
+        let soft = Instant::now() + self.lease() / 2;
+        let publish = async {
+            tokio::time::timeout(self.lease() * 3 / 4, sink.publish(&claimed.events, soft))
+                .await
+                .unwrap_or_else(|_| Published::stopped(0, SinkError::Unavailable("publish timed out".into())))
+        };
+        let after = &claimed.events[claimed.events.len() - 1].position;
+        let acked = pending.as_ref().map(|(upto, count)| (upto.as_str(), *count));
+        let ahead = outbox.ack_and_read(sink.name(), &self.owner, acked, after, self.lease(), self.cfg.batch, Utc::now());
+        tokio::join!(publish, ahead)
     }
 
     /// Publishes the dead letters whose replay was asked for.

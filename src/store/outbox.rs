@@ -157,6 +157,22 @@ pub trait Outbox: Send + Sync + 'static {
     /// The sink acknowledged everything up to `upto` (`count` events); false if the lease was
     /// lost meanwhile, and then nothing changed.
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool>;
+    /// The events after `after` (which this owner's lease covers up to), read under its lease,
+    /// and with them the acknowledgement of a whole earlier batch (up to `acked.0`, `acked.1`
+    /// events) that renews the lease and counts a first attempt on what follows it. One step,
+    /// so a relay that keeps up pays one round trip per batch, sent while its sink publishes.
+    /// `None` if the lease was lost: then nothing changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn ack_and_read(
+        &self,
+        sink: &str,
+        owner: &str,
+        acked: Option<(&str, u64)>,
+        after: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<OutboxEvent>>>;
     /// The attempt failed; the lease is released so the next claim retries. An attempt that
     /// does not `count` (the sink was unreachable, the event itself was not refused) is not
     /// held against the event.

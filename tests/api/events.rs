@@ -307,3 +307,77 @@ async fn the_relay_reads_past_events_a_moved_shop_brought_along() {
     }
     assert_eq!(seen, ["e3", "e5"]);
 }
+
+/// A relay reads its next batch while it publishes one, and acknowledges the batch before that
+/// with the read: the read follows the feed under the same lease, an acknowledgement renews the
+/// lease, a relay without the lease changes nothing, and the last acknowledgement releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reads_ahead_and_acknowledges_with_the_next_read() {
+    let app = crate::helpers::spawn_with(|c| {
+        c.seed_on_start = false;
+        c.events.relay = false;
+    })
+    .await;
+    let shop = app.shop_with_stock("relayed", "MUG", 1).await;
+    for n in 2..=7 {
+        app.set_stock(&shop, "MUG", n).await;
+    }
+    let outbox = app.state.store().outboxes().pop().unwrap();
+    let lease = std::time::Duration::from_secs(30);
+    let now = chrono::Utc::now;
+    let positions =
+        |events: &[vitrina::store::outbox::OutboxEvent]| events.iter().map(|e| e.position.clone()).collect::<Vec<_>>();
+    // The shop, its product and its stock changes, once a transaction running elsewhere (the
+    // feed reads below every running one) no longer holds them back.
+    let t0 = std::time::Instant::now();
+    let all = loop {
+        let all = positions(&outbox.read(None, 1000).await.unwrap());
+        if all.len() >= 8 {
+            break all;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the feed shows {} of the shop's events", all.len());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+
+    let first = outbox.claim("probe", "me", lease, 3, now()).await.unwrap().expect("a first batch");
+    assert_eq!(positions(&first.events), all[..3]);
+    let first_last = first.events[2].position.clone();
+    let stolen = outbox.ack_and_read("probe", "them", Some((&first_last, 3)), &first_last, lease, 3, now()).await.unwrap();
+    assert!(stolen.is_none(), "another relay's acknowledgement is refused");
+    assert_eq!(outbox.sink_states(&["probe".into()], now()).await.unwrap()[0].cursor, None, "and changes nothing");
+
+    let (mut batch, mut pending, mut acked) = (first.events, None::<(String, u64)>, 0);
+    loop {
+        let after = batch.last().unwrap().position.clone();
+        let acking = pending.as_ref().map(|(upto, count)| (upto.as_str(), *count));
+        let ahead =
+            outbox.ack_and_read("probe", "me", acking, &after, lease, 3, now()).await.unwrap().expect("the lease is mine");
+        acked += batch.len();
+        assert_eq!(positions(&ahead), all[acked..(acked + 3).min(all.len())], "what follows, in feed order");
+        if let Some((upto, _)) = &pending {
+            let state = &outbox.sink_states(&["probe".into()], now()).await.unwrap()[0];
+            assert_eq!(state.cursor.as_ref(), Some(upto), "the batch before is acknowledged with the read");
+            assert!(outbox.claim("probe", "them", lease, 3, now()).await.unwrap().is_none(), "and the lease renewed");
+        }
+        if ahead.is_empty() {
+            assert!(outbox.ack("probe", "me", &after, batch.len() as u64, now()).await.unwrap());
+            break;
+        }
+        pending = Some((after, batch.len() as u64));
+        batch = ahead;
+    }
+    assert_eq!(acked, all.len());
+    let states = outbox.sink_states(&["probe".into()], now()).await.unwrap();
+    assert_eq!((states[0].delivered, states[0].cursor.as_deref()), (all.len() as u64, all.last().map(String::as_str)));
+    app.set_stock(&shop, "MUG", 8).await;
+    let t0 = std::time::Instant::now();
+    let taken = loop {
+        // The new event is read once its transaction is below every running one.
+        if let Some(c) = outbox.claim("probe", "them", lease, 3, now()).await.unwrap() {
+            break c;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the released lease is taken by another relay");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(taken.events.len(), 1);
+}

@@ -105,6 +105,26 @@ async fn advance(
 }
 
 impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
+    async fn advance_holding(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let stmt = self
+            .0
+            .prepare_cached(
+                "UPDATE relay_sinks SET cursor = $3, head_attempts = 1, delivered = delivered + $4, last_error = NULL,
+                   lease_until = $5, updated_at = $6
+                 WHERE sink = $1 AND lease_owner = $2",
+            )
+            .await?;
+        Ok(self.0.execute(&stmt, &[&sink, &owner, &upto, &(count as i64), &until, &now]).await? == 1)
+    }
+
     async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>> {
         sink_row(self.0, sink).await
     }
@@ -233,6 +253,21 @@ impl Outbox for PgStore {
 
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
         advance(&*self.client().await?, sink, owner, upto, count, None, now).await
+    }
+
+    /// Outside a transaction: the cursor move commits by itself, and the read is sent with it on
+    /// the same connection.
+    async fn ack_and_read(
+        &self,
+        sink: &str,
+        owner: &str,
+        acked: Option<(&str, u64)>,
+        after: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<OutboxEvent>>> {
+        steps::ack_and_read(&Tx(&*self.client().await?), sink, owner, acked, after, lease, limit, now).await
     }
 
     async fn fail(&self, sink: &str, owner: &str, error: &str, counts: bool, now: DateTime<Utc>) -> StoreResult<()> {

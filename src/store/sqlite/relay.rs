@@ -150,6 +150,26 @@ fn prune_batch(c: &Connection, before: DateTime<Utc>, upto: i64, batch: usize) -
 }
 
 impl RelayRows for Tx<'_> {
+    async fn advance_holding(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE relay_sinks SET cursor = ?3, head_attempts = 1, delivered = delivered + ?4, last_error = NULL,
+                   lease_until = ?5, updated_at = ?6
+                 WHERE sink = ?1 AND lease_owner = ?2",
+            )?
+            .execute(params![sink, owner, upto, count as i64, ts(until), ts(now)])?;
+        Ok(n == 1)
+    }
+
     async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>> {
         sink_row(self.0, sink)
     }
@@ -268,6 +288,25 @@ impl Outbox for SqliteStore {
     async fn ack(&self, sink: &str, owner: &str, upto: &str, count: u64, now: DateTime<Utc>) -> StoreResult<bool> {
         let (sink, owner, upto) = (sink.to_owned(), owner.to_owned(), upto.to_owned());
         self.write(move |c| advance(c, &sink, &owner, &upto, count, None, now)).await
+    }
+
+    async fn ack_and_read(
+        &self,
+        sink: &str,
+        owner: &str,
+        acked: Option<(&str, u64)>,
+        after: &str,
+        lease: Duration,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Vec<OutboxEvent>>> {
+        let (sink, owner, after) = (sink.to_owned(), owner.to_owned(), after.to_owned());
+        let acked = acked.map(|(upto, count)| (upto.to_owned(), count));
+        self.write(move |c| {
+            let acked = acked.as_ref().map(|(upto, count)| (upto.as_str(), *count));
+            at_once(steps::ack_and_read(&Tx(c), &sink, &owner, acked, &after, lease, limit, now))
+        })
+        .await
     }
 
     async fn fail(&self, sink: &str, owner: &str, error: &str, counts: bool, now: DateTime<Utc>) -> StoreResult<()> {

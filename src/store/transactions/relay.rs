@@ -39,6 +39,18 @@ pub trait RelayRows {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<u32>>;
+    /// Moves the sink's cursor to `upto` and keeps its lease until `until`, counting a first
+    /// attempt on what follows, if `owner` still holds it.
+    #[allow(clippy::too_many_arguments)]
+    async fn advance_holding(
+        &self,
+        sink: &str,
+        owner: &str,
+        upto: &str,
+        count: u64,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
     /// Moves the sink's cursor to `upto` and releases its lease, if `owner` still holds it.
     async fn advance(
         &self,
@@ -86,6 +98,30 @@ pub async fn claim(
     }
     let attempts = rows.take_lease(sink, owner, &row, lease_end(now, lease), now).await?;
     Ok(attempts.map(|attempts| Claimed { events, attempts }))
+}
+
+/// Reads the events after `after` and, when a whole batch was acknowledged, moves the cursor to
+/// it, keeping the lease (`Outbox::ack_and_read`). The cursor move and the read do not depend on
+/// each other, so a backend that can sends both at once.
+#[allow(clippy::too_many_arguments)]
+pub async fn ack_and_read(
+    rows: &impl RelayRows,
+    sink: &str,
+    owner: &str,
+    acked: Option<(&str, u64)>,
+    after: &str,
+    lease: Duration,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Vec<OutboxEvent>>> {
+    let held = async {
+        match acked {
+            Some((upto, count)) => rows.advance_holding(sink, owner, upto, count, lease_end(now, lease), now).await,
+            None => Ok(true),
+        }
+    };
+    let (held, events) = futures::future::try_join(held, rows.events_after(Some(after), limit)).await?;
+    Ok(held.then_some(events))
 }
 
 /// Gives up on `event`: the cursor moves past it and it is kept as a dead letter.
