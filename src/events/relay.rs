@@ -25,8 +25,6 @@ use crate::events::config::WEBHOOKS_SINK;
 use crate::store::outbox::{backoff, Claimed, Outbox, OutboxEvent, SinkState};
 use crate::store::StoreResult;
 
-/// The sink name under which webhook subscriptions keep their fan-out progress.
-
 /// What `GET /` shows of the relay of one shard, as this instance sees it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ShardRelay {

@@ -185,13 +185,13 @@ impl OrderRows for Tx<'_> {
 }
 
 pub fn idempotency_record(c: &Connection, shop: &ShopId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-    Ok(c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
+    c.prepare_cached("SELECT request_hash, status_code, response FROM idempotency_keys WHERE shop = ?1 AND key = ?2")?
         .query_row(params![shop.as_str(), key], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?)))
         .optional()?
         .map(|(request_hash, status, body)| -> StoreResult<IdempotencyRecord> {
             Ok(IdempotencyRecord { request_hash, status, body: stored_answer(&body)? })
         })
-        .transpose()?)
+        .transpose()
 }
 
 fn append_history(c: &Connection, id: &str, seq: i64, status: OrderStatus, at: &str, reason: Option<&str>) -> StoreResult<()> {
