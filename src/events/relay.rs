@@ -22,7 +22,7 @@ use super::config::EventsConfig;
 use super::sinks::{self, webhook, Published, Sink, SinkError};
 use crate::breaker::{Breakers, BreakersConfig};
 use crate::events::config::WEBHOOKS_SINK;
-use crate::store::outbox::{backoff, Claimed, Outbox, OutboxEvent, SinkState};
+use crate::store::outbox::{backoff, Claimed, FanOut, Outbox, OutboxEvent, SinkState};
 use crate::store::StoreResult;
 
 /// What `GET /` shows of the relay of one shard, as this instance sees it.
@@ -214,6 +214,31 @@ impl Relay {
                         return;
                     }
                     continue;
+                }
+            }
+            if matches!(target, Target::Webhooks) {
+                match outbox.pass_by(&name, &self.owner, Utc::now()).await {
+                    Ok(FanOut::Needed) => {}
+                    Ok(FanOut::Passed(head)) => {
+                        idle_at = Some(head);
+                        if pause(poll, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(FanOut::Held) => {
+                        if pause(poll, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, sink = name, error = %e, "checking for webhook subscriptions failed");
+                        if pause(backoff(failures.max(1), base, cap), &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             let claimed = match next.take() {

@@ -38,6 +38,17 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
+/// What the webhook fan-out does next (`Outbox::pass_by`).
+pub enum FanOut {
+    /// The shard has subscriptions: claim and fan out as usual.
+    Needed,
+    /// None: the cursor is at the feed's head, read before the subscriptions were looked at
+    /// (`None`: the feed is empty).
+    Passed(Option<String>),
+    /// Another relay's lease on the fan-out is running.
+    Held,
+}
+
 /// A sink's progress on one shard, for metrics and `GET /`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SinkState {
@@ -185,6 +196,9 @@ pub trait Outbox: Send + Sync + 'static {
     async fn replayed(&self, sink: &str, event_id: &str, result: Result<(), String>, now: DateTime<Utc>) -> StoreResult<()>;
     async fn sink_states(&self, sinks: &[String], now: DateTime<Utc>) -> StoreResult<Vec<SinkState>>;
 
+    /// The webhook fan-out's step when the shard may have no subscription
+    /// (`transactions::relay::pass_by`).
+    async fn pass_by(&self, sink: &str, owner: &str, now: DateTime<Utc>) -> StoreResult<FanOut>;
     /// The webhook sink's publish: a delivery for each subscription that wants each event,
     /// recorded with the cursor move in one transaction.
     async fn fan_out(

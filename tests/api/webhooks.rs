@@ -331,3 +331,50 @@ async fn a_receiver_that_keeps_failing_is_spared_by_its_breaker_until_a_probe_fi
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert!(statuses.len() <= 5, "at most a probe per opening reached the failing receiver: {statuses:?}");
 }
+
+/// With no subscription on the shard the fan-out moves its cursor to the feed's head without
+/// reading events or queueing deliveries; once a shop subscribes, it fans out again, and the
+/// subscription gets what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_out_passes_events_by_while_no_shop_subscribes() {
+    use vitrina::store::outbox::FanOut;
+    let app = crate::helpers::spawn_with(|c| {
+        c.seed_on_start = false;
+        c.events.relay = false;
+    })
+    .await;
+    let shop = app.shop_with_stock("quiet", "MUG", 1).await;
+    let outbox = app.state.store().outboxes().pop().unwrap();
+    let now = chrono::Utc::now;
+    let t0 = std::time::Instant::now();
+    let head = loop {
+        // Once the shop's events are below every transaction running elsewhere.
+        if let Some(head) = outbox.head().await.unwrap() {
+            break head;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the shop's events reach the feed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let passed = match outbox.pass_by("webhooks", "me", now()).await.unwrap() {
+        FanOut::Passed(Some(to)) => to,
+        _ => panic!("no subscription: the fan-out passes by"),
+    };
+    assert!(passed == head || outbox.read(Some(&head), 100).await.unwrap().iter().any(|e| e.position == passed));
+    let state = &outbox.sink_states(&["webhooks".into()], now()).await.unwrap()[0];
+    assert_eq!((state.cursor.as_deref(), state.delivered), (Some(passed.as_str()), 0), "moved, nothing fanned out");
+    assert!(matches!(outbox.pass_by("webhooks", "them", now()).await.unwrap(), FanOut::Passed(_)), "no lease is held");
+
+    subscribe(&app, &shop, "http://127.0.0.1:9/hook", json!(["vitrina.stock.changed"])).await;
+    assert!(matches!(outbox.pass_by("webhooks", "me", now()).await.unwrap(), FanOut::Needed), "a subscriber: fan out");
+    app.set_stock(&shop, "MUG", 5).await;
+    let t0 = std::time::Instant::now();
+    let claimed = loop {
+        if let Some(c) = outbox.claim("webhooks", "me", Duration::from_secs(30), 100, now()).await.unwrap() {
+            break c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the new event reaches the feed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(claimed.events.iter().all(|e| e.position != passed), "what was passed by is not read again");
+    assert!(claimed.events.iter().any(|e| e.kind == "vitrina.stock.changed"), "what follows is fanned out");
+}

@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 use super::webhooks::{self, dead_letter_row, DEAD_LETTER_COLUMNS};
 use super::{PgStore, Tx};
 use crate::store::outbox::{
-    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
+    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, FanOut, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
 };
 use crate::store::transactions::relay::{self as steps, RelayRows, SinkRow};
 use crate::store::{StoreError, StoreResult};
@@ -68,6 +68,19 @@ async fn read(c: &impl GenericClient, after: Option<&str>, limit: usize) -> Stor
     }
 }
 
+/// The feed's last event, below every running transaction.
+async fn head(c: &impl GenericClient) -> StoreResult<Option<String>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT txid::text, position FROM outbox
+             WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND origin IS NULL
+             ORDER BY outbox.txid DESC, position DESC LIMIT 1",
+        )
+        .await?;
+    let row = c.query_opt(&stmt, &[]).await?;
+    Ok(row.map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1))))
+}
+
 async fn sink_row(c: &impl GenericClient, sink: &str) -> StoreResult<Option<SinkRow>> {
     let stmt = c
         .prepare_cached(
@@ -105,6 +118,21 @@ async fn advance(
 }
 
 impl<C: GenericClient + Sync> RelayRows for Tx<'_, C> {
+    async fn feed_head(&self) -> StoreResult<Option<String>> {
+        head(self.0).await
+    }
+
+    async fn pass_to(&self, sink: &str, owner: &str, to: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let stmt = self
+            .0
+            .prepare_cached(
+                "UPDATE relay_sinks SET cursor = $3, head_attempts = 0, last_error = NULL, updated_at = $4
+                 WHERE sink = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)",
+            )
+            .await?;
+        Ok(self.0.execute(&stmt, &[&sink, &owner, &to, &now]).await? == 1)
+    }
+
     async fn advance_holding(
         &self,
         sink: &str,
@@ -223,16 +251,12 @@ impl Outbox for PgStore {
     }
 
     async fn head(&self) -> StoreResult<Option<String>> {
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(
-                "SELECT txid::text, position FROM outbox
-                 WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) AND origin IS NULL
-                 ORDER BY outbox.txid DESC, position DESC LIMIT 1",
-            )
-            .await?;
-        let row = c.query_opt(&stmt, &[]).await?;
-        Ok(row.map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, i64>(1))))
+        head(&*self.client().await?).await
+    }
+
+    /// Optimistic, outside a transaction, as `claim`.
+    async fn pass_by(&self, sink: &str, owner: &str, now: DateTime<Utc>) -> StoreResult<FanOut> {
+        steps::pass_by(&Tx(&*self.client().await?), sink, owner, now).await
     }
 
     async fn read(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {

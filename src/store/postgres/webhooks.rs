@@ -182,6 +182,11 @@ impl<C: GenericClient + Sync> WebhookRows for Tx<'_, C> {
         list(self.0, shop).await
     }
 
+    async fn any_webhooks(&self) -> StoreResult<bool> {
+        let stmt = self.0.prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks)").await?;
+        Ok(self.0.query_one(&stmt, &[]).await?.get(0))
+    }
+
     async fn requeue_dead(&self, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
         let c = self.0;
         let stmt = c

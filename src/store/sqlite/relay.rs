@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{parse_ts, ts, webhooks, SqliteStore, Tx};
 use crate::store::outbox::{
-    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
+    lease_end, Claimed, DeadLetter, Delivery, DeliveryOutcome, FanOut, Leadership, Outbox, OutboxEvent, SinkState, Webhook,
 };
 use crate::store::transactions::relay::{self as steps, RelayRows, SinkRow};
 use crate::store::transactions::{self, at_once};
@@ -64,6 +64,14 @@ fn sink_row(c: &Connection, sink: &str) -> StoreResult<Option<SinkRow>> {
 }
 
 /// Moves `sink`'s cursor, if `owner` still holds its lease.
+/// The feed's last event. Every relay worker and the bus look at it each poll (20 ms): a cached
+/// statement.
+fn head(c: &Connection) -> StoreResult<Option<String>> {
+    Ok(c.prepare_cached("SELECT max(position) FROM outbox WHERE origin IS NULL")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))?
+        .map(|p| p.to_string()))
+}
+
 fn advance(
     c: &Connection,
     sink: &str,
@@ -150,6 +158,21 @@ fn prune_batch(c: &Connection, before: DateTime<Utc>, upto: i64, batch: usize) -
 }
 
 impl RelayRows for Tx<'_> {
+    async fn feed_head(&self) -> StoreResult<Option<String>> {
+        head(self.0)
+    }
+
+    async fn pass_to(&self, sink: &str, owner: &str, to: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE relay_sinks SET cursor = ?3, head_attempts = 0, last_error = NULL, updated_at = ?4
+                 WHERE sink = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until <= ?4)",
+            )?
+            .execute(params![sink, owner, to, ts(now)])?;
+        Ok(n == 1)
+    }
+
     async fn advance_holding(
         &self,
         sink: &str,
@@ -259,13 +282,12 @@ impl Outbox for SqliteStore {
     }
 
     async fn head(&self) -> StoreResult<Option<String>> {
-        self.read(|c| {
-            // Every relay worker and the bus look at the head each poll (20 ms): a cached statement.
-            Ok(c.prepare_cached("SELECT max(position) FROM outbox WHERE origin IS NULL")?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))?
-                .map(|p| p.to_string()))
-        })
-        .await
+        self.read(head).await
+    }
+
+    async fn pass_by(&self, sink: &str, owner: &str, now: DateTime<Utc>) -> StoreResult<FanOut> {
+        let (sink, owner) = (sink.to_owned(), owner.to_owned());
+        self.write(move |c| at_once(steps::pass_by(&Tx(c), &sink, &owner, now))).await
     }
 
     async fn read(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>> {

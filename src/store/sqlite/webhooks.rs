@@ -156,6 +156,10 @@ impl WebhookRows for Tx<'_> {
         list(self.0, shop)
     }
 
+    async fn any_webhooks(&self) -> StoreResult<bool> {
+        Ok(self.0.prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks)")?.query_row([], |r| r.get(0))?)
+    }
+
     async fn requeue_dead(&self, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
         let n = self.0.execute(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2, deliver_by = ?3,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::webhooks::WebhookRows;
-use crate::store::outbox::{lease_end, Claimed, OutboxEvent};
+use crate::store::outbox::{lease_end, Claimed, FanOut, OutboxEvent};
 use crate::store::{StoreError, StoreResult};
 
 /// A sink's row: where it is in the feed and who holds its lease.
@@ -27,6 +27,11 @@ pub trait RelayRows {
     async fn sink_row(&self, sink: &str) -> StoreResult<Option<SinkRow>>;
     /// Adds the sink's row if it has none.
     async fn add_sink(&self, sink: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    /// The position of the feed's last event (`Outbox::head`).
+    async fn feed_head(&self) -> StoreResult<Option<String>>;
+    /// Moves the sink's cursor to `to` without an attempt or a delivery counted, unless another
+    /// owner's lease is running.
+    async fn pass_to(&self, sink: &str, owner: &str, to: &str, now: DateTime<Utc>) -> StoreResult<bool>;
     /// Events of every shop after `after`, in feed order.
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
     /// Takes the sink's lease and counts an attempt, only if its row is still as `seen`; the
@@ -122,6 +127,25 @@ pub async fn ack_and_read(
     };
     let (held, events) = futures::future::try_join(held, rows.events_after(Some(after), limit)).await?;
     Ok(held.then_some(events))
+}
+
+/// With no subscription on the shard the fan-out has nothing to queue, so its cursor moves to
+/// the feed's head without the events being read: reading and fanning out every event for
+/// nobody cost the relay a third of its rate. The head is read first; a subscription made
+/// after that only wants events created after it (`webhooks::enqueue`), which lie past it.
+pub async fn pass_by(rows: &(impl RelayRows + WebhookRows), sink: &str, owner: &str, now: DateTime<Utc>) -> StoreResult<FanOut> {
+    let head = rows.feed_head().await?;
+    if rows.any_webhooks().await? {
+        return Ok(FanOut::Needed);
+    }
+    let Some(to) = &head else { return Ok(FanOut::Passed(None)) };
+    if rows.sink_row(sink).await?.is_none() {
+        rows.add_sink(sink, now).await?;
+    }
+    Ok(match rows.pass_to(sink, owner, to, now).await? {
+        true => FanOut::Passed(head),
+        false => FanOut::Held,
+    })
 }
 
 /// Gives up on `event`: the cursor moves past it and it is kept as a dead letter.

@@ -26,6 +26,8 @@ pub trait WebhookRows: Rows {
     /// Removes a subscription and its delivery log.
     async fn delete_webhook_rows(&self, id: &str) -> StoreResult<()>;
     async fn list_webhooks(&self, shop: &str) -> StoreResult<Vec<Webhook>>;
+    /// Whether any shop of the shard has a subscription.
+    async fn any_webhooks(&self) -> StoreResult<bool>;
     /// Puts a subscription's dead deliveries back in line with fresh attempts; how many.
     async fn requeue_dead(&self, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
     /// The inbox: true the first time `consumer` sees `event_id`, in this transaction.
