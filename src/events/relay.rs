@@ -208,42 +208,20 @@ impl Relay {
             }
             // Claiming writes; while nothing new was committed since the last empty claim, a
             // look at the head (a read) is enough. While claims find events, no look is needed.
+            // The head seen before a claim is what an empty claim leaves to compare with.
+            let mut looked: Option<Option<String>> = None;
             if let Some(idle) = idle_at.as_ref().filter(|_| next.is_none()) {
-                if outbox.head().await.ok().as_ref() == Some(idle) {
+                looked = outbox.head().await.ok();
+                if looked.as_ref() == Some(idle) {
                     if pause(poll, &mut stop).await {
                         return;
                     }
                     continue;
                 }
             }
-            if matches!(target, Target::Webhooks) {
-                match outbox.pass_by(&name, &self.owner, Utc::now()).await {
-                    Ok(FanOut::Needed) => {}
-                    Ok(FanOut::Passed(head)) => {
-                        idle_at = Some(head);
-                        if pause(poll, &mut stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Ok(FanOut::Held) => {
-                        if pause(poll, &mut stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard, sink = name, error = %e, "checking for webhook subscriptions failed");
-                        if pause(backoff(failures.max(1), base, cap), &mut stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
             let claimed = match next.take() {
                 Some(c) => Ok(Some(c)),
-                None => outbox.claim(&name, &self.owner, self.lease(), self.cfg.batch, Utc::now()).await,
+                None => self.claim(outbox.as_ref(), &target).await,
             };
             let claimed = match claimed {
                 Ok(Some(c)) => {
@@ -251,9 +229,11 @@ impl Relay {
                     c
                 }
                 Ok(None) => {
-                    // Read after the empty claim: an event committed in between moves the head
-                    // past this, so the next look claims it.
-                    idle_at = outbox.head().await.ok();
+                    // The head as seen *before* this claim: one read after it could already
+                    // include an event the claim missed, and the looks would then wait for the
+                    // next event to claim it. Without such a head (the claims were finding
+                    // events) the next look finds nothing equal and claims once more.
+                    idle_at = Some(looked.unwrap_or_else(|| Some(String::new())));
                     if pause(poll, &mut stop).await {
                         return;
                     }
@@ -354,6 +334,18 @@ impl Relay {
                 return;
             }
         }
+    }
+
+    /// The next batch for `target`; for the webhook fan-out, none while no shop of the shard
+    /// subscribes (its cursor passes the events by, `Outbox::pass_by`).
+    async fn claim(&self, outbox: &dyn Outbox, target: &Target) -> StoreResult<Option<Claimed>> {
+        if matches!(target, Target::Webhooks) {
+            match outbox.pass_by(target.name(), &self.owner, Utc::now()).await? {
+                FanOut::Needed => {}
+                FanOut::Passed | FanOut::Held => return Ok(None),
+            }
+        }
+        outbox.claim(target.name(), &self.owner, self.lease(), self.cfg.batch, Utc::now()).await
     }
 
     /// Publishes `claimed` to `sink` while the store reads what follows it and records

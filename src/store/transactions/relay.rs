@@ -138,12 +138,12 @@ pub async fn pass_by(rows: &(impl RelayRows + WebhookRows), sink: &str, owner: &
     if rows.any_webhooks().await? {
         return Ok(FanOut::Needed);
     }
-    let Some(to) = &head else { return Ok(FanOut::Passed(None)) };
+    let Some(to) = &head else { return Ok(FanOut::Passed) };
     if rows.sink_row(sink).await?.is_none() {
         rows.add_sink(sink, now).await?;
     }
     Ok(match rows.pass_to(sink, owner, to, now).await? {
-        true => FanOut::Passed(head),
+        true => FanOut::Passed,
         false => FanOut::Held,
     })
 }
