@@ -69,6 +69,10 @@ async fn placed_events(app: &TestApp, shop: &Shop, want: usize) -> Vec<TracePare
 
 #[tokio::test]
 async fn a_requests_trace_is_continued_answered_and_carried_by_its_events() {
+    // The exporting subscriber is process-wide and installed by the first test that wants it;
+    // installed in the middle of a request here, it made that request's later spans the roots
+    // of a new trace. In place from the start, every request here is traced one way.
+    exported();
     let app = spawn().await;
     let shop = app.shop_with_stock("traced", "MUG", 10).await;
     let sent = TraceParent::parse(SENT).unwrap();
