@@ -92,11 +92,54 @@ async fn decide(pool: Pool, shard: String, group: Vec<Placement>) -> Vec<StoreRe
     }
 }
 
-/// One group in one transaction on the shard's primary.
+/// One group in one transaction on the shard's primary. The BEGIN goes out together with the
+/// group's reads (a round trip less per group); the writes wait for both, so nothing is written
+/// unless the transaction is open.
 pub async fn transaction(pool: &Pool, shard: &str, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
-    let mut client = held::take(pool, shard).await?;
-    let tx = client.transaction().await?;
-    let answers = placement::place(&Tx(&tx), group).await?;
-    tx.commit().await?;
-    Ok(answers)
+    let open = Open(Some(held::take(pool, shard).await?));
+    let (outcome, ended) = {
+        let c = open.client();
+        let rows = Tx(c);
+        let (began, decided) = tokio::join!(c.batch_execute("BEGIN"), placement::decide_group(&rows, group));
+        // A failed BEGIN: the reads ran on their own and nothing was written.
+        began?;
+        match decided {
+            Ok(decided) => match placement::write_group(&rows, group, decided).await {
+                Ok(answers) => {
+                    c.batch_execute("COMMIT").await?;
+                    (Ok(answers), true)
+                }
+                Err(e) => (Err(e), c.batch_execute("ROLLBACK").await.is_ok()),
+            },
+            Err(e) => (Err(e), c.batch_execute("ROLLBACK").await.is_ok()),
+        }
+    };
+    if ended {
+        open.close();
+    }
+    outcome
+}
+
+/// A pooled connection with a transaction open on it. Dropped before the transaction ended (a
+/// failed COMMIT or ROLLBACK, an early return, a cancelled group), the connection leaves the
+/// pool and closes, so the server rolls the transaction back and no later caller inherits it.
+struct Open(Option<held::Held>);
+
+impl Open {
+    fn client(&self) -> &deadpool_postgres::Client {
+        self.0.as_ref().expect("present until closed")
+    }
+
+    /// The transaction ended: the connection goes back to the pool.
+    fn close(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            drop(deadpool_postgres::Object::take(held.into_client()));
+        }
+    }
 }

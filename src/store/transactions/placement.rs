@@ -63,6 +63,20 @@ type Answers = Vec<Option<StoreResult<PlaceOutcome>>>;
 /// (nothing of it may be committed); the inner ones are each order's own answer, and a refused
 /// order has taken nothing.
 pub async fn place(rows: &impl OrderRows, group: &[Placement]) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+    let decided = decide_group(rows, group).await?;
+    write_group(rows, group, decided).await
+}
+
+/// What a group's reads decided, before anything of it is written.
+pub struct Decided<'g> {
+    answers: Answers,
+    placed: Vec<Placed>,
+    takes: Vec<Takes<'g>>,
+}
+
+/// The first half of `place`: reads only (under the locks the transaction takes), so a backend
+/// may send them together with the statement that opens the transaction.
+pub async fn decide_group<'g>(rows: &impl OrderRows, group: &'g [Placement]) -> StoreResult<Decided<'g>> {
     let mut answers: Answers = group.iter().map(|_| None).collect();
     let mut placed = Vec::new();
     let mut takes = Vec::new();
@@ -77,6 +91,16 @@ pub async fn place(rows: &impl OrderRows, group: &[Placement]) -> StoreResult<Ve
         let members: Vec<usize> = (0..group.len()).filter(|&i| group[i].shop == *shop).collect();
         takes.extend(decide(rows, shop, group, &members, &mut answers, &mut placed).await?);
     }
+    Ok(Decided { answers, placed, takes })
+}
+
+/// The second half of `place`: writes what `decide_group` decided; every order's answer.
+pub async fn write_group(
+    rows: &impl OrderRows,
+    group: &[Placement],
+    decided: Decided<'_>,
+) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
+    let Decided { mut answers, placed, takes } = decided;
     write(rows, group, &mut answers, placed, takes).await?;
     Ok(answers
         .into_iter()
