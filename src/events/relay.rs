@@ -1,13 +1,16 @@
 //! The relay: per shard, one leader (the others stand by) publishes the outbox to every sink.
 //! Each sink has its own cursor and lease, so a slow or broken sink holds back only itself.
 //! A batch is claimed, published, and acknowledged in the store only after the sink
-//! acknowledged it; the acknowledged prefix of a failed batch still counts. Events a sink keeps
+//! acknowledged it; the acknowledged prefix of a failed batch still counts. While a batch is
+//! published the next one is read, and the batch before is acknowledged with that read, so the
+//! store's round trip hides behind the sink's (`Outbox::ack_and_read`). Events a sink keeps
 //! refusing become dead letters after `max_attempts`; an unreachable sink is retried with
 //! backoff for as long as it takes.
 //!
 //! Besides the configured sinks, the leader runs the shops' webhook subscriptions: the
-//! `webhooks` sink fans events out into per-subscription deliveries, and a dispatcher sends
-//! those with their own retries, backoff and dead letters.
+//! `webhooks` sink fans events out into per-subscription deliveries (or passes them by while no
+//! shop of the shard subscribes), and a dispatcher sends those with their own retries, backoff
+//! and dead letters.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
