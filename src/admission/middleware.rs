@@ -56,6 +56,7 @@ pub fn admit<'a>(
     let enabled = admission.cfg.enabled;
     // How long deciding a refusal takes inside the server, for `vitrina_admission_refusal_seconds`.
     let started = Instant::now();
+    // Off, every request is sorted exempt: no verdict and no places to take.
     let kind = if enabled { classify(req.method(), req.uri().path()) } else { Kind::Exempt };
     // Only a client bucket needs the address, and formatting it is per request.
     let client = match enabled {
@@ -81,9 +82,6 @@ pub fn admit<'a>(
         .into_response()
     };
     async move {
-        if !enabled {
-            return Ok(Admitted { _passes: Vec::new(), verdict: None });
-        }
         let verdict = verdict.map_err(refused)?;
         let passes = admission.admit(&kind, |shop| store.get().shard_of(shop)).await.map_err(refused)?;
         Ok(Admitted { _passes: passes, verdict })
