@@ -216,8 +216,24 @@ fn decode(raw: Vec<u8>) -> Option<Cached> {
 }
 
 const FAMILIES: [Family; 4] = [Family::Product, Family::Page, Family::Shop, Family::Users];
-const TIERS: [&str; 2] = ["l1", "l2"];
-const RESULTS: [&str; 3] = ["hit", "miss", "error"];
+
+/// Where a cached read was answered, as `vitrina_cache_requests_total` labels it.
+#[derive(Clone, Copy)]
+enum Tier {
+    L1,
+    L2,
+}
+
+/// How a tier answered a read.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Hit,
+    Miss,
+    Error,
+}
+
+const TIERS: [(Tier, &str); 2] = [(Tier::L1, "l1"), (Tier::L2, "l2")];
+const OUTCOMES: [(Outcome, &str); 3] = [(Outcome::Hit, "hit"), (Outcome::Miss, "miss"), (Outcome::Error, "error")];
 
 /// `vitrina_cache_requests_total`, every series' handle resolved once: a lookup per read by
 /// labels was a visible part of a cached answer's cost.
@@ -225,19 +241,18 @@ struct Requests([[[metrics::Counter; 3]; 4]; 2]);
 
 impl Requests {
     fn new() -> Requests {
-        Requests(TIERS.map(|tier| {
+        Requests(TIERS.map(|(_, tier)| {
             FAMILIES.map(|family| {
-                RESULTS.map(|result| {
+                OUTCOMES.map(|(_, result)| {
                     metrics::counter!("vitrina_cache_requests_total", "tier" => tier, "family" => family.name(), "result" => result)
                 })
             })
         }))
     }
 
-    fn count(&self, tier: &str, family: Family, result: &str) {
-        let at = |all: &[&str], one: &str| all.iter().position(|x| *x == one).unwrap_or(0);
-        let family = FAMILIES.iter().position(|f| *f == family).unwrap_or(0);
-        self.0[at(&TIERS, tier)][family][at(&RESULTS, result)].increment(1);
+    fn count(&self, tier: Tier, family: Family, outcome: Outcome) {
+        let family = FAMILIES.iter().position(|f| *f == family).expect("every family has its series");
+        self.0[tier as usize][family][outcome as usize].increment(1);
     }
 }
 
@@ -423,10 +438,10 @@ impl Cache {
         let l1_key = format!("{}\u{1f}{scope}\u{1f}{all}.{local}\u{1f}{key}", family.name());
         if self.l1.is_some() {
             if let Some(hit) = self.l1_get(&l1_key).await {
-                self.requests.count("l1", family, "hit");
+                self.requests.count(Tier::L1, family, Outcome::Hit);
                 return Ok(Some(hit).filter(|c| !c.absent));
             }
-            self.requests.count("l1", family, "miss");
+            self.requests.count(Tier::L1, family, Outcome::Miss);
         }
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -523,20 +538,20 @@ impl Cache {
         match l2.get(key).await {
             Ok(Some(raw)) => match decode(raw) {
                 Some(c) => {
-                    self.requests.count("l2", family, "hit");
+                    self.requests.count(Tier::L2, family, Outcome::Hit);
                     Some(c)
                 }
                 None => {
-                    self.requests.count("l2", family, "miss");
+                    self.requests.count(Tier::L2, family, Outcome::Miss);
                     None
                 }
             },
             Ok(None) => {
-                self.requests.count("l2", family, "miss");
+                self.requests.count(Tier::L2, family, Outcome::Miss);
                 None
             }
             Err(_) => {
-                self.requests.count("l2", family, "error");
+                self.requests.count(Tier::L2, family, Outcome::Error);
                 None
             }
         }

@@ -90,3 +90,14 @@ fn l2_values_carry_their_expiry_and_whether_the_thing_exists() {
     assert!(decode(encode(&c, Duration::ZERO)).is_none_or(|c| c.ttl_left().is_zero()));
     assert!(decode(vec![1, 2]).is_none());
 }
+
+#[test]
+fn each_tier_and_outcome_counts_under_its_own_label() {
+    use super::{OUTCOMES, TIERS};
+    for (at, (tier, _)) in TIERS.iter().enumerate() {
+        assert_eq!(*tier as usize, at, "the series of {} is at its place", TIERS[at].1);
+    }
+    for (at, (outcome, _)) in OUTCOMES.iter().enumerate() {
+        assert_eq!(*outcome as usize, at, "the series of {} is at its place", OUTCOMES[at].1);
+    }
+}
