@@ -42,7 +42,8 @@ pub struct Claimed {
 pub enum FanOut {
     /// The shard has subscriptions: claim and fan out as usual.
     Needed,
-    /// None: the cursor is at the feed's head, read before the subscriptions were looked at.
+    /// No subscription: the cursor is at the feed's head, read before the subscriptions were
+    /// looked at.
     Passed,
     /// Another relay's lease on the fan-out is running.
     Held,

@@ -77,6 +77,15 @@ pub trait RelayRows {
     ) -> StoreResult<()>;
 }
 
+/// The sink's row, added the first time the sink is seen.
+async fn sink_row_or_add(rows: &impl RelayRows, sink: &str, now: DateTime<Utc>) -> StoreResult<SinkRow> {
+    if let Some(row) = rows.sink_row(sink).await? {
+        return Ok(row);
+    }
+    rows.add_sink(sink, now).await?;
+    rows.sink_row(sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))
+}
+
 /// Takes the lease on `sink`'s next events, unless another owner's lease is still running.
 /// Optimistic: the row is read, then the lease taken only if the row is as it was read.
 pub async fn claim(
@@ -87,13 +96,7 @@ pub async fn claim(
     limit: usize,
     now: DateTime<Utc>,
 ) -> StoreResult<Option<Claimed>> {
-    let row = match rows.sink_row(sink).await? {
-        Some(row) => row,
-        None => {
-            rows.add_sink(sink, now).await?;
-            rows.sink_row(sink).await?.ok_or_else(|| StoreError::Backend("relay sink row vanished".into()))?
-        }
-    };
+    let row = sink_row_or_add(rows, sink, now).await?;
     if row.lease_owner.as_deref().is_some_and(|o| o != owner) && row.lease_until.is_some_and(|t| t > now) {
         return Ok(None);
     }
@@ -139,9 +142,7 @@ pub async fn pass_by(rows: &(impl RelayRows + WebhookRows), sink: &str, owner: &
         return Ok(FanOut::Needed);
     }
     let Some(to) = &head else { return Ok(FanOut::Passed) };
-    if rows.sink_row(sink).await?.is_none() {
-        rows.add_sink(sink, now).await?;
-    }
+    sink_row_or_add(rows, sink, now).await?;
     Ok(match rows.pass_to(sink, owner, to, now).await? {
         true => FanOut::Passed,
         false => FanOut::Held,
