@@ -281,6 +281,9 @@ impl Config {
             if rest.starts_with("TEST_") || rest == "REQUIRE_SERVICES" {
                 continue; // test-harness settings, not server configuration
             }
+            if is_service_link(rest) {
+                continue;
+            }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             set_path(&mut merged, &path, value).with_context(|| format!("environment variable {key}"))?;
         }
@@ -370,6 +373,18 @@ fn env_value(existing: Option<&toml::Value>, raw: &str) -> toml::Value {
     }
 }
 
+/// Kubernetes gives every pod, for a Service named `vitrina` in its namespace,
+/// `VITRINA_SERVICE_HOST`, `VITRINA_SERVICE_PORT[_<name>]`, `VITRINA_PORT=tcp://…` and
+/// `VITRINA_PORT_<n>_<proto>[_…]`. They describe the Service, not this process's settings, and
+/// none of them is a setting's name, so they are skipped rather than refused.
+fn is_service_link(rest: &str) -> bool {
+    rest == "PORT"
+        || rest.starts_with("PORT_")
+        || rest == "SERVICE_HOST"
+        || rest == "SERVICE_PORT"
+        || rest.starts_with("SERVICE_PORT_")
+}
+
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
@@ -434,6 +449,25 @@ mod tests {
         let e = env(&[("VITRINA_ADMISSION__SHOP_RPS", "2.5"), ("VITRINA_ADMISSION__ADAPTIVE__TOLERANCE", "3")]);
         let c = Config::from_layers(None, &e, &Overrides::default()).unwrap();
         assert_eq!((c.admission.shop_rps, c.admission.adaptive.tolerance), (2.5, 3.0));
+    }
+
+    #[test]
+    fn a_kubernetes_service_named_vitrina_does_not_stop_start_up() {
+        let links = env(&[
+            ("VITRINA_PORT", "tcp://10.96.0.12:80"),
+            ("VITRINA_PORT_80_TCP", "tcp://10.96.0.12:80"),
+            ("VITRINA_PORT_80_TCP_PROTO", "tcp"),
+            ("VITRINA_PORT_80_TCP_PORT", "80"),
+            ("VITRINA_PORT_80_TCP_ADDR", "10.96.0.12"),
+            ("VITRINA_SERVICE_HOST", "10.96.0.12"),
+            ("VITRINA_SERVICE_PORT", "80"),
+            ("VITRINA_SERVICE_PORT_HTTP", "80"),
+            ("VITRINA_LISTEN", "0.0.0.0:9000"),
+        ]);
+        let c = Config::from_layers(None, &links, &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        // A misspelt setting is still refused.
+        assert!(Config::from_layers(None, &env(&[("VITRINA_PORTS", "80")]), &Overrides::default()).is_err());
     }
 
     #[test]
