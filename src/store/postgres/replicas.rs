@@ -16,11 +16,15 @@ use crate::store::NodeReport;
 
 const POLL: Duration = Duration::from_millis(250);
 const UNREACHABLE: i64 = -1;
+/// The node is not in recovery: after a failover a listed replica may be the shard's leader
+/// (Patroni moves leadership between the same nodes), and its reads belong to the primary path.
+const LEADING: i64 = -2;
 
 struct Replica {
     address: String,
     pool: Pool,
-    /// Replay lag in ms as last measured; `UNREACHABLE` when the probe failed.
+    /// Replay lag in ms as last measured; `UNREACHABLE` when the probe failed, `LEADING` when
+    /// the node is a primary now.
     lag_ms: AtomicI64,
     /// Wall-clock ms up to which this replica had replayed at the last probe.
     replayed_until_ms: AtomicI64,
@@ -132,9 +136,9 @@ impl Replicas {
                 let lag = r.lag_ms.load(Ordering::Relaxed);
                 NodeReport {
                     name: r.address.clone(),
-                    role: "replica".into(),
+                    role: if lag == LEADING { "primary" } else { "replica" }.into(),
                     address: r.address.clone(),
-                    reachable: lag >= 0,
+                    reachable: lag != UNREACHABLE,
                     replay_lag_ms: (lag >= 0).then_some(lag as u64),
                 }
             })
@@ -166,8 +170,11 @@ async fn monitor(shard: String, nodes: Vec<Arc<Replica>>) {
                 r.replayed_until_ms.store(probed_at - lag, Ordering::Relaxed);
             }
             let before = r.lag_ms.swap(lag, Ordering::Relaxed);
-            if (before >= 0) != (lag >= 0) {
-                tracing::warn!(shard = %shard, replica = %r.address, reachable = lag >= 0, "replica reachability changed");
+            if (before == UNREACHABLE) != (lag == UNREACHABLE) {
+                tracing::warn!(shard = %shard, replica = %r.address, reachable = lag != UNREACHABLE, "replica reachability changed");
+            }
+            if (before == LEADING) != (lag == LEADING) && lag != UNREACHABLE {
+                tracing::warn!(shard = %shard, replica = %r.address, leading = lag == LEADING, "replica role changed");
             }
             if lag >= 0 {
                 metrics::gauge!("vitrina_replica_lag_seconds", "shard" => shard.clone(), "replica" => r.address.clone())
@@ -179,13 +186,13 @@ async fn monitor(shard: String, nodes: Vec<Arc<Replica>>) {
 }
 
 /// Replay lag from `pg_last_xact_replay_timestamp`; zero when everything received is replayed
-/// (an idle primary sends nothing to be late with) or when the node has been promoted.
+/// (an idle primary sends nothing to be late with); `LEADING` when the node has been promoted.
 async fn probe(pool: &Pool) -> Option<i64> {
     let c = tokio::time::timeout(Duration::from_secs(1), pool.get()).await.ok()?.ok()?;
     let row = c
         .query_one(
             "SELECT CASE
-               WHEN NOT pg_is_in_recovery() THEN 0
+               WHEN NOT pg_is_in_recovery() THEN -2
                WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)
              END",
@@ -193,7 +200,8 @@ async fn probe(pool: &Pool) -> Option<i64> {
         )
         .await
         .ok()?;
-    Some(row.get::<_, i64>(0).max(0))
+    let lag: i64 = row.get(0);
+    Some(if lag == LEADING { LEADING } else { lag.max(0) })
 }
 
 pub struct WriteMark<'a> {
