@@ -109,3 +109,23 @@ ensure_promtool() {
 }
 
 ensure_promtool
+
+# The fleet drills (`vitrina cluster up`): Patroni over etcd runs the PostgreSQL nodes, HAProxy
+# is the gateway. Installed only; each drill starts its own on loopback ports.
+ensure_fleet_engines() {
+  local missing=()
+  command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  if [ ${#missing[@]} = 0 ]; then
+    echo "tools patroni, etcd, haproxy: installed"
+    return
+  fi
+  echo "tools ${missing[*]}: installing from the distribution"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages may start their own instances on the standard ports; the drills need none.
+  as_root service etcd stop >/dev/null 2>&1 || true
+  as_root service haproxy stop >/dev/null 2>&1 || true
+}
+ensure_fleet_engines

@@ -1,8 +1,8 @@
-//! A failover drill on a real local topology started by `vitrina cluster`: two shards, each a
-//! PostgreSQL primary with one streaming replica, in their own processes on loopback ports.
+//! Drills on a real local fleet started by `vitrina cluster up`: etcd, PostgreSQL shards run by
+//! Patroni, Redis Cluster, vitrina instances behind HAProxy, each in its own processes on
+//! loopback ports. They run once, in the default pass.
 
-use std::path::Path;
-use std::process::Command;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -11,31 +11,26 @@ use vitrina::config::{Config, Overrides};
 use vitrina::routing::{ring::DEFAULT_VNODES, Ring};
 
 use crate::backend::{backend, Backend};
-use crate::helpers::{one_line, start, ADMIN};
+use crate::fleet::{unexpected, Answer, Fleet, OrderLoad};
+use crate::helpers::{one_line, start, ReadLoad, Shop, ADMIN};
 
-fn cluster(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitrina")).arg("cluster").args(args).arg("--dir").arg(dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "vitrina cluster {args:?}: {text}");
-    text
-}
-
-/// Stops every node however the test ends.
-struct Teardown<'a>(&'a Path);
-
-impl Drop for Teardown<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_vitrina")).args(["cluster", "down", "--purge", "--dir"]).arg(self.0).output();
+fn default_pass_only() -> bool {
+    if backend() != Backend::Sqlite {
+        eprintln!("skipped on {:?}: the fleet drills run once, in the default pass", backend());
+        return false;
     }
+    true
 }
 
-/// A base port whose 2 × 10 block is free, looked for across 20000-59999: after a load test
-/// the ephemeral range can be crowded with closing connections for a minute.
-fn free_base_port() -> u16 {
-    (0..2_000u32)
-        .map(|i| (20_000 + ((std::process::id() % 100) * 100 + i * 20) % 40_000) as u16)
-        .find(|base| (0..20).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()))
-        .expect("a free block of ports")
+/// A shop id that the two-shard ring places on shard `k` (0-based).
+fn on_shard(k: usize, prefix: &str) -> String {
+    let ring = Ring::new(&["shard1".to_owned(), "shard2".to_owned()], DEFAULT_VNODES);
+    (0..).map(|i| format!("{prefix}-{i}")).find(|id| ring.owner_index(id) == k).unwrap()
+}
+
+fn node_port(fleet: &Fleet, name: &str) -> u16 {
+    let nodes = fleet.file["layout"]["postgres"].as_array().unwrap();
+    nodes.iter().find(|n| n["name"] == name).unwrap()["port"].as_u64().unwrap() as u16
 }
 
 async fn exec(port: u16, sql: &str) {
@@ -57,46 +52,182 @@ async fn count(port: u16, sql: &str, id: &str) -> i64 {
     n
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_drill_on_a_local_cluster() {
-    if backend() != Backend::Sqlite {
-        eprintln!("skipped on {:?}: the cluster drill runs once, in the default pass", backend());
-        return;
+/// Kills `shard`'s leader under `load` and waits until `shop` (index `which` in the load) is
+/// written again; returns the write outage (first refusal to first success) and the old leader.
+async fn fail_over(fleet: &Fleet, load: &OrderLoad, shard: &str, which: usize, log: &mut Vec<Answer>) -> (Duration, String) {
+    let leader = fleet.leader(shard).expect("a leader");
+    log.extend(load.take());
+    fleet.cli(&["kill", &leader]);
+    let killed = Instant::now();
+    let (mut refused, mut resumed) = (None::<Instant>, None::<Instant>);
+    let mut last = Vec::new();
+    while resumed.is_none() {
+        if killed.elapsed() > Duration::from_secs(45) {
+            let logs = fleet.logs();
+            panic!("writes to {shard} resume without a human step; last answers {last:?}\nstatus {}\n{logs}", fleet.status());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for a in load.take() {
+            if a.shop == which && a.status != 201 && refused.is_none() {
+                refused = Some(a.at);
+            }
+            if a.shop == which && a.status == 201 && refused.is_some() && resumed.is_none() {
+                resumed = Some(a.at);
+            }
+            if a.shop == which {
+                last.push(a.status);
+            }
+            log.push(a);
+        }
+        last.drain(..last.len().saturating_sub(10));
     }
-    if let Err(e) = vitrina_cluster::node::Binaries::locate() {
-        assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "PostgreSQL binaries are required: {e}");
-        eprintln!("skipped: {e}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
-    let _teardown = Teardown(dir.path());
-    cluster(dir.path(), &["up", "--shards", "2", "--replicas", "1", "--base-port", &base.to_string()]);
-    let status = cluster(dir.path(), &["status"]);
-    assert_eq!(status.matches("streaming").count(), 4, "two primaries with one follower, two streaming replicas:\n{status}");
+    let outage = resumed.unwrap() - refused.unwrap();
+    let new_leader = fleet.leader(shard).expect("a new leader");
+    assert_ne!(new_leader, leader);
+    (outage, leader)
+}
 
-    let overrides = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().join("app")) };
-    let mut config = Config::from_layers(Some(&dir.path().join("vitrina.toml")), &[], &overrides).unwrap();
+/// Every acknowledged order of `shop` is in the store, and `reserved` counts exactly the
+/// orders the store holds. Returns how many acknowledged orders are missing.
+async fn audit(fleet: &Fleet, shop: &Shop, which: usize, log: &[Answer]) -> usize {
+    let held: HashSet<String> = fleet.order_ids(shop).await.into_iter().collect();
+    let acked: Vec<&String> = log.iter().filter(|a| a.shop == which).filter_map(|a| a.order.as_ref()).collect();
+    assert!(!acked.is_empty());
+    let lost: Vec<&&String> = acked.iter().filter(|id| !held.contains(**id)).collect();
+    if !lost.is_empty() {
+        eprintln!("{} acknowledged orders of {} not held, e.g. {:?}", lost.len(), shop.id, &lost[..lost.len().min(5)]);
+    }
+    let lost = lost.len();
+    assert_eq!(fleet.reserved(shop, "A").await, held.len() as i64, "reserved equals the orders held");
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
+    if !default_pass_only() {
+        return;
+    }
+    let args = ["--shards", "2", "--replicas", "1", "--instances", "2", "--redis-cluster"];
+    let Some(fleet) = Fleet::up(21_000, &args).await else { return };
+    assert_eq!(fleet.file["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(fleet.file["redis"].as_array().unwrap().len(), 6);
+    let one = fleet.shop(&on_shard(0, "fleet"), "A", 1_000_000).await;
+    let two = fleet.shop(&on_shard(1, "fleet"), "A", 1_000_000).await;
+    let product_urls =
+        vec![fleet.url(&format!("/shops/{}/products/A", one.id)), fleet.url(&format!("/shops/{}/products/A", two.id))];
+    let load = OrderLoad::start(&fleet, &[(&one, "A"), (&two, "A")], 4, Duration::from_millis(20));
+    let mut log = Vec::new();
+
+    // A rolling restart under load: nothing fails.
+    let reads = ReadLoad::start(&fleet.client, product_urls.clone(), 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = fleet.cli(&["restart", "--rolling"]);
+    let during = load.take();
+    assert!(unexpected(&during).is_empty(), "rolling restart: {:?}", unexpected(&during));
+    assert!(during.iter().filter(|a| a.status == 201).count() > 50, "orders went on: {out}");
+    reads.finish().await;
+    log.extend(during);
+
+    // One instance SIGKILLed: only what it held fails, and after the health checks nothing.
+    fleet.cli(&["kill", "app1"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = load.take();
+    assert!(unexpected(&killed).len() <= 4, "at most one request in flight per buyer: {:?}", unexpected(&killed));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = load.take();
+    assert!(unexpected(&after).is_empty() && !after.is_empty(), "after the checks: {:?}", unexpected(&after));
+    assert_eq!(fleet.status()["instances"]["app1"], "down");
+    fleet.cli(&["start", "app1"]);
+    log.extend(killed.into_iter().chain(after).filter(|a| a.order.is_some()));
+
+    // A Redis master killed: reads go on, its replica becomes master.
+    let reads = ReadLoad::start(&fleet.client, product_urls.clone(), 2);
+    let status = fleet.status();
+    let master = status["redis"].as_object().unwrap().iter().find(|(_, r)| *r == "master").unwrap().0.clone();
+    fleet.cli(&["kill", &master]);
+    fleet
+        .wait_status("a replica takes over the Redis master", Duration::from_secs(20), |s| {
+            let roles = s["redis"].as_object().unwrap();
+            roles[&master] == "down" && roles.values().filter(|r| *r == "master").count() == 3
+        })
+        .await;
+    reads.finish().await;
+
+    // Shard 2's leader dies: its writes get 503 with Retry-After, then resume by themselves;
+    // shard 1 never stops; the old leader comes back as a replica.
+    let (outage, old) = fail_over(&fleet, &load, "shard2", 1, &mut log).await;
+    eprintln!("shard2 write outage: {outage:?}");
+    fleet.cli(&["start", &old]);
+    fleet
+        .wait_status("the old leader rejoins as a replica", Duration::from_secs(60), |s| {
+            s["postgres"]["shard2"][&old]["role"] == "replica"
+        })
+        .await;
+    log.extend(load.finish().await);
+    assert!(unexpected(&log).is_empty(), "{:?}", unexpected(&log));
+    let shard1_during: Vec<&Answer> = log.iter().filter(|a| a.shop == 0 && a.status != 201).collect();
+    assert!(shard1_during.is_empty(), "shard 1 is not touched by shard 2's failover: {shard1_during:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await; // past the replicas' lag budget
+    assert_eq!(audit(&fleet, &one, 0, &log).await, 0);
+    // Asynchronous replication: an acknowledged commit the replica had not received is lost
+    // with the leader; the synchronous drill below shows none is.
+    let lost = audit(&fleet, &two, 1, &log).await;
+    eprintln!("asynchronous failover: {lost} acknowledged orders lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_standby_loses_no_acknowledged_order_in_a_failover() {
+    if !default_pass_only() {
+        return;
+    }
+    let Some(fleet) = Fleet::up(29_000, &["--shards", "1", "--replicas", "2", "--instances", "1", "--synchronous"]).await else {
+        return;
+    };
+    let shop = fleet.shop("sync-shop", "A", 1_000_000).await;
+    let load = OrderLoad::start(&fleet, &[(&shop, "A")], 4, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut log = Vec::new();
+    let (outage, old) = fail_over(&fleet, &load, "shard1", 0, &mut log).await;
+    eprintln!("synchronous failover write outage: {outage:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    log.extend(load.finish().await);
+    assert!(unexpected(&log).is_empty(), "{:?}", unexpected(&log));
+    fleet.cli(&["start", &old]);
+    fleet
+        .wait_status("the old leader rejoins as a replica", Duration::from_secs(60), |s| {
+            s["postgres"]["shard1"][&old]["role"] == "replica"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit(&fleet, &shop, 0, &log).await, 0, "no acknowledged order lost");
+}
+
+/// vitrina's own replica handling on a Patroni shard: rows reach the replica, a lagging replica
+/// is skipped, read-your-writes holds across instances, a dead leader fails its shard's writes
+/// fast and reads go on, and writes resume once Patroni has promoted the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_on_patroni_shards() {
+    if !default_pass_only() {
+        return;
+    }
+    let Some(fleet) = Fleet::up(25_000, &["--shards", "2", "--replicas", "1", "--instances", "1"]).await else { return };
+    let overrides = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(fleet.dir.path().join("app")) };
+    let mut config = Config::from_layers(Some(&fleet.dir.path().join("vitrina.toml")), &[], &overrides).unwrap();
     config.admin_token = Some(ADMIN.into());
     let app = start(config).await;
+    assert_eq!(app.get_json("/").await["mongo_topology_type"], "Sharded");
 
-    let root = app.get_json("/").await;
-    assert_eq!(root["mongo_topology_type"], "Sharded");
-    for shard in root["topology"]["store"]["shards"].as_array().unwrap() {
-        let roles: Vec<&str> = shard["nodes"].as_array().unwrap().iter().map(|n| n["role"].as_str().unwrap()).collect();
-        assert_eq!(roles, ["primary", "replica"], "{shard}");
-        assert!(shard["nodes"].as_array().unwrap().iter().all(|n| n["reachable"] == true));
-    }
-
-    let ring = Ring::new(&["shard1".to_owned(), "shard2".to_owned()], DEFAULT_VNODES);
-    let on = |k: usize| (0..).map(|i| format!("drill-{i}")).find(|id| ring.owner_index(id) == k).unwrap();
-    let one = app.shop_with_stock(&on(0), "A", 10).await;
-    let two = app.shop_with_stock(&on(1), "A", 10).await;
+    let one = app.shop_with_stock(&on_shard(0, "drill"), "A", 10).await;
+    let two = app.shop_with_stock(&on_shard(1, "drill"), "A", 10).await;
     let order: Value = app.order(&two, "k1", &one_line("A", 1)).await.json().await.unwrap();
     let order_id = order["id"].as_str().unwrap().to_owned();
 
-    // Rows land on their shard's primary and reach its replica.
-    let (p1, r1, p2, r2) = (base, base + 1, base + 10, base + 11);
+    // Rows land on their shard's leader and reach its replica.
+    let (l1, l2) = (fleet.leader("shard1").unwrap(), fleet.leader("shard2").unwrap());
+    let other = |l: &str| if l.ends_with("-1") { l.replace("-1", "-2") } else { l.replace("-2", "-1") };
+    let (p1, r1, p2, r2) =
+        (node_port(&fleet, &l1), node_port(&fleet, &other(&l1)), node_port(&fleet, &l2), node_port(&fleet, &other(&l2)));
     assert_eq!(count(p1, "SELECT count(*) FROM shops WHERE id = $1", &one.id).await, 1);
     assert_eq!(count(p2, "SELECT count(*) FROM shops WHERE id = $1", &one.id).await, 0);
     assert_eq!(count(p2, "SELECT count(*) FROM orders WHERE id = $1", &order_id).await, 1);
@@ -105,80 +236,72 @@ async fn failover_drill_on_a_local_cluster() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the replica caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(count(r1, "SELECT count(*) FROM shops WHERE id = $1", &one.id).await, 1);
 
     // A replica past the lag budget is not read: pause its replay, change a product behind
-    // vitrina's back on the primary, and the read still sees the change.
+    // vitrina's back on the leader, and the read still sees the change.
     exec(r1, "SELECT pg_wal_replay_pause()").await;
     exec(p1, &format!("UPDATE products SET name = 'fresh' WHERE shop = '{}' AND sku = 'A'", one.id)).await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let p = app.get_json(&format!("/shops/{}/products/A", one.id)).await;
-    assert_eq!(p["name"], "fresh", "a lagging replica is skipped");
+    assert_eq!(app.get_json(&format!("/shops/{}/products/A", one.id)).await["name"], "fresh", "a lagging replica is skipped");
 
-    // Read-your-writes: freeze shard 2's replica (its measured lag is still fresh and small),
-    // write through vitrina, and the writes are read back at once, twice in a row. A second
-    // instance with a generous lag budget reads the frozen replica, unless the client brings
-    // the token its write answered with.
+    // Read-your-writes across instances: freeze shard 2's replica, write through one instance;
+    // another with a generous lag budget reads the frozen replica unless the client brings the
+    // token its write answered with.
     let mut other_config = app.state.config.clone();
     other_config.listen = "127.0.0.1:0".into();
     other_config.postgres.replica_lag_budget_ms = 600_000;
-    let other = start(other_config).await;
+    let other_app = start(other_config).await;
     exec(r2, "SELECT pg_wal_replay_pause()").await;
     let path = format!("/shops/{}/products/A", two.id);
-    let mut body = serde_json::json!({"name": "renamed", "category": "c", "price": {"amount": 500, "currency": "USD"}});
-    assert_eq!(app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(app.get_json(&path).await["name"], "renamed");
-    body["name"] = "renamed again".into();
+    let body = serde_json::json!({"name": "renamed", "category": "c", "price": {"amount": 500, "currency": "USD"}});
     let put = app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::OK);
     let token = put.headers()["vitrina-written-at"].to_str().unwrap().to_owned();
-    assert_eq!(app.get_json(&path).await["name"], "renamed again");
-    tokio::time::sleep(Duration::from_millis(600)).await; // the other instance probes its replicas
-    assert_eq!(other.get_json(&path).await["name"], "Product A", "without the token: the frozen replica");
-    let fresh: Value = other.get(&path).header("vitrina-read-after", &token).send().await.unwrap().json().await.unwrap();
-    assert_eq!(fresh["name"], "renamed again", "with the token: fresh");
-    other.stop().await.unwrap();
+    assert_eq!(app.get_json(&path).await["name"], "renamed");
+    // The other instance has probed the frozen replica (slow on a loaded machine).
+    let t0 = Instant::now();
+    loop {
+        let root = other_app.get_json("/").await;
+        let nodes: Vec<Value> = root["topology"]["store"]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["nodes"].as_array().unwrap().clone())
+            .collect();
+        let frozen = nodes.iter().find(|n| n["role"] == "replica" && n["address"].as_str().unwrap().contains(&format!(":{r2}")));
+        if frozen.is_some_and(|n| n["reachable"] == true) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the other instance reaches the frozen replica: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(other_app.get_json(&path).await["name"], "Product A", "without the token: the frozen replica");
+    let fresh: Value = other_app.get(&path).header("vitrina-read-after", &token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fresh["name"], "renamed", "with the token: fresh");
+    other_app.stop().await.unwrap();
     exec(r2, "SELECT pg_wal_replay_resume()").await;
     exec(r1, "SELECT pg_wal_replay_resume()").await;
 
-    // Shard 2's primary dies: its writes fail fast, shard 1 is unaffected, reads go on.
-    cluster(dir.path(), &["kill", "shard2-1"]);
+    // Shard 2's leader dies: its writes fail fast, shard 1 is unaffected, reads go on, and
+    // writes resume once Patroni has promoted the replica, without restarting vitrina.
+    fleet.cli(&["kill", &l2]);
     let t0 = Instant::now();
     let r = app.order(&two, "k2", &one_line("A", 1)).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers().contains_key("retry-after"));
     assert!(t0.elapsed() < Duration::from_secs(3), "failed within the connect timeout, took {:?}", t0.elapsed());
     assert_eq!(app.order(&one, "k2", &one_line("A", 1)).await.status(), StatusCode::CREATED);
-    // Past the read-your-writes window of the last write to this shop, catalog reads are
-    // served by the replica while the primary is down.
-    tokio::time::sleep(Duration::from_millis(1_700)).await;
-    let product = app.get(&format!("/shops/{}/products/A", two.id)).send().await.unwrap();
-    assert_eq!(product.status(), StatusCode::OK, "catalog reads continue from the replica");
-    let metrics = app.get("/metrics").send().await.unwrap().text().await.unwrap();
-    assert!(metrics
-        .lines()
-        .any(|l| l.starts_with("vitrina_reads_total") && l.contains("node=\"replica\"") && l.contains("shard=\"shard2\"")));
-
-    // The replica is promoted: writes resume without restarting vitrina.
-    cluster(dir.path(), &["promote", "shard2-2"]);
+    tokio::time::sleep(Duration::from_millis(1_700)).await; // past the read-your-writes window
+    assert_eq!(app.get(&path).send().await.unwrap().status(), StatusCode::OK, "catalog reads continue from the replica");
     let t0 = Instant::now();
     loop {
         let r = app.order(&two, "k2", &one_line("A", 1)).await;
         if r.status() == StatusCode::CREATED {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "writes resume after the promotion, last {}", r.status());
+        assert!(t0.elapsed() < Duration::from_secs(30), "writes resume after Patroni's failover, last {}", r.status());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(app.stock(&two, "A").await, (10, 2, 8));
-
-    // A replica dies: its shard's reads go to the primary, and GET / says the replica is down.
-    cluster(dir.path(), &["kill", "shard1-2"]);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(app.get(&format!("/shops/{}/products/A", one.id)).send().await.unwrap().status(), StatusCode::OK);
-    let root = app.get_json("/").await;
-    let shard1 = root["topology"]["store"]["shards"].as_array().unwrap().iter().find(|s| s["name"] == "shard1").unwrap().clone();
-    let replica = shard1["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "replica").unwrap().clone();
-    assert_eq!(replica["reachable"], false, "{shard1}");
     app.stop().await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! fresh data directory and talks to it through a real HTTP client.
 
 mod backend;
+mod fleet;
 mod helpers;
 
 mod admission;

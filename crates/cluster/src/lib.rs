@@ -1,53 +1,90 @@
-//! `vitrina cluster`: a real local topology from the installed PostgreSQL binaries, no
-//! containers. Each shard is a primary with streaming replicas on its own loopback ports; the
-//! state lives in `DIR/cluster.json` and a ready vitrina configuration in `DIR/vitrina.toml`.
+//! `vitrina cluster`: the fleet on one machine, from installed engines, no containers. A
+//! three-member etcd; per shard, PostgreSQL nodes run by Patroni (a leader and streaming
+//! replicas, automatic failover); optionally a Redis Cluster of three masters and three
+//! replicas; N vitrina instances; HAProxy in front as the single entry URL. What a caller needs
+//! is in `DIR/cluster.json`, the instances' configuration in `DIR/vitrina.toml`.
 
-pub mod node;
+pub mod etcd;
+pub mod gateway;
+pub mod instances;
+pub mod layout;
+pub mod patroni;
+pub mod process;
+pub mod redis;
+mod status;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 
-use self::node::{Binaries, Node};
+use self::layout::{ClusterFile, EtcdMember, Gateway, Instance, InstanceEntry, Layout, PgNode, RedisNode, ShardEntry};
+use self::process::{Ports, RunAs};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Create (or restart) the topology and wait until every replica streams.
+    /// Lay out (first time) and start every process, waiting until all serve.
     Up {
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        /// Streaming replicas per shard.
-        #[arg(long, default_value_t = 2)]
-        replicas: usize,
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
-        /// First port; shard s, node n listens on base + 10·(s−1) + (n−1).
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        /// Streaming replicas per shard (besides its leader).
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// vitrina instances behind the gateway.
+        #[arg(long, default_value_t = 2)]
+        instances: usize,
+        /// A Redis Cluster of three masters and three replicas as the instances' shared cache.
+        #[arg(long)]
+        redis_cluster: bool,
+        /// Patroni's synchronous mode: a commit is acknowledged once a replica has it too.
+        #[arg(long)]
+        synchronous: bool,
+        /// Ports are taken from here upwards, skipping taken ones.
         #[arg(long, default_value_t = 55432)]
         base_port: u16,
     },
-    /// Each node's role, port, replication state and replay lag.
+    /// Each process's state: PostgreSQL roles and lag, instances, Redis roles.
     Status {
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
+        /// As JSON, for programs.
+        #[arg(long)]
+        json: bool,
     },
-    /// Stop every node this cluster started (fast shutdown, by pid).
+    /// Stop every process of this cluster (instances drain first).
     Down {
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
-        /// Also remove the data.
+        /// Also remove the data and the cluster's files.
         #[arg(long)]
         purge: bool,
     },
-    /// Crash a node (SIGKILL), for failure drills.
+    /// Crash a node (SIGKILL): a PostgreSQL node (its Patroni and its server), an instance, a
+    /// Redis node, an etcd member or the gateway.
     Kill {
         node: String,
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
     },
-    /// Promote a replica to primary; the shard's other replicas follow it.
+    /// Start a node again (a PostgreSQL node rejoins as whatever Patroni decides).
+    Start {
+        node: String,
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+    },
+    /// Restart the instances; with --rolling one at a time, each drained first, so the gateway
+    /// answers throughout.
+    Restart {
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+        #[arg(long)]
+        rolling: bool,
+    },
+    /// Manual switchover through Patroni: NODE becomes its shard's leader.
     Promote {
         node: String,
         #[arg(long, default_value = "./cluster")]
@@ -55,284 +92,286 @@ pub enum ClusterCommand {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ClusterState {
-    pub nodes: Vec<Node>,
-}
-
-impl ClusterState {
-    fn path(dir: &Path) -> PathBuf {
-        dir.join("cluster.json")
-    }
-
-    pub fn load(dir: &Path) -> anyhow::Result<ClusterState> {
-        let text = std::fs::read_to_string(Self::path(dir))
-            .with_context(|| format!("no cluster in {} (run `vitrina cluster up`)", dir.display()))?;
-        Ok(serde_json::from_str(&text)?)
-    }
-
-    fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::write(Self::path(dir), serde_json::to_string_pretty(self)?)?;
-        Ok(())
-    }
-
-    fn node(&self, name: &str) -> anyhow::Result<&Node> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| anyhow::anyhow!("no node {name} in this cluster"))
-    }
-
-    fn shards(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.nodes.iter().map(|n| n.shard.clone()).collect();
-        s.dedup();
-        s
-    }
-}
-
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Up { shards, replicas, dir, base_port } => up(&dir, shards, replicas, base_port).await,
-        ClusterCommand::Status { dir } => {
-            print!("{}", status(&dir).await?);
+        ClusterCommand::Up { dir, shards, replicas, instances, redis_cluster, synchronous, base_port } => {
+            let shape = Shape { shards, replicas, instances, redis_cluster, synchronous, base_port };
+            up(&dir, &shape).await
+        }
+        ClusterCommand::Status { dir, json } => {
+            let report = status::collect(&dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
             Ok(())
         }
         ClusterCommand::Down { dir, purge } => down(&dir, purge),
-        ClusterCommand::Kill { node, dir } => {
-            let state = ClusterState::load(&dir)?;
-            let n = state.node(&node)?;
-            let pid = node::pid(n).ok_or_else(|| anyhow::anyhow!("{node} is not running"))?;
-            node::signal(pid, "KILL")?;
-            println!("killed {node} (pid {pid})");
+        ClusterCommand::Kill { node, dir } => kill(&dir, &node),
+        ClusterCommand::Start { node, dir } => start(&dir, &node).await,
+        ClusterCommand::Restart { dir, rolling } => restart(&dir, rolling).await,
+        ClusterCommand::Promote { node, dir } => {
+            let cluster = ClusterFile::load(&dir)?;
+            let target = cluster.pg_node(&node).with_context(|| format!("no PostgreSQL node {node}"))?;
+            patroni::switchover(&cluster, target).await?;
+            println!("{node} leads {}", target.shard);
             Ok(())
         }
-        ClusterCommand::Promote { node, dir } => promote(&dir, &node).await,
     }
 }
 
-async fn up(dir: &Path, shards: usize, replicas: usize, base_port: u16) -> anyhow::Result<()> {
-    if shards == 0 || shards > 9 || replicas > 8 {
-        bail!("--shards must be 1-9 and --replicas 0-8");
+pub struct Shape {
+    pub shards: usize,
+    pub replicas: usize,
+    pub instances: usize,
+    pub redis_cluster: bool,
+    pub synchronous: bool,
+    pub base_port: u16,
+}
+
+/// Names and ports for every process, chosen once; a later `up` reuses them.
+fn lay_out(shape: &Shape) -> anyhow::Result<ClusterFile> {
+    if shape.shards == 0 || shape.shards > 9 || shape.replicas > 4 || shape.instances == 0 || shape.instances > 16 {
+        bail!("--shards must be 1-9, --replicas 0-4 and --instances 1-16");
     }
-    let bins = Binaries::locate()?;
+    let mut ports = Ports::from(shape.base_port);
+    let gateway = Gateway { port: ports.take()? };
+    let etcd = (1..=3)
+        .map(|i| Ok(EtcdMember { name: format!("etcd{i}"), client_port: ports.take()?, peer_port: ports.take()? }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut postgres = Vec::new();
+    for s in 1..=shape.shards {
+        for n in 1..=shape.replicas + 1 {
+            postgres.push(PgNode {
+                name: format!("shard{s}-{n}"),
+                shard: format!("shard{s}"),
+                port: ports.take()?,
+                rest_port: ports.take()?,
+            });
+        }
+    }
+    let instances = (1..=shape.instances)
+        .map(|i| Ok(Instance { name: format!("app{i}"), port: ports.take()? }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let redis = if shape.redis_cluster {
+        (1..=6)
+            .map(|i| Ok(RedisNode { name: format!("redis{i}"), port: ports.take()?, bus_port: ports.take()? }))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let mut shards = BTreeMap::new();
+    for n in &postgres {
+        shards.entry(n.shard.clone()).or_insert_with(|| ShardEntry { nodes: Vec::new() }).nodes.push(n.name.clone());
+    }
+    let layout = Layout { etcd, postgres, synchronous: shape.synchronous, instances, gateway, redis, monitoring: None };
+    Ok(ClusterFile {
+        url: format!("http://127.0.0.1:{}", layout.gateway.port),
+        admin_token: random_token()?,
+        instances: layout.instances.iter().map(|i| InstanceEntry { name: i.name.clone(), url: instances::url(i) }).collect(),
+        postgres: shards,
+        redis: layout.redis.iter().map(redis::url).collect(),
+        layout,
+    })
+}
+
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
+    patroni::check_installed()?;
+    let t0 = Instant::now();
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    let state = match ClusterState::load(&dir) {
+    let cluster = match ClusterFile::load(&dir) {
         Ok(existing) => existing,
-        Err(_) => {
-            let mut nodes = Vec::new();
-            for s in 1..=shards {
-                for n in 1..=replicas + 1 {
-                    let port = base_port + 10 * (s as u16 - 1) + (n as u16 - 1);
-                    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                        bail!("port {port} is taken: choose another --base-port");
-                    }
-                    let name = format!("shard{s}-{n}");
-                    nodes.push(Node { data: dir.join("nodes").join(&name), name, shard: format!("shard{s}"), port });
-                }
-            }
-            ClusterState { nodes }
-        }
+        Err(_) => lay_out(shape)?,
     };
-    std::fs::create_dir_all(dir.join("nodes"))?;
-    bins.own(&dir.join("nodes"))?;
-    state.save(&dir)?;
-
-    for shard in state.shards() {
-        let members: Vec<&Node> = state.nodes.iter().filter(|n| n.shard == shard).collect();
-        let primary = members[0];
-        if !primary.data.join("PG_VERSION").exists() {
-            println!("initdb {} on port {}", primary.name, primary.port);
-            bins.init_primary(primary)?;
-        }
-        if node::pid(primary).is_none() {
-            bins.start(primary)?;
-        }
-        ensure_database(primary.port).await?;
-        for replica in &members[1..] {
-            if !replica.data.join("PG_VERSION").exists() {
-                println!("pg_basebackup {} from {} on port {}", replica.name, primary.name, replica.port);
-                bins.init_replica(replica, primary)?;
-            }
-            if node::pid(replica).is_none() {
-                bins.start(replica)?;
-            }
+    cluster.save(&dir)?;
+    let run_as = RunAs::postgres()?;
+    for sub in ["nodes", "patroni"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+        if let Some(user) = run_as {
+            user.own(&dir.join(sub))?;
         }
     }
-    wait_streaming(&state, Duration::from_secs(60)).await?;
-    let config = write_config(&dir, &state)?;
-    println!("cluster up: {} shards x {} nodes, replication streaming", state.shards().len(), replicas + 1);
-    println!("serve against it with:\n  vitrina serve --config {}", config.display());
+
+    for member in &cluster.layout.etcd {
+        etcd::start(&dir, &cluster, member)?;
+    }
+    etcd::wait_healthy(&cluster, Duration::from_secs(30)).await?;
+    println!("etcd: {} members", cluster.layout.etcd.len());
+
+    for node in &cluster.layout.postgres {
+        patroni::write_config(&dir, &cluster, node)?;
+        if let Some(user) = run_as {
+            user.own(&dir.join("patroni"))?;
+        }
+        patroni::start(&dir, node, run_as)?;
+    }
+    patroni::wait_ready(&cluster, Duration::from_secs(120)).await?;
+    for shard in cluster.shards() {
+        patroni::ensure_database(&cluster, &shard).await?;
+        patroni::wait_streaming(&cluster, &shard, Duration::from_secs(60)).await?;
+    }
+    println!("postgres: {} shards, each a Patroni leader with {} streaming replicas", cluster.postgres.len(), shape.replicas);
+
+    if !cluster.layout.redis.is_empty() {
+        for node in &cluster.layout.redis {
+            redis::start(&dir, node)?;
+        }
+        redis::form(&cluster, Duration::from_secs(30)).await?;
+        println!("redis: a cluster of 3 masters and 3 replicas");
+    }
+
+    instances::write_config(&dir, &cluster)?;
+    for instance in &cluster.layout.instances {
+        instances::start(&dir, &cluster, instance)?;
+        instances::wait_ready(instance, Duration::from_secs(60)).await?;
+    }
+    gateway::write_config(&dir, &cluster)?;
+    gateway::start(&dir)?;
+    for instance in &cluster.layout.instances {
+        gateway::wait_up(&dir, instance, Duration::from_secs(30)).await?;
+    }
+    println!("instances: {} behind the gateway at {}", cluster.instances.len(), cluster.url);
+    println!("cluster up in {:.0?}; see {}", t0.elapsed(), ClusterFile::path(&dir).display());
     Ok(())
 }
 
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let url = format!("postgres://{}@127.0.0.1:{port}/{}", node::ROLE, node::DATABASE);
-    let mut cfg: tokio_postgres::Config = url.parse()?;
-    cfg.connect_timeout(Duration::from_secs(2));
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
+/// What kind of process a node name is.
+enum Node<'a> {
+    Etcd(&'a EtcdMember),
+    Postgres(&'a PgNode),
+    Instance(&'a Instance),
+    Redis(&'a RedisNode),
+    Gateway,
 }
 
-async fn ensure_database(port: u16) -> anyhow::Result<()> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(port).user(node::ROLE).dbname("postgres").connect_timeout(Duration::from_secs(5));
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&node::DATABASE]).await?.is_some();
-    if !exists {
-        client.batch_execute(&format!("CREATE DATABASE {}", node::DATABASE)).await?;
+fn find<'a>(cluster: &'a ClusterFile, name: &str) -> anyhow::Result<Node<'a>> {
+    let l = &cluster.layout;
+    if name == gateway::NAME {
+        return Ok(Node::Gateway);
     }
+    l.etcd
+        .iter()
+        .find(|m| m.name == name)
+        .map(Node::Etcd)
+        .or_else(|| l.postgres.iter().find(|n| n.name == name).map(Node::Postgres))
+        .or_else(|| l.instances.iter().find(|i| i.name == name).map(Node::Instance))
+        .or_else(|| l.redis.iter().find(|r| r.name == name).map(Node::Redis))
+        .with_context(|| format!("no node {name} in this cluster"))
+}
+
+fn kill(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let cluster = ClusterFile::load(dir)?;
+    match find(&cluster, name)? {
+        Node::Postgres(node) => patroni::kill(dir, node)?,
+        _ => {
+            let pid = process::running(dir, name).with_context(|| format!("{name} is not running"))?;
+            process::signal(pid, "KILL")?;
+        }
+    }
+    println!("killed {name}");
     Ok(())
 }
 
-async fn wait_streaming(state: &ClusterState, limit: Duration) -> anyhow::Result<()> {
+async fn start(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let cluster = ClusterFile::load(&dir)?;
+    match find(&cluster, name)? {
+        Node::Etcd(member) => etcd::start(&dir, &cluster, member)?,
+        Node::Postgres(node) => patroni::start(&dir, node, RunAs::postgres()?)?,
+        Node::Instance(instance) => {
+            instances::start(&dir, &cluster, instance)?;
+            instances::wait_ready(instance, Duration::from_secs(60)).await?;
+        }
+        Node::Redis(node) => redis::start(&dir, node)?,
+        Node::Gateway => gateway::start(&dir)?,
+    }
+    println!("started {name}");
+    Ok(())
+}
+
+async fn restart(dir: &Path, rolling: bool) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let cluster = ClusterFile::load(&dir)?;
     let t0 = Instant::now();
-    for shard in state.shards() {
-        let members: Vec<&Node> = state.nodes.iter().filter(|n| n.shard == shard).collect();
-        let want = members.len() as i64 - 1;
-        let primary = current_primary(&members).await.ok_or_else(|| anyhow::anyhow!("{shard} has no primary running"))?;
-        loop {
-            let client = connect(primary.port).await?;
-            let n: i64 =
-                client.query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[]).await?.get(0);
-            if n >= want {
-                break;
-            }
-            if t0.elapsed() > limit {
-                bail!("{shard}: only {n} of {want} replicas streaming after {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    if !rolling {
+        for instance in &cluster.layout.instances {
+            instances::stop(&dir, instance)?;
         }
+        for instance in &cluster.layout.instances {
+            instances::start(&dir, &cluster, instance)?;
+            instances::wait_ready(instance, Duration::from_secs(60)).await?;
+        }
+        println!("restarted {} instances in {:.1?}", cluster.layout.instances.len(), t0.elapsed());
+        return Ok(());
     }
+    for instance in &cluster.layout.instances {
+        // Out of rotation first: the gateway sends it nothing new while it finishes what it holds.
+        gateway::drain(&dir, instance, Duration::from_secs(instances::GRACE_SECS)).await?;
+        instances::stop(&dir, instance)?;
+        instances::start(&dir, &cluster, instance)?;
+        instances::wait_ready(instance, Duration::from_secs(60)).await?;
+        gateway::enable(&dir, instance, Duration::from_secs(30)).await?;
+        println!("restarted {}", instance.name);
+    }
+    println!("rolling restart of {} instances in {:.1?}", cluster.layout.instances.len(), t0.elapsed());
     Ok(())
-}
-
-/// The running member that is not in recovery.
-async fn current_primary<'a>(members: &[&'a Node]) -> Option<&'a Node> {
-    for n in members {
-        if node::pid(n).is_none() {
-            continue;
-        }
-        if let Ok(c) = connect(n.port).await {
-            if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
-                if !row.get::<_, bool>(0) {
-                    return Some(n);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The vitrina configuration for this cluster: the primary URL names every node of the shard
-/// with `target_session_attrs=read-write`, so after a promotion new connections find the new
-/// primary without a restart.
-fn write_config(dir: &Path, state: &ClusterState) -> anyhow::Result<PathBuf> {
-    let mut text = format!(
-        "# Written by `vitrina cluster up`.\nstore = \"postgres\"\ndata_dir = \"{}\"\n",
-        dir.join("vitrina-data").display()
-    );
-    for shard in state.shards() {
-        let members: Vec<&Node> = state.nodes.iter().filter(|n| n.shard == shard).collect();
-        let ports: Vec<u16> = members.iter().map(|n| n.port).collect();
-        text.push_str(&format!("\n[[postgres.shards]]\nname = \"{shard}\"\nprimary = \"{}\"\n", node::url(&ports, true)));
-        let replicas: Vec<String> = members[1..].iter().map(|n| format!("\"{}\"", node::url(&[n.port], false))).collect();
-        text.push_str(&format!("replicas = [{}]\n", replicas.join(", ")));
-    }
-    let path = dir.join("vitrina.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-pub async fn status(dir: &Path) -> anyhow::Result<String> {
-    let state = ClusterState::load(dir)?;
-    let mut out = format!("{:<12} {:<9} {:>6} {:<10} {:<12} {:>10}\n", "NODE", "ROLE", "PORT", "PID", "STATE", "LAG_MS");
-    for n in &state.nodes {
-        let Some(pid) = node::pid(n) else {
-            out.push_str(&format!("{:<12} {:<9} {:>6} {:<10} {:<12} {:>10}\n", n.name, "-", n.port, "-", "down", "-"));
-            continue;
-        };
-        let (role, repl, lag) = match connect(n.port).await {
-            Ok(c) => {
-                let row = c
-                    .query_one(
-                        "SELECT pg_is_in_recovery(),
-                                (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
-                                CASE WHEN pg_is_in_recovery() THEN
-                                  CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                                  ELSE (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint END
-                                END,
-                                (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')",
-                        &[],
-                    )
-                    .await?;
-                let recovering: bool = row.get(0);
-                if recovering {
-                    let receiver: Option<String> = row.get(1);
-                    let lag: Option<i64> = row.get(2);
-                    ("replica", receiver.unwrap_or_else(|| "not-streaming".into()), lag.map_or("-".into(), |l| l.to_string()))
-                } else {
-                    let followers: i64 = row.get(3);
-                    ("primary", format!("{followers} streaming"), "0".into())
-                }
-            }
-            Err(_) => ("?", "unreachable".into(), "-".into()),
-        };
-        out.push_str(&format!("{:<12} {:<9} {:>6} {:<10} {:<12} {:>10}\n", n.name, role, n.port, pid, repl, lag));
-    }
-    Ok(out)
 }
 
 fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
-    let state = ClusterState::load(dir)?;
-    let mut waiting = Vec::new();
-    for n in &state.nodes {
-        if let Some(pid) = node::pid(n) {
-            node::signal(pid, "INT")?;
-            waiting.push((n.name.clone(), pid));
+    let cluster = ClusterFile::load(dir)?;
+    // Front to back: the gateway and the instances before what they use.
+    let mut stopping = Vec::new();
+    let mut stop = |name: &str, sig: &str| -> anyhow::Result<()> {
+        if let Some(pid) = process::running(dir, name) {
+            process::signal(pid, sig)?;
+            stopping.push((name.to_owned(), pid));
+        }
+        Ok(())
+    };
+    stop(gateway::NAME, "TERM")?;
+    for i in &cluster.layout.instances {
+        stop(&i.name, "TERM")?;
+    }
+    for r in &cluster.layout.redis {
+        stop(&r.name, "TERM")?;
+    }
+    for n in &cluster.layout.postgres {
+        stop(&n.name, "TERM")?;
+    }
+    for (name, pid) in std::mem::take(&mut stopping) {
+        process::wait_gone(pid, &name, Duration::from_secs(60))?;
+    }
+    // Patroni is gone; a server it left behind (its Patroni was killed) stops too.
+    for n in &cluster.layout.postgres {
+        if let Some(pid) = patroni::postmaster(dir, n) {
+            process::signal(pid, "INT")?;
+            process::wait_gone(pid, &n.name, Duration::from_secs(60))?;
         }
     }
-    let t0 = Instant::now();
-    for (name, pid) in waiting {
-        while node::alive(pid) {
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("{name} (pid {pid}) did not stop within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    for m in &cluster.layout.etcd {
+        if let Some(pid) = process::running(dir, &m.name) {
+            process::signal(pid, "TERM")?;
+            process::wait_gone(pid, &m.name, Duration::from_secs(30))?;
         }
-        println!("stopped {name}");
     }
+    println!("cluster down");
     if purge {
-        std::fs::remove_dir_all(dir.join("nodes")).ok();
-        std::fs::remove_file(ClusterState::path(dir)).ok();
-        std::fs::remove_file(dir.join("vitrina.toml")).ok();
+        for sub in ["nodes", "patroni", "etcd", "redis", "instances", "run", "logs"] {
+            std::fs::remove_dir_all(dir.join(sub)).ok();
+        }
+        for file in ["cluster.json", "vitrina.toml", "haproxy.cfg"] {
+            std::fs::remove_file(dir.join(file)).ok();
+        }
         println!("removed the cluster's data");
     }
-    Ok(())
-}
-
-async fn promote(dir: &Path, name: &str) -> anyhow::Result<()> {
-    let state = ClusterState::load(dir)?;
-    let target = state.node(name)?;
-    if node::pid(target).is_none() {
-        bail!("{name} is not running");
-    }
-    Binaries::locate()?.promote(target)?;
-    // The shard's other replicas follow the new primary: primary_conninfo reloads without a restart.
-    for other in state.nodes.iter().filter(|n| n.shard == target.shard && n.name != target.name) {
-        if node::pid(other).is_none() {
-            continue;
-        }
-        if let Ok(c) = connect(other.port).await {
-            let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
-            if recovering {
-                let conninfo = format!("host=127.0.0.1 port={} user={}", target.port, node::ROLE);
-                // ALTER SYSTEM refuses to run in a transaction block: two separate statements.
-                c.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = '{conninfo}'")).await?;
-                c.batch_execute("SELECT pg_reload_conf()").await?;
-                println!("{} now follows {name}", other.name);
-            }
-        }
-    }
-    println!("promoted {name}");
     Ok(())
 }

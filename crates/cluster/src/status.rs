@@ -1,0 +1,93 @@
+//! `cluster status`: every process as its own authority sees it — Patroni (from etcd) for
+//! PostgreSQL roles and lag, each instance's readiness answer, each Redis node's `ROLE`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::layout::ClusterFile;
+use crate::{instances, patroni, process, redis};
+
+pub struct PgState {
+    pub role: &'static str,
+    pub lag_bytes: Option<u64>,
+}
+
+pub struct Report {
+    pub postgres: BTreeMap<String, BTreeMap<String, PgState>>,
+    pub instances: BTreeMap<String, &'static str>,
+    pub redis: BTreeMap<String, &'static str>,
+    pub etcd: BTreeMap<String, bool>,
+    pub gateway: bool,
+}
+
+pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
+    let cluster = ClusterFile::load(dir)?;
+    let mut postgres = BTreeMap::new();
+    for shard in cluster.shards() {
+        let members = patroni::members(&cluster, &shard).await.unwrap_or_default();
+        let mut nodes = BTreeMap::new();
+        for node in cluster.shard_nodes(&shard) {
+            let seen = members.iter().find(|m| m.name == node.name);
+            // A member Patroni still lists but whose server is gone is down, not a replica.
+            let up = process::running(dir, &node.name).is_some() && patroni::postmaster(dir, node).is_some();
+            let state = match seen {
+                Some(m) if up && patroni::is_leader(m) => PgState { role: "leader", lag_bytes: Some(0) },
+                Some(m) if up && patroni::is_streaming_replica(m) => PgState { role: "replica", lag_bytes: m.lag.as_u64() },
+                _ => PgState { role: "down", lag_bytes: None },
+            };
+            nodes.insert(node.name.clone(), state);
+        }
+        postgres.insert(shard, nodes);
+    }
+    let mut instances_state = BTreeMap::new();
+    for i in &cluster.layout.instances {
+        instances_state.insert(i.name.clone(), instances::state(i).await);
+    }
+    let redis = cluster.layout.redis.iter().map(|r| (r.name.clone(), redis::role(r))).collect();
+    let etcd = cluster.layout.etcd.iter().map(|m| (m.name.clone(), process::running(dir, &m.name).is_some())).collect();
+    let gateway = process::running(dir, crate::gateway::NAME).is_some();
+    Ok(Report { postgres, instances: instances_state, redis, etcd, gateway })
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        let postgres: BTreeMap<&String, BTreeMap<&String, Value>> = self
+            .postgres
+            .iter()
+            .map(|(shard, nodes)| {
+                let nodes = nodes.iter().map(|(n, s)| (n, json!({"role": s.role, "lag_bytes": s.lag_bytes}))).collect();
+                (shard, nodes)
+            })
+            .collect();
+        json!({
+            "postgres": postgres,
+            "instances": self.instances,
+            "redis": self.redis,
+            "etcd": self.etcd.iter().map(|(n, up)| (n, if *up { "up" } else { "down" })).collect::<BTreeMap<_, _>>(),
+            "gateway": if self.gateway { "up" } else { "down" },
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!("{:<12} {:<10} {:<10}\n", "NODE", "STATE", "LAG_BYTES");
+        for nodes in self.postgres.values() {
+            for (name, s) in nodes {
+                let lag = s.lag_bytes.map_or("-".into(), |l| l.to_string());
+                out.push_str(&format!("{name:<12} {:<10} {lag:<10}\n", s.role));
+            }
+        }
+        for (name, state) in &self.instances {
+            out.push_str(&format!("{name:<12} {state:<10}\n"));
+        }
+        for (name, role) in &self.redis {
+            out.push_str(&format!("{name:<12} {role:<10}\n"));
+        }
+        for (name, up) in &self.etcd {
+            out.push_str(&format!("{name:<12} {:<10}\n", if *up { "up" } else { "down" }));
+        }
+        out.push_str(&format!("{:<12} {:<10}\n", crate::gateway::NAME, if self.gateway { "up" } else { "down" }));
+        out
+    }
+}
