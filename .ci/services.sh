@@ -111,14 +111,19 @@ ensure_promtool() {
 ensure_promtool
 
 # The fleet drills (`vitrina cluster up`): Patroni over etcd runs the PostgreSQL nodes, HAProxy
-# is the gateway. Installed only; each drill starts its own on loopback ports.
+# is the gateway, Prometheus, Alertmanager and the exporters monitor it. Installed only; each
+# drill starts its own on loopback ports.
 ensure_fleet_engines() {
   local missing=()
   command -v patroni >/dev/null 2>&1 || missing+=(patroni)
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  local tool
+  for tool in prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
   if [ ${#missing[@]} = 0 ]; then
-    echo "tools patroni, etcd, haproxy: installed"
+    echo "tools patroni, etcd, haproxy, alertmanager, exporters: installed"
     return
   fi
   echo "tools ${missing[*]}: installing from the distribution"
@@ -126,6 +131,9 @@ ensure_fleet_engines() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packages may start their own instances on the standard ports; the drills need none.
   as_root service etcd stop >/dev/null 2>&1 || true
-  as_root service haproxy stop >/dev/null 2>&1 || true
+  local svc
+  for svc in haproxy prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter; do
+    as_root service "$svc" stop >/dev/null 2>&1 || true
+  done
 }
 ensure_fleet_engines

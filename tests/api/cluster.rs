@@ -107,10 +107,12 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
     if !default_pass_only() {
         return;
     }
-    let args = ["--shards", "2", "--replicas", "1", "--instances", "2", "--redis-cluster"];
+    let args = ["--shards", "2", "--replicas", "1", "--instances", "2", "--redis-cluster", "--monitoring"];
     let Some(fleet) = Fleet::up(21_000, &args).await else { return };
     assert_eq!(fleet.file["instances"].as_array().unwrap().len(), 2);
     assert_eq!(fleet.file["redis"].as_array().unwrap().len(), 6);
+    let scraped = "Prometheus scrapes every instance, Patroni and exporter";
+    fleet.wait_for(scraped, Duration::from_secs(60), || fleet.targets_not_up(), |down| down.is_empty()).await;
     let one = fleet.shop(&on_shard(0, "fleet"), "A", 1_000_000).await;
     let two = fleet.shop(&on_shard(1, "fleet"), "A", 1_000_000).await;
     let product_urls =
@@ -152,6 +154,10 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
         })
         .await;
     reads.finish().await;
+    let paged = "Alertmanager routes RedisMasterLost to the on-call receiver";
+    fleet
+        .wait_for(paged, Duration::from_secs(60), || fleet.alerts(), |a| a.iter().any(|a| a == "RedisMasterLost - oncall"))
+        .await;
 
     // Shard 2's leader dies: its writes get 503 with Retry-After, then resume by themselves;
     // shard 1 never stops; the old leader comes back as a replica.

@@ -30,17 +30,23 @@ impl Drop for Fleet {
 /// The engines a fleet needs, or the reason it cannot run here.
 fn installed() -> Result<(), String> {
     vitrina_cluster::patroni::bin_dir().map_err(|e| e.to_string())?;
-    for tool in ["patroni", "etcd", "haproxy", "redis-server"] {
-        Command::new(tool).arg("--version").output().map_err(|e| format!("{tool}: {e}"))?;
+    let tools = ["patroni", "etcd", "haproxy", "redis-server", "prometheus", "prometheus-alertmanager"];
+    let exporters = ["prometheus-node-exporter", "prometheus-postgres-exporter", "prometheus-redis-exporter"];
+    for tool in tools.iter().chain(&exporters) {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_err(|e| e.to_string())?;
+        if !found.status.success() {
+            return Err(format!("{tool} is not installed"));
+        }
     }
     Ok(())
 }
 
-/// A free block of `len` ports, looked for from `from`: after a load test the ephemeral range
-/// can be crowded with closing connections for a minute.
+/// A free block of `len` ports within 3000 above `from` (each drill has its own range, so two
+/// starting at once do not plan the same ports): after a load test the ephemeral range can be
+/// crowded with closing connections for a minute.
 fn free_block(from: u16, len: u16) -> u16 {
     (0..400u16)
-        .map(|i| from + ((std::process::id() % 50) as u16 * 40 + i * len) % 8_000)
+        .map(|i| from + ((std::process::id() % 50) as u16 * len + i * len) % (3_000 - len))
         .find(|base| (0..len).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()))
         .expect("a free block of ports")
 }
@@ -55,7 +61,7 @@ impl Fleet {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let base = free_block(from, 40).to_string();
+        let base = free_block(from, 60).to_string();
         let mut fleet = Fleet { dir, file: Value::Null, client: Client::new() };
         let mut all = vec!["up", "--base-port", &base];
         all.extend(args);
@@ -101,6 +107,63 @@ impl Fleet {
             }
             assert!(t0.elapsed() < limit, "{what} within {limit:?}; status: {s}");
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn monitoring_url(&self, which: &str) -> String {
+        let port = self.file["layout"]["monitoring"][format!("{which}_port")].as_u64().expect("a fleet with --monitoring");
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// The scrape targets Prometheus does not see up, as `job instance: error`.
+    pub async fn targets_not_up(&self) -> Vec<String> {
+        let url = format!("{}/api/v1/targets", self.monitoring_url("prometheus"));
+        let v: Value = match self.client.get(url).send().await {
+            Ok(r) => r.json().await.unwrap(),
+            Err(e) => return vec![e.to_string()],
+        };
+        let targets = v["data"]["activeTargets"].as_array().unwrap();
+        if targets.is_empty() {
+            return vec!["no target discovered yet".into()];
+        }
+        targets
+            .iter()
+            .filter(|t| t["health"] != "up")
+            .map(|t| format!("{} {}: {}", t["labels"]["job"], t["labels"]["instance"], t["lastError"]))
+            .collect()
+    }
+
+    /// The alerts Alertmanager holds, as `name scope receiver`.
+    pub async fn alerts(&self) -> Vec<String> {
+        let url = format!("{}/api/v2/alerts", self.monitoring_url("alertmanager"));
+        let v: Value = match self.client.get(url).send().await {
+            Ok(r) => r.json().await.unwrap(),
+            Err(e) => return vec![e.to_string()],
+        };
+        let alert = |a: &Value| {
+            let l = &a["labels"];
+            let scope = l["scope"].as_str().unwrap_or("-");
+            format!("{} {scope} {}", l["alertname"].as_str().unwrap(), a["receivers"][0]["name"].as_str().unwrap())
+        };
+        v.as_array().unwrap().iter().map(alert).collect()
+    }
+
+    /// Polls `cond` every 500 ms until it holds, within `limit`.
+    pub async fn wait_for<F: std::future::Future<Output = Vec<String>>>(
+        &self,
+        what: &str,
+        limit: Duration,
+        probe: impl Fn() -> F,
+        cond: impl Fn(&[String]) -> bool,
+    ) {
+        let t0 = Instant::now();
+        loop {
+            let seen = probe().await;
+            if cond(&seen) {
+                return;
+            }
+            assert!(t0.elapsed() < limit, "{what} within {limit:?}; seen {seen:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -118,6 +118,21 @@ impl ClusterFile {
         self.layout.postgres.iter().find(|n| n.name == name)
     }
 
+    /// Every port this cluster's processes were given.
+    pub fn ports(&self) -> Vec<u16> {
+        let l = &self.layout;
+        let mut ports = vec![l.gateway.port];
+        ports.extend(l.etcd.iter().flat_map(|m| [m.client_port, m.peer_port]));
+        ports.extend(l.postgres.iter().flat_map(|n| [n.port, n.rest_port]));
+        ports.extend(l.instances.iter().map(|i| i.port));
+        ports.extend(l.redis.iter().flat_map(|r| [r.port, r.bus_port]));
+        if let Some(m) = &l.monitoring {
+            ports.extend([m.prometheus_port, m.alertmanager_port, m.alertmanager_cluster_port, m.node_exporter_port]);
+            ports.extend(m.postgres_exporter_ports.values().copied().chain([m.redis_exporter_port]));
+        }
+        ports
+    }
+
     pub fn etcd_endpoints(&self) -> Vec<String> {
         self.layout.etcd.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
     }

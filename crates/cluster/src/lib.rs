@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod instances;
 pub mod layout;
+pub mod monitoring;
 pub mod patroni;
 pub mod process;
 pub mod redis;
@@ -43,6 +44,9 @@ pub enum ClusterCommand {
         /// Patroni's synchronous mode: a commit is acknowledged once a replica has it too.
         #[arg(long)]
         synchronous: bool,
+        /// Prometheus, Alertmanager and the postgres, redis and node exporters.
+        #[arg(long)]
+        monitoring: bool,
         /// Ports are taken from here upwards, skipping taken ones.
         #[arg(long, default_value_t = 55432)]
         base_port: u16,
@@ -94,8 +98,8 @@ pub enum ClusterCommand {
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Up { dir, shards, replicas, instances, redis_cluster, synchronous, base_port } => {
-            let shape = Shape { shards, replicas, instances, redis_cluster, synchronous, base_port };
+        ClusterCommand::Up { dir, shards, replicas, instances, redis_cluster, synchronous, monitoring, base_port } => {
+            let shape = Shape { shards, replicas, instances, redis_cluster, synchronous, monitoring, base_port };
             up(&dir, &shape).await
         }
         ClusterCommand::Status { dir, json } => {
@@ -127,6 +131,7 @@ pub struct Shape {
     pub instances: usize,
     pub redis_cluster: bool,
     pub synchronous: bool,
+    pub monitoring: bool,
     pub base_port: u16,
 }
 
@@ -135,7 +140,7 @@ fn lay_out(shape: &Shape) -> anyhow::Result<ClusterFile> {
     if shape.shards == 0 || shape.shards > 9 || shape.replicas > 4 || shape.instances == 0 || shape.instances > 16 {
         bail!("--shards must be 1-9, --replicas 0-4 and --instances 1-16");
     }
-    let mut ports = Ports::from(shape.base_port);
+    let mut ports = Ports::from(shape.base_port, Vec::new());
     let gateway = Gateway { port: ports.take()? };
     let etcd = (1..=3)
         .map(|i| Ok(EtcdMember { name: format!("etcd{i}"), client_port: ports.take()?, peer_port: ports.take()? }))
@@ -166,14 +171,18 @@ fn lay_out(shape: &Shape) -> anyhow::Result<ClusterFile> {
         shards.entry(n.shard.clone()).or_insert_with(|| ShardEntry { nodes: Vec::new() }).nodes.push(n.name.clone());
     }
     let layout = Layout { etcd, postgres, synchronous: shape.synchronous, instances, gateway, redis, monitoring: None };
-    Ok(ClusterFile {
+    let mut cluster = ClusterFile {
         url: format!("http://127.0.0.1:{}", layout.gateway.port),
         admin_token: random_token()?,
         instances: layout.instances.iter().map(|i| InstanceEntry { name: i.name.clone(), url: instances::url(i) }).collect(),
         postgres: shards,
         redis: layout.redis.iter().map(redis::url).collect(),
         layout,
-    })
+    };
+    if shape.monitoring {
+        cluster.layout.monitoring = Some(monitoring::lay_out(&cluster, &mut ports)?);
+    }
+    Ok(cluster)
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -183,15 +192,39 @@ fn random_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The engines a shape needs, each a Debian package's command.
+fn check_installed(shape: &Shape) -> anyhow::Result<()> {
+    patroni::bin_dir()?;
+    let mut tools = vec!["patroni", "etcd", "haproxy"];
+    if shape.redis_cluster {
+        tools.extend(["redis-server", "redis-cli"]);
+    }
+    if shape.monitoring {
+        tools.extend(["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"]);
+        tools.extend(["prometheus-postgres-exporter", "prometheus-redis-exporter"]);
+    }
+    for tool in tools {
+        let found = std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?;
+        if !found.status.success() {
+            bail!("{tool} is not installed (Debian: apt-get install {tool})");
+        }
+    }
+    Ok(())
+}
+
 async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
-    patroni::check_installed()?;
+    check_installed(shape)?;
     let t0 = Instant::now();
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    let cluster = match ClusterFile::load(&dir) {
+    let mut cluster = match ClusterFile::load(&dir) {
         Ok(existing) => existing,
         Err(_) => lay_out(shape)?,
     };
+    if shape.monitoring && cluster.layout.monitoring.is_none() {
+        let mut ports = Ports::from(shape.base_port, cluster.ports());
+        cluster.layout.monitoring = Some(monitoring::lay_out(&cluster, &mut ports)?);
+    }
     cluster.save(&dir)?;
     let run_as = RunAs::postgres()?;
     for sub in ["nodes", "patroni"] {
@@ -240,6 +273,11 @@ async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
         gateway::wait_up(&dir, instance, Duration::from_secs(30)).await?;
     }
     println!("instances: {} behind the gateway at {}", cluster.instances.len(), cluster.url);
+    if let Some(m) = &cluster.layout.monitoring {
+        monitoring::start(&dir, &cluster)?;
+        monitoring::wait_ready(&cluster, Duration::from_secs(30)).await?;
+        println!("monitoring: Prometheus {}, Alertmanager {}", monitoring::prometheus_url(m), monitoring::alertmanager_url(m));
+    }
     println!("cluster up in {:.0?}; see {}", t0.elapsed(), ClusterFile::path(&dir).display());
     Ok(())
 }
@@ -251,6 +289,7 @@ enum Node<'a> {
     Instance(&'a Instance),
     Redis(&'a RedisNode),
     Gateway,
+    Monitoring,
 }
 
 fn find<'a>(cluster: &'a ClusterFile, name: &str) -> anyhow::Result<Node<'a>> {
@@ -265,6 +304,7 @@ fn find<'a>(cluster: &'a ClusterFile, name: &str) -> anyhow::Result<Node<'a>> {
         .or_else(|| l.postgres.iter().find(|n| n.name == name).map(Node::Postgres))
         .or_else(|| l.instances.iter().find(|i| i.name == name).map(Node::Instance))
         .or_else(|| l.redis.iter().find(|r| r.name == name).map(Node::Redis))
+        .or_else(|| monitoring::names(cluster).iter().any(|n| n == name).then_some(Node::Monitoring))
         .with_context(|| format!("no node {name} in this cluster"))
 }
 
@@ -293,6 +333,8 @@ async fn start(dir: &Path, name: &str) -> anyhow::Result<()> {
         }
         Node::Redis(node) => redis::start(&dir, node)?,
         Node::Gateway => gateway::start(&dir)?,
+        // Starts whichever of them is not running.
+        Node::Monitoring => monitoring::start(&dir, &cluster)?,
     }
     println!("started {name}");
     Ok(())
@@ -337,6 +379,9 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
         }
         Ok(())
     };
+    for name in monitoring::names(&cluster) {
+        stop(&name, "TERM")?;
+    }
     stop(gateway::NAME, "TERM")?;
     for i in &cluster.layout.instances {
         stop(&i.name, "TERM")?;
@@ -365,7 +410,7 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
     }
     println!("cluster down");
     if purge {
-        for sub in ["nodes", "patroni", "etcd", "redis", "instances", "run", "logs"] {
+        for sub in ["nodes", "patroni", "etcd", "redis", "instances", "monitoring", "run", "logs"] {
             std::fs::remove_dir_all(dir.join(sub)).ok();
         }
         for file in ["cluster.json", "vitrina.toml", "haproxy.cfg"] {

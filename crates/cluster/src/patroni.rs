@@ -42,15 +42,6 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// What `cluster up` needs installed: PostgreSQL, Patroni and etcd.
-pub fn check_installed() -> anyhow::Result<()> {
-    bin_dir()?;
-    for tool in ["patroni", "etcd"] {
-        Command::new(tool).arg("--version").output().with_context(|| format!("{tool} is not installed"))?;
-    }
-    Ok(())
-}
-
 fn data_dir(dir: &Path, node: &PgNode) -> PathBuf {
     dir.join("nodes").join(&node.name)
 }

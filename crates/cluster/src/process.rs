@@ -131,18 +131,20 @@ pub fn wait_gone(pid: u32, name: &str, limit: Duration) -> anyhow::Result<()> {
 /// Free loopback ports, handed out in order from a base, skipping taken ones.
 pub struct Ports {
     next: u16,
+    /// Ports already given to this cluster's processes, running or not.
+    taken: Vec<u16>,
 }
 
 impl Ports {
-    pub fn from(base: u16) -> Ports {
-        Ports { next: base }
+    pub fn from(base: u16, taken: Vec<u16>) -> Ports {
+        Ports { next: base, taken }
     }
 
     pub fn take(&mut self) -> anyhow::Result<u16> {
         while self.next < u16::MAX {
             let p = self.next;
             self.next += 1;
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            if !self.taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
                 return Ok(p);
             }
         }

@@ -20,6 +20,7 @@ pub struct Report {
     pub redis: BTreeMap<String, &'static str>,
     pub etcd: BTreeMap<String, bool>,
     pub gateway: bool,
+    pub monitoring: BTreeMap<String, bool>,
 }
 
 pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
@@ -48,7 +49,14 @@ pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
     let redis = cluster.layout.redis.iter().map(|r| (r.name.clone(), redis::role(r))).collect();
     let etcd = cluster.layout.etcd.iter().map(|m| (m.name.clone(), process::running(dir, &m.name).is_some())).collect();
     let gateway = process::running(dir, crate::gateway::NAME).is_some();
-    Ok(Report { postgres, instances: instances_state, redis, etcd, gateway })
+    let monitoring = crate::monitoring::names(&cluster)
+        .into_iter()
+        .map(|n| {
+            let up = process::running(dir, &n).is_some();
+            (n, up)
+        })
+        .collect();
+    Ok(Report { postgres, instances: instances_state, redis, etcd, gateway, monitoring })
 }
 
 impl Report {
@@ -67,6 +75,7 @@ impl Report {
             "redis": self.redis,
             "etcd": self.etcd.iter().map(|(n, up)| (n, if *up { "up" } else { "down" })).collect::<BTreeMap<_, _>>(),
             "gateway": if self.gateway { "up" } else { "down" },
+            "monitoring": self.monitoring.iter().map(|(n, up)| (n, if *up { "up" } else { "down" })).collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -88,6 +97,9 @@ impl Report {
             out.push_str(&format!("{name:<12} {:<10}\n", if *up { "up" } else { "down" }));
         }
         out.push_str(&format!("{:<12} {:<10}\n", crate::gateway::NAME, if self.gateway { "up" } else { "down" }));
+        for (name, up) in &self.monitoring {
+            out.push_str(&format!("{name:<12} {:<10}\n", if *up { "up" } else { "down" }));
+        }
         out
     }
 }
