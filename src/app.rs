@@ -72,9 +72,11 @@ impl Application {
             tokio::spawn(sweeper(&state).run(Duration::from_millis(state.config.orders.sweep_interval_ms), stop_rx.clone()));
         let cache = tokio::spawn(crate::cache::invalidation::run(state.cache.clone(), state.bus.subscribe(), stop_rx.clone()));
         let sold_out = tokio::spawn(inventory::sold_out::run(state.sold_out.clone(), state.bus.subscribe(), stop_rx.clone()));
-        let events = tokio::spawn(run_events(state.clone(), stop_rx));
+        let events = tokio::spawn(run_events(state.clone(), stop_rx.clone()));
         state.set_ready(true);
         tracing::info!(addr = %listener.local_addr()?, "vitrina is ready");
+        let registration = crate::discovery::Registration::new(&state.config.discovery)?;
+        let registered = registration.clone().map(|r| tokio::spawn(r.keep(stop_rx)));
 
         let drain = Duration::from_secs(state.config.shutdown_drain_secs);
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -84,6 +86,10 @@ impl Application {
             shutdown.await;
             signal_state.set_ready(false);
             tracing::info!("shutdown requested: draining");
+            // Out of the registry first: the gateway stops routing here before checks notice.
+            if let Some(r) = &registration {
+                r.withdraw().await;
+            }
             tokio::time::sleep(drain).await;
             let _ = closing_tx.send(true);
         };
@@ -111,6 +117,9 @@ impl Application {
         let _ = events.await;
         let _ = cache.await;
         let _ = sold_out.await;
+        if let Some(r) = registered {
+            let _ = r.await;
+        }
         if let Some(r) = reloader {
             r.abort();
         }

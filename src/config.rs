@@ -38,6 +38,8 @@ pub struct Config {
     pub events: crate::events::config::EventsConfig,
     pub telemetry: crate::telemetry::config::TelemetryConfig,
     pub breakers: crate::breaker::BreakersConfig,
+    /// Self-registration in a service registry (etcd) for the gateway to find this instance.
+    pub discovery: crate::discovery::config::DiscoveryConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// How long `/health/ready` reports not-ready before the listener closes, so balancers
@@ -211,6 +213,7 @@ impl Default for Config {
             events: Default::default(),
             telemetry: Default::default(),
             breakers: Default::default(),
+            discovery: Default::default(),
             shutdown_grace_secs: 30,
             shutdown_drain_secs: 0,
         }
@@ -327,6 +330,7 @@ impl Config {
         self.admission.check()?;
         self.telemetry.check()?;
         self.breakers.check()?;
+        self.discovery.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");

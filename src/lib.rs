@@ -18,6 +18,7 @@ pub mod collections;
 pub mod config;
 pub mod consistency;
 pub mod demo;
+pub mod discovery;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -139,7 +139,10 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
     let after = load.take();
     assert!(unexpected(&after).is_empty() && !after.is_empty(), "after the checks: {:?}", unexpected(&after));
     assert_eq!(fleet.status()["instances"]["app1"], "down");
+    let registered = |s: &Value, name: &str| s["registered"].as_array().unwrap().iter().any(|n| n == name);
+    fleet.wait_status("app1's lease expires in the registry", Duration::from_secs(10), |s| !registered(s, "app1")).await;
     fleet.cli(&["start", "app1"]);
+    fleet.wait_status("app1 registers itself again", Duration::from_secs(10), |s| registered(s, "app1")).await;
     log.extend(killed.into_iter().chain(after).filter(|a| a.order.is_some()));
 
     // A Redis master killed: reads go on, its replica becomes master.
@@ -219,7 +222,11 @@ async fn replica_reads_on_patroni_shards() {
     }
     let Some(fleet) = Fleet::up(25_000, &["--shards", "2", "--replicas", "1", "--instances", "1"]).await else { return };
     let overrides = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(fleet.dir.path().join("app")) };
-    let mut config = Config::from_layers(Some(&fleet.dir.path().join("vitrina.toml")), &[], &overrides).unwrap();
+    let naming = [("VITRINA_DISCOVERY__NAME", "drill"), ("VITRINA_DISCOVERY__ADVERTISE", "http://127.0.0.1:9")];
+    let naming: Vec<(String, String)> = naming.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut config = Config::from_layers(Some(&fleet.dir.path().join("vitrina.toml")), &naming, &overrides).unwrap();
+    // In-process instances beside the fleet's, not behind its gateway: they do not register.
+    config.discovery.etcd.clear();
     config.admin_token = Some(ADMIN.into());
     let app = start(config).await;
     assert_eq!(app.get_json("/").await["mongo_topology_type"], "Sharded");

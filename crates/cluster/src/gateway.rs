@@ -1,8 +1,8 @@
 //! The gateway: HAProxy as the cluster's single entry URL, balancing over the instances it
-//! health-checks on `/health/ready`. The instances are registered in its configuration when the
-//! cluster is laid out; a SIGTERMed instance answers not-ready, so the checks take it out before
-//! it closes its listener. The rolling restart drives HAProxy's runtime API (a Unix socket) to
-//! drain an instance before stopping it.
+//! health-checks on `/health/ready`. Its servers start in maintenance: the registrar puts an
+//! instance in rotation once it has registered itself, and out when it withdraws (draining) or
+//! its lease expires (crashed). The rolling restart also drives HAProxy's runtime API (a Unix
+//! socket) to drain an instance before stopping it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,7 +16,7 @@ use crate::layout::{ClusterFile, Instance};
 use crate::process;
 
 pub const NAME: &str = "gateway";
-const BACKEND: &str = "instances";
+pub const BACKEND: &str = "instances";
 /// Health checks every second, two failures to take an instance out, two passes to put it back.
 const CHECK: &str = "inter 1s fastinter 500ms downinter 1s fall 2 rise 2";
 
@@ -33,8 +33,10 @@ pub fn url(cluster: &ClusterFile) -> String {
 }
 
 pub fn write_config(dir: &Path, cluster: &ClusterFile) -> anyhow::Result<()> {
+    // In maintenance until the registrar sees the instance registered.
     let servers: String =
-        cluster.layout.instances.iter().map(|i| format!("    server {} 127.0.0.1:{} check\n", i.name, i.port)).collect();
+        cluster.layout.instances.iter().map(|i| format!("    server {} 127.0.0.1:{} check disabled\n", i.name, i.port)).collect();
+    let spare = crate::registrar::SPARE;
     let text = format!(
         "# Written by `vitrina cluster up`.
 global
@@ -67,7 +69,8 @@ backend {BACKEND}
     # With no instance up, say so the way vitrina does: 503 with Retry-After.
     http-error status 503 content-type application/json string '{{\"error\":\"no instance is ready\"}}' hdr Retry-After 1
     default-server {CHECK}
-{servers}",
+{servers}    server-template spare 1-{spare} 127.0.0.1:9 check disabled
+",
         socket = socket_path(dir).display(),
         port = cluster.layout.gateway.port,
     );

@@ -28,6 +28,13 @@ pub fn write_config(dir: &Path, cluster: &ClusterFile) -> anyhow::Result<PathBuf
         "# Written by `vitrina cluster up`.\nstore = \"postgres\"\nseed_on_start = false\n\
          shutdown_drain_secs = {DRAIN_SECS}\nshutdown_grace_secs = {GRACE_SECS}\n"
     );
+    let etcd: Vec<String> = cluster.etcd_endpoints().iter().map(|e| format!("\"http://{e}\"")).collect();
+    text.push_str(&format!(
+        "\n# Each instance registers itself here while ready; the registrar puts it behind the gateway.\n\
+         [discovery]\netcd = [{}]\nprefix = \"{}\"\n",
+        etcd.join(", "),
+        crate::registrar::PREFIX
+    ));
     if !cluster.redis.is_empty() {
         let urls: Vec<String> = cluster.redis.iter().map(|u| format!("\"{u}\"")).collect();
         text.push_str(&format!("\n[cache]\nredis_url = [{}]\n", urls.join(", ")));
@@ -63,6 +70,8 @@ pub fn start(dir: &Path, cluster: &ClusterFile, instance: &Instance) -> anyhow::
         .arg(dir.join("instances").join(&instance.name))
         .env("VITRINA_ADMIN_TOKEN", &cluster.admin_token)
         .env("VITRINA_LOG_FORMAT", "json")
+        .env("VITRINA_DISCOVERY__NAME", &instance.name)
+        .env("VITRINA_DISCOVERY__ADVERTISE", url(instance))
         .env_remove("VITRINA_CONFIG");
     process::spawn(dir, &instance.name, c, None)?;
     Ok(())

@@ -12,6 +12,7 @@ pub mod monitoring;
 pub mod patroni;
 pub mod process;
 pub mod redis;
+pub mod registrar;
 mod status;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,12 @@ pub enum ClusterCommand {
         #[arg(long)]
         rolling: bool,
     },
+    /// Keep the gateway's servers in step with the instances' registrations (`cluster up`
+    /// runs it as a daemon).
+    Registrar {
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+    },
     /// Manual switchover through Patroni: NODE becomes its shard's leader.
     Promote {
         node: String,
@@ -115,6 +122,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Kill { node, dir } => kill(&dir, &node),
         ClusterCommand::Start { node, dir } => start(&dir, &node).await,
         ClusterCommand::Restart { dir, rolling } => restart(&dir, rolling).await,
+        ClusterCommand::Registrar { dir } => registrar::run(&dir).await,
         ClusterCommand::Promote { node, dir } => {
             let cluster = ClusterFile::load(&dir)?;
             let target = cluster.pg_node(&node).with_context(|| format!("no PostgreSQL node {node}"))?;
@@ -269,6 +277,7 @@ async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
     }
     gateway::write_config(&dir, &cluster)?;
     gateway::start(&dir)?;
+    registrar::start(&dir)?;
     for instance in &cluster.layout.instances {
         gateway::wait_up(&dir, instance, Duration::from_secs(30)).await?;
     }
@@ -289,6 +298,7 @@ enum Node<'a> {
     Instance(&'a Instance),
     Redis(&'a RedisNode),
     Gateway,
+    Registrar,
     Monitoring,
 }
 
@@ -296,6 +306,9 @@ fn find<'a>(cluster: &'a ClusterFile, name: &str) -> anyhow::Result<Node<'a>> {
     let l = &cluster.layout;
     if name == gateway::NAME {
         return Ok(Node::Gateway);
+    }
+    if name == registrar::NAME {
+        return Ok(Node::Registrar);
     }
     l.etcd
         .iter()
@@ -333,6 +346,7 @@ async fn start(dir: &Path, name: &str) -> anyhow::Result<()> {
         }
         Node::Redis(node) => redis::start(&dir, node)?,
         Node::Gateway => gateway::start(&dir)?,
+        Node::Registrar => registrar::start(&dir)?,
         // Starts whichever of them is not running.
         Node::Monitoring => monitoring::start(&dir, &cluster)?,
     }
@@ -382,6 +396,7 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
     for name in monitoring::names(&cluster) {
         stop(&name, "TERM")?;
     }
+    stop(registrar::NAME, "TERM")?;
     stop(gateway::NAME, "TERM")?;
     for i in &cluster.layout.instances {
         stop(&i.name, "TERM")?;

@@ -21,6 +21,8 @@ pub struct Report {
     pub etcd: BTreeMap<String, bool>,
     pub gateway: bool,
     pub monitoring: BTreeMap<String, bool>,
+    /// The instances registered in the registry now (`None`: etcd did not answer).
+    pub registered: Option<Vec<String>>,
 }
 
 pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
@@ -56,7 +58,8 @@ pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
             (n, up)
         })
         .collect();
-    Ok(Report { postgres, instances: instances_state, redis, etcd, gateway, monitoring })
+    let registered = crate::registrar::registered(&cluster).await.ok().map(|r| r.into_keys().collect());
+    Ok(Report { postgres, instances: instances_state, redis, etcd, gateway, monitoring, registered })
 }
 
 impl Report {
@@ -75,6 +78,7 @@ impl Report {
             "redis": self.redis,
             "etcd": self.etcd.iter().map(|(n, up)| (n, if *up { "up" } else { "down" })).collect::<BTreeMap<_, _>>(),
             "gateway": if self.gateway { "up" } else { "down" },
+            "registered": self.registered,
             "monitoring": self.monitoring.iter().map(|(n, up)| (n, if *up { "up" } else { "down" })).collect::<BTreeMap<_, _>>(),
         })
     }
