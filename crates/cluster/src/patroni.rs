@@ -100,6 +100,8 @@ pub fn write_config(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> anyhow:
                 "rewind": { "username": ROLE },
             },
             "parameters": { "unix_socket_directories": "" },
+            // A new replica's base backup starts at once instead of waiting for a spread checkpoint.
+            "basebackup": [{ "checkpoint": "fast" }],
             "pg_hba": hba,
         },
     });
