@@ -157,6 +157,23 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
         })
         .await;
     reads.finish().await;
+    // Invalidations go on: a rename through the gateway reaches every instance's cache.
+    let path = format!("/shops/{}/products/A", one.id);
+    let renamed = serde_json::json!({"name": "after the master", "category": "c", "price": {"amount": 500, "currency": "USD"}});
+    let put = fleet.client.put(fleet.url(&path)).bearer_auth(&one.key).json(&renamed).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    for instance in fleet.file["instances"].as_array().unwrap() {
+        let url = format!("{}{path}", instance["url"].as_str().unwrap());
+        let t0 = Instant::now();
+        loop {
+            let seen: Value = fleet.client.get(&url).send().await.unwrap().json().await.unwrap();
+            if seen["name"] == "after the master" {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "{} serves the rename: {seen}", instance["name"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let paged = "Alertmanager routes RedisMasterLost to the on-call receiver";
     fleet
         .wait_for(paged, Duration::from_secs(60), || fleet.alerts(), |a| a.iter().any(|a| a == "RedisMasterLost - oncall"))
@@ -210,6 +227,27 @@ async fn a_synchronous_standby_loses_no_acknowledged_order_in_a_failover() {
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit(&fleet, &shop, 0, &log).await, 0, "no acknowledged order lost");
+
+    // A manual switchover through Patroni; in synchronous mode only the synchronous standby
+    // may take over (Patroni refuses another candidate). Writes follow the new leader.
+    let sync_standby = |s: &Value| {
+        s["postgres"]["shard1"].as_object().unwrap().iter().find(|(_, n)| n["sync_standby"] == true).map(|(name, _)| name.clone())
+    };
+    fleet.wait_status("a synchronous standby", Duration::from_secs(30), |s| sync_standby(s).is_some()).await;
+    let candidate = sync_standby(&fleet.status()).unwrap();
+    fleet.cli(&["promote", &candidate]);
+    assert_eq!(fleet.leader("shard1"), Some(candidate));
+    let body = serde_json::json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]});
+    let t0 = Instant::now();
+    loop {
+        let r = fleet.client.post(fleet.url(&format!("/shops/{}/orders", shop.id))).bearer_auth(&shop.key);
+        let r = r.header("Idempotency-Key", "after-switchover").json(&body).send().await.unwrap();
+        if r.status() == StatusCode::CREATED {
+            break;
+        }
+        assert!(r.status() == StatusCode::SERVICE_UNAVAILABLE && t0.elapsed() < Duration::from_secs(15), "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// vitrina's own replica handling on a Patroni shard: rows reach the replica, a lagging replica

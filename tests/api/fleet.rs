@@ -61,6 +61,8 @@ impl Fleet {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        // Private, as `mktemp -d` makes it: the tool must find its servers a place regardless.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let base = free_block(from, 60).to_string();
         let mut fleet = Fleet { dir, file: Value::Null, client: Client::new() };
         let mut all = vec!["up", "--base-port", &base];

@@ -33,6 +33,10 @@ pub struct ShardEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Layout {
+    /// Where the PostgreSQL nodes' data and Patroni's files live when the `postgres` user cannot
+    /// reach the cluster's directory (a private temporary directory, say); else under it.
+    #[serde(default)]
+    pub pg_root: Option<PathBuf>,
     pub etcd: Vec<EtcdMember>,
     pub postgres: Vec<PgNode>,
     /// Patroni's `synchronous_mode`: a commit waits for one replica, so a failover loses nothing
@@ -108,6 +112,11 @@ impl ClusterFile {
 
     pub fn shards(&self) -> Vec<String> {
         self.postgres.keys().cloned().collect()
+    }
+
+    /// The directory holding `nodes/` and `patroni/`.
+    pub fn pg_dir(&self, dir: &Path) -> PathBuf {
+        self.layout.pg_root.clone().unwrap_or_else(|| dir.to_path_buf())
     }
 
     pub fn shard_nodes(&self, shard: &str) -> Vec<&PgNode> {

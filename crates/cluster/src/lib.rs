@@ -127,6 +127,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             let cluster = ClusterFile::load(&dir)?;
             let target = cluster.pg_node(&node).with_context(|| format!("no PostgreSQL node {node}"))?;
             patroni::switchover(&cluster, target).await?;
+            patroni::wait_leader(&cluster, target, Duration::from_secs(60)).await?;
             println!("{node} leads {}", target.shard);
             Ok(())
         }
@@ -178,7 +179,8 @@ fn lay_out(shape: &Shape) -> anyhow::Result<ClusterFile> {
     for n in &postgres {
         shards.entry(n.shard.clone()).or_insert_with(|| ShardEntry { nodes: Vec::new() }).nodes.push(n.name.clone());
     }
-    let layout = Layout { etcd, postgres, synchronous: shape.synchronous, instances, gateway, redis, monitoring: None };
+    let layout =
+        Layout { pg_root: None, etcd, postgres, synchronous: shape.synchronous, instances, gateway, redis, monitoring: None };
     let mut cluster = ClusterFile {
         url: format!("http://127.0.0.1:{}", layout.gateway.port),
         admin_token: random_token()?,
@@ -191,6 +193,14 @@ fn lay_out(shape: &Shape) -> anyhow::Result<ClusterFile> {
         cluster.layout.monitoring = Some(monitoring::lay_out(&cluster, &mut ports)?);
     }
     Ok(cluster)
+}
+
+/// Where servers of clusters in private directories live (the `postgres` user's home).
+const PG_HOME: &str = "/var/lib/postgresql/vitrina-cluster";
+
+/// FNV-1a: a stable name for a directory.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -235,10 +245,19 @@ async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
     }
     cluster.save(&dir)?;
     let run_as = RunAs::postgres()?;
+    if let Some(user) = run_as {
+        if cluster.layout.pg_root.is_none() && !user.reaches(&dir) {
+            // A private directory (mktemp -d is 0700): the servers live where their user can
+            // reach, named after this directory, and `down --purge` removes them too.
+            cluster.layout.pg_root = Some(PathBuf::from(PG_HOME).join(format!("{:016x}", fnv(&dir.to_string_lossy()))));
+            cluster.save(&dir)?;
+        }
+    }
+    let pg_dir = cluster.pg_dir(&dir);
     for sub in ["nodes", "patroni"] {
-        std::fs::create_dir_all(dir.join(sub))?;
+        std::fs::create_dir_all(pg_dir.join(sub))?;
         if let Some(user) = run_as {
-            user.own(&dir.join(sub))?;
+            user.own(&pg_dir.join(sub))?;
         }
     }
 
@@ -251,9 +270,9 @@ async fn up(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
     for node in &cluster.layout.postgres {
         patroni::write_config(&dir, &cluster, node)?;
         if let Some(user) = run_as {
-            user.own(&dir.join("patroni"))?;
+            user.own(&pg_dir.join("patroni"))?;
         }
-        patroni::start(&dir, node, run_as)?;
+        patroni::start(&dir, &cluster, node, run_as)?;
     }
     patroni::wait_ready(&cluster, Duration::from_secs(120)).await?;
     for shard in cluster.shards() {
@@ -324,7 +343,7 @@ fn find<'a>(cluster: &'a ClusterFile, name: &str) -> anyhow::Result<Node<'a>> {
 fn kill(dir: &Path, name: &str) -> anyhow::Result<()> {
     let cluster = ClusterFile::load(dir)?;
     match find(&cluster, name)? {
-        Node::Postgres(node) => patroni::kill(dir, node)?,
+        Node::Postgres(node) => patroni::kill(dir, &cluster, node)?,
         _ => {
             let pid = process::running(dir, name).with_context(|| format!("{name} is not running"))?;
             process::signal(pid, "KILL")?;
@@ -339,7 +358,7 @@ async fn start(dir: &Path, name: &str) -> anyhow::Result<()> {
     let cluster = ClusterFile::load(&dir)?;
     match find(&cluster, name)? {
         Node::Etcd(member) => etcd::start(&dir, &cluster, member)?,
-        Node::Postgres(node) => patroni::start(&dir, node, RunAs::postgres()?)?,
+        Node::Postgres(node) => patroni::start(&dir, &cluster, node, RunAs::postgres()?)?,
         Node::Instance(instance) => {
             instances::start(&dir, &cluster, instance)?;
             instances::wait_ready(instance, Duration::from_secs(60)).await?;
@@ -412,7 +431,7 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
     }
     // Patroni is gone; a server it left behind (its Patroni was killed) stops too.
     for n in &cluster.layout.postgres {
-        if let Some(pid) = patroni::postmaster(dir, n) {
+        if let Some(pid) = patroni::postmaster(dir, &cluster, n) {
             process::signal(pid, "INT")?;
             process::wait_gone(pid, &n.name, Duration::from_secs(60))?;
         }
@@ -425,6 +444,9 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<()> {
     }
     println!("cluster down");
     if purge {
+        if let Some(root) = &cluster.layout.pg_root {
+            std::fs::remove_dir_all(root).ok();
+        }
         for sub in ["nodes", "patroni", "etcd", "redis", "instances", "monitoring", "run", "logs"] {
             std::fs::remove_dir_all(dir.join(sub)).ok();
         }

@@ -42,12 +42,12 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-fn data_dir(dir: &Path, node: &PgNode) -> PathBuf {
-    dir.join("nodes").join(&node.name)
+fn data_dir(cluster: &ClusterFile, dir: &Path, node: &PgNode) -> PathBuf {
+    cluster.pg_dir(dir).join("nodes").join(&node.name)
 }
 
-fn config_file(dir: &Path, node: &PgNode) -> PathBuf {
-    dir.join("patroni").join(format!("{}.yml", node.name))
+fn config_file(cluster: &ClusterFile, dir: &Path, node: &PgNode) -> PathBuf {
+    cluster.pg_dir(dir).join("patroni").join(format!("{}.yml", node.name))
 }
 
 /// Writes the node's Patroni configuration (JSON, which Patroni's YAML reader takes as is).
@@ -91,9 +91,9 @@ pub fn write_config(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> anyhow:
         "postgresql": {
             "listen": format!("127.0.0.1:{}", node.port),
             "connect_address": format!("127.0.0.1:{}", node.port),
-            "data_dir": data_dir(dir, node),
+            "data_dir": data_dir(cluster, dir, node),
             "bin_dir": bin_dir()?,
-            "pgpass": dir.join("patroni").join(format!("{}.pgpass", node.name)),
+            "pgpass": cluster.pg_dir(dir).join("patroni").join(format!("{}.pgpass", node.name)),
             "authentication": {
                 "superuser": { "username": ROLE },
                 "replication": { "username": ROLE },
@@ -105,14 +105,14 @@ pub fn write_config(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> anyhow:
             "pg_hba": hba,
         },
     });
-    std::fs::create_dir_all(dir.join("patroni"))?;
-    std::fs::write(config_file(dir, node), serde_json::to_string_pretty(&config)?)?;
+    std::fs::create_dir_all(cluster.pg_dir(dir).join("patroni"))?;
+    std::fs::write(config_file(cluster, dir, node), serde_json::to_string_pretty(&config)?)?;
     Ok(())
 }
 
-pub fn start(dir: &Path, node: &PgNode, run_as: Option<RunAs>) -> anyhow::Result<()> {
+pub fn start(dir: &Path, cluster: &ClusterFile, node: &PgNode, run_as: Option<RunAs>) -> anyhow::Result<()> {
     let mut c = Command::new("patroni");
-    c.arg(config_file(dir, node));
+    c.arg(config_file(cluster, dir, node));
     if run_as.is_some() {
         c.env("HOME", "/var/lib/postgresql");
     }
@@ -121,16 +121,16 @@ pub fn start(dir: &Path, node: &PgNode, run_as: Option<RunAs>) -> anyhow::Result
 }
 
 /// The postmaster's pid, when the node's server runs.
-pub fn postmaster(dir: &Path, node: &PgNode) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir(dir, node).join("postmaster.pid")).ok()?;
+pub fn postmaster(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir(cluster, dir, node).join("postmaster.pid")).ok()?;
     let pid: u32 = text.lines().next()?.trim().parse().ok()?;
     process::alive(pid).then_some(pid)
 }
 
 /// A crash of the whole node: Patroni and its server die at once, as when the host fails.
-pub fn kill(dir: &Path, node: &PgNode) -> anyhow::Result<()> {
+pub fn kill(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> anyhow::Result<()> {
     let patroni = process::running(dir, &node.name);
-    let server = postmaster(dir, node);
+    let server = postmaster(dir, cluster, node);
     if patroni.is_none() && server.is_none() {
         bail!("{} is not running", node.name);
     }
@@ -233,6 +233,21 @@ pub async fn switchover(cluster: &ClusterFile, candidate: &PgNode) -> anyhow::Re
         bail!("switchover refused ({status}): {text}");
     }
     Ok(())
+}
+
+/// Waits until `node` leads its shard.
+pub async fn wait_leader(cluster: &ClusterFile, node: &PgNode, limit: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let members = members(cluster, &node.shard).await.unwrap_or_default();
+        if members.iter().any(|m| m.name == node.name && is_leader(m)) {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!("{} does not lead {} after {limit:?}", node.name, node.shard);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Creates the service's database on the shard's leader if it is missing.

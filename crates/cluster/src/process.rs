@@ -25,6 +25,16 @@ impl RunAs {
         Ok(Some(RunAs { uid: id(&["-u", "postgres"])?, gid: id(&["-g", "postgres"])? }))
     }
 
+    /// Whether this user can reach (traverse into) `dir`.
+    pub fn reaches(&self, dir: &Path) -> bool {
+        Command::new("setpriv")
+            .args([format!("--reuid={}", self.uid), format!("--regid={}", self.gid), "--clear-groups".into()])
+            .args(["test", "-x"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Hands a directory tree to this user; the server refuses group/world access and must
     /// be able to reach it.
     pub fn own(&self, dir: &Path) -> anyhow::Result<()> {

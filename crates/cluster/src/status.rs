@@ -12,6 +12,8 @@ use crate::{instances, patroni, process, redis};
 pub struct PgState {
     pub role: &'static str,
     pub lag_bytes: Option<u64>,
+    /// Patroni's synchronous standby (only it may be promoted in synchronous mode).
+    pub sync_standby: bool,
 }
 
 pub struct Report {
@@ -34,11 +36,13 @@ pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
         for node in cluster.shard_nodes(&shard) {
             let seen = members.iter().find(|m| m.name == node.name);
             // A member Patroni still lists but whose server is gone is down, not a replica.
-            let up = process::running(dir, &node.name).is_some() && patroni::postmaster(dir, node).is_some();
+            let up = process::running(dir, &node.name).is_some() && patroni::postmaster(dir, &cluster, node).is_some();
             let state = match seen {
-                Some(m) if up && patroni::is_leader(m) => PgState { role: "leader", lag_bytes: Some(0) },
-                Some(m) if up && patroni::is_streaming_replica(m) => PgState { role: "replica", lag_bytes: m.lag.as_u64() },
-                _ => PgState { role: "down", lag_bytes: None },
+                Some(m) if up && patroni::is_leader(m) => PgState { role: "leader", lag_bytes: Some(0), sync_standby: false },
+                Some(m) if up && patroni::is_streaming_replica(m) => {
+                    PgState { role: "replica", lag_bytes: m.lag.as_u64(), sync_standby: m.role == "sync_standby" }
+                }
+                _ => PgState { role: "down", lag_bytes: None, sync_standby: false },
             };
             nodes.insert(node.name.clone(), state);
         }
@@ -68,7 +72,10 @@ impl Report {
             .postgres
             .iter()
             .map(|(shard, nodes)| {
-                let nodes = nodes.iter().map(|(n, s)| (n, json!({"role": s.role, "lag_bytes": s.lag_bytes}))).collect();
+                let nodes = nodes
+                    .iter()
+                    .map(|(n, s)| (n, json!({"role": s.role, "lag_bytes": s.lag_bytes, "sync_standby": s.sync_standby})))
+                    .collect();
                 (shard, nodes)
             })
             .collect();
