@@ -52,6 +52,11 @@ async fn count(port: u16, sql: &str, id: &str) -> i64 {
     n
 }
 
+/// Sends a signal by pid with the system's `kill`.
+fn signal(pid: i32, sig: &str) -> i32 {
+    std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().code().unwrap_or(-1)
+}
+
 /// Kills `shard`'s leader under `load` and waits until `shop` (index `which` in the load) is
 /// written again; returns the write outage (first refusal to first success) and the old leader.
 async fn fail_over(fleet: &Fleet, load: &OrderLoad, shard: &str, which: usize, log: &mut Vec<Answer>) -> (Duration, String) {
@@ -119,6 +124,7 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
         vec![fleet.url(&format!("/shops/{}/products/A", one.id)), fleet.url(&format!("/shops/{}/products/A", two.id))];
     let load = OrderLoad::start(&fleet, &[(&one, "A"), (&two, "A")], 4, Duration::from_millis(20));
     let mut log = Vec::new();
+    let registered = |s: &Value, name: &str| s["registered"].as_array().unwrap().iter().any(|n| n == name);
 
     // A rolling restart under load: nothing fails.
     let reads = ReadLoad::start(&fleet.client, product_urls.clone(), 2);
@@ -130,6 +136,22 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
     reads.finish().await;
     log.extend(during);
 
+    // One instance SIGTERMed (as an orchestrator stops it): it withdraws, drains and exits, and
+    // nothing fails.
+    let pid: i32 = std::fs::read_to_string(fleet.dir.path().join("run/app2.pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(signal(pid, "TERM"), 0);
+    fleet.wait_status("app2 withdraws from the registry", Duration::from_secs(3), |s| !registered(s, "app2")).await;
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "app2 exits once drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = load.take();
+    assert!(unexpected(&stopped).is_empty(), "a SIGTERMed instance: {:?}", unexpected(&stopped));
+    fleet.cli(&["start", "app2"]);
+    fleet.wait_status("app2 registers itself again", Duration::from_secs(10), |s| registered(s, "app2")).await;
+    log.extend(stopped);
+
     // One instance SIGKILLed: only what it held fails, and after the health checks nothing.
     fleet.cli(&["kill", "app1"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -139,7 +161,6 @@ async fn the_fleet_rides_out_a_rolling_restart_crashes_and_a_failover() {
     let after = load.take();
     assert!(unexpected(&after).is_empty() && !after.is_empty(), "after the checks: {:?}", unexpected(&after));
     assert_eq!(fleet.status()["instances"]["app1"], "down");
-    let registered = |s: &Value, name: &str| s["registered"].as_array().unwrap().iter().any(|n| n == name);
     fleet.wait_status("app1's lease expires in the registry", Duration::from_secs(10), |s| !registered(s, "app1")).await;
     fleet.cli(&["start", "app1"]);
     fleet.wait_status("app1 registers itself again", Duration::from_secs(10), |s| registered(s, "app1")).await;
