@@ -80,9 +80,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let (router, spec) = routes(config).split_for_parts();
     let guards = auth::Guards::from_spec(&spec)?;
-    Ok(router
+    let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(telemetry::http::not_found)
         .layer(Edge::layer(state.clone(), guards))
-        .with_state(state))
+        .with_state(state);
+    Ok(match crate::http::cors::layers(config)? {
+        // Outside the edge: a preflight carries no credentials and takes no admission place;
+        // the unit is stamped on the answers the CORS layer makes itself too.
+        Some((cors, unit)) => router.layer(cors).layer(unit),
+        None => router,
+    })
 }

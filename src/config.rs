@@ -38,6 +38,10 @@ pub struct Config {
     pub events: crate::events::config::EventsConfig,
     pub telemetry: crate::telemetry::config::TelemetryConfig,
     pub breakers: crate::breaker::BreakersConfig,
+    /// Which unit (deployment of seed 001: a region's own vitrina) this instance belongs to.
+    pub unit: UnitConfig,
+    /// Cross-origin requests from browsers (a storefront on another origin).
+    pub cors: CorsConfig,
     /// Self-registration in a service registry (etcd) for the gateway to find this instance.
     pub discovery: crate::discovery::config::DiscoveryConfig,
     /// How long to keep serving in-flight requests after a shutdown signal.
@@ -169,6 +173,63 @@ pub struct SqliteConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct UnitConfig {
+    /// Every answer names it in `vitrina-unit`.
+    pub id: String,
+    pub region: String,
+}
+
+impl Default for UnitConfig {
+    fn default() -> Self {
+        UnitConfig { id: "local".into(), region: "local".into() }
+    }
+}
+
+impl UnitConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        let fits =
+            |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !fits(&self.id) || !fits(&self.region) {
+            bail!("unit.id and unit.region: 1-32 letters, digits, '-' or '_'");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins a browser may call the API from, e.g. `["https://shop.example"]`; `["*"]` allows
+    /// any (credentials are bearer tokens, never cookies). Empty: no CORS headers, preflights
+    /// are not answered.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig { allowed_origins: Vec::new(), max_age_secs: 600 }
+    }
+}
+
+impl CorsConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        for o in &self.allowed_origins {
+            let origin = o != "*" && (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
+            if o != "*" && !origin {
+                bail!("cors.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path) or \"*\"");
+            }
+        }
+        if self.allowed_origins.len() > 1 && self.allowed_origins.iter().any(|o| o == "*") {
+            bail!("cors.allowed_origins: \"*\" stands alone");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub json_body_bytes: usize,
     pub feed_body_bytes: usize,
@@ -214,6 +275,8 @@ impl Default for Config {
             telemetry: Default::default(),
             breakers: Default::default(),
             discovery: Default::default(),
+            unit: Default::default(),
+            cors: Default::default(),
             shutdown_grace_secs: 30,
             shutdown_drain_secs: 0,
         }
@@ -331,6 +394,8 @@ impl Config {
         self.telemetry.check()?;
         self.breakers.check()?;
         self.discovery.check()?;
+        self.unit.check()?;
+        self.cors.check()?;
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");
@@ -453,6 +518,25 @@ mod tests {
         let e = env(&[("VITRINA_ADMISSION__SHOP_RPS", "2.5"), ("VITRINA_ADMISSION__ADAPTIVE__TOLERANCE", "3")]);
         let c = Config::from_layers(None, &e, &Overrides::default()).unwrap();
         assert_eq!((c.admission.shop_rps, c.admission.adaptive.tolerance), (2.5, 3.0));
+    }
+
+    #[test]
+    fn cors_origins_and_unit_ids_are_checked() {
+        let with = |pairs: &[(&str, &str)]| Config::from_layers(None, &env(pairs), &Overrides::default());
+        let toml = |text: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::from_layers(Some(&path), &[], &Overrides::default())
+        };
+        assert!(toml("[cors]\nallowed_origins = [\"https://shop.example:8443\"]").is_ok());
+        assert!(toml("[cors]\nallowed_origins = [\"*\"]").is_ok());
+        assert!(toml("[cors]\nallowed_origins = [\"https://shop.example/path/\"]").is_err());
+        assert!(toml("[cors]\nallowed_origins = [\"shop.example\"]").is_err());
+        assert!(toml("[cors]\nallowed_origins = [\"*\", \"https://a.example\"]").is_err());
+        assert_eq!(with(&[("VITRINA_UNIT__ID", "eu-west")]).unwrap().unit.id, "eu-west");
+        assert!(with(&[("VITRINA_UNIT__ID", "eu west")]).is_err());
+        assert!(with(&[("VITRINA_UNIT__ID", "")]).is_err());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The edge's own state, shared by every route's copy of the service.
 pub struct Edge {
+    /// `vitrina-unit`, on every answer.
+    unit: axum::http::HeaderValue,
     state: AppState,
     guards: Guards,
     ids: RequestIds,
@@ -36,7 +38,8 @@ pub struct Edge {
 
 impl Edge {
     pub fn layer(state: AppState, guards: Guards) -> EdgeLayer {
-        EdgeLayer(Arc::new(Edge { state, guards, ids: RequestIds::default(), red: RedMetrics::default() }))
+        let unit = super::cors::unit_value(&state.config).expect("unit.id is checked to be a header token");
+        EdgeLayer(Arc::new(Edge { unit, state, guards, ids: RequestIds::default(), red: RedMetrics::default() }))
     }
 
     async fn pass<S>(self: Arc<Self>, mut req: Request, route: S) -> Result<Response, Infallible>
@@ -76,6 +79,7 @@ impl Edge {
         timing.record(&self.red, &resp);
         span.close(&mut resp);
         resp.headers_mut().insert(REQUEST_ID, id);
+        resp.headers_mut().insert(super::cors::UNIT, self.unit.clone());
         Ok(resp)
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod consistency;
+pub mod cors;
 pub mod edge;
 pub mod error;
 pub mod extract;

@@ -16,6 +16,7 @@ mod catalog;
 mod cluster;
 mod combining;
 mod concurrency;
+mod cors;
 mod edges;
 mod events;
 mod feed;
