@@ -110,6 +110,8 @@ async fn delete_product(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only products of this category.
     category: Option<String>,

@@ -35,6 +35,8 @@ const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// A `next` this feed returned; omit to start from the beginning.
     after: Option<String>,
@@ -65,6 +67,8 @@ async fn list_events(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// Start after this position (a reconnecting client sends `Last-Event-ID` instead).
     after: Option<String>,

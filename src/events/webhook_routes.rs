@@ -129,6 +129,8 @@ async fn delete_webhook(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
     /// `pending`, `delivered` or `dead`.
     status: Option<String>,
@@ -208,6 +210,8 @@ async fn list_dead_letters(State(state): State<AppState>, key: ShopKey) -> ApiRe
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct ReplayParams {
     /// Only this sink's dead letters; all sinks' when omitted.
     sink: Option<String>,

@@ -152,6 +152,8 @@ async fn get_order(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// An unknown parameter is refused, not ignored: `?customer_id=x` must not list everyone's orders.
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only orders in this status.
     status: Option<String>,

@@ -205,3 +205,21 @@ async fn malformed_idempotency_keys_are_refused() {
     }
     assert_eq!(app.order_count(&shop).await, 0);
 }
+
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_by_name() {
+    let app = spawn().await;
+    let shop = app.shop_with_stock("strict-query", "A", 5).await;
+    let orders = format!("/shops/{}/orders?customer_id=someone", shop.id);
+    let (status, body) = problem(app.get(&orders).bearer_auth(&shop.key).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "invalid_query");
+    assert!(body.to_string().contains("customer_id"), "the problem names the parameter: {body}");
+    let products = format!("/shops/{}/products?categry=general", shop.id);
+    let (status, body) = problem(app.get(&products).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("categry"), "{body}");
+    // The known ones still work.
+    let ok = app.get(&format!("/shops/{}/orders?limit=10&status=placed", shop.id)).bearer_auth(&shop.key).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
