@@ -69,13 +69,14 @@ fn check(body: &NewWebhook) -> Result<(), ApiError> {
 /// exponential backoff and jitter for up to 24 hours, and kept in the delivery log.
 #[utoipa::path(post, path = "/shops/{shop}/webhooks", tag = "events",
     params(("shop" = String, Path)), request_body = NewWebhook, security(("shop_key" = [])),
-    responses((status = 201, body = Webhook), (status = 401, body = Problem), (status = 409, body = Problem),
+    responses((status = 201, body = WebhookView, description = "Subscribed; the signing secret is in this answer only"),
+        (status = 401, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)))]
 async fn create_webhook(
     State(state): State<AppState>,
     key: ShopKey,
     ApiJson(body): ApiJson<NewWebhook>,
-) -> ApiResult<(StatusCode, Json<Webhook>)> {
+) -> ApiResult<(StatusCode, Json<WebhookView>)> {
     let shop = key.id().clone();
     check(&body)?;
     let store = state.store();
@@ -93,15 +94,34 @@ async fn create_webhook(
         secret: body.secret.unwrap_or_else(|| format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()))),
         created_at: crate::store::micros(state.clock.now()),
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(store.on_shop(&shop, "create_webhook", |shard| shard.create_webhook(&shop, hook.clone())).await?),
-    ))
+    let created = store.on_shop(&shop, "create_webhook", |shard| shard.create_webhook(&shop, hook.clone())).await?;
+    let secret = Some(created.secret.clone());
+    Ok((StatusCode::CREATED, Json(WebhookView { secret, ..WebhookView::from(created) })))
+}
+
+/// A subscription as the API shows it: the signing secret only in the answer that created it,
+/// never in a list (a leaked list must not let anyone forge deliveries).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    id: String,
+    url: String,
+    /// Event types delivered (`vitrina.order.placed`, ...); `*` for all.
+    events: Vec<String>,
+    /// Key of the HMAC-SHA256 signature on every delivery; shown once, at creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<Webhook> for WebhookView {
+    fn from(w: Webhook) -> Self {
+        WebhookView { id: w.id, url: w.url, events: w.events, secret: None, created_at: w.created_at }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookList {
-    webhooks: Vec<Webhook>,
+    webhooks: Vec<WebhookView>,
 }
 
 /// The shop's subscriptions.
@@ -110,7 +130,8 @@ pub struct WebhookList {
     responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
 async fn list_webhooks(State(state): State<AppState>, key: ShopKey) -> ApiResult<Json<WebhookList>> {
     let shop = key.id().clone();
-    Ok(Json(WebhookList { webhooks: state.store().read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await? }))
+    let hooks = state.store().read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await?;
+    Ok(Json(WebhookList { webhooks: hooks.into_iter().map(WebhookView::from).collect() }))
 }
 
 /// Unsubscribes: nothing more is sent, and the delivery log goes with it.

@@ -139,6 +139,7 @@ async fn a_failing_receiver_gets_each_event_retried_until_it_lands_once_signed()
     assert_eq!(hook["secret"], "0123456789abcdef-secret");
     let listed = app.get_json_as("/shops/acme/webhooks", &shop.key).await;
     assert_eq!(listed["webhooks"][0]["id"], hook["id"]);
+    assert!(listed["webhooks"][0].get("secret").is_none(), "the secret is shown once, at creation: {listed}");
 
     let placed: Value = app.order(&shop, "k1", &one_line("MUG", 1)).await.json().await.unwrap();
     let seen = receiver.wait_for("the order reaches the receiver", |s| s.iter().any(|r| r.status == 200)).await;
