@@ -27,12 +27,15 @@ pub fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, min: usize, 
 
 /// SKU: 1-64 characters of letters, digits, '.', '_' and '-'; safe in paths and logs.
 pub fn sku(value: &str) -> Result<(), FieldError> {
-    let ok =
-        (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    // `.` and `..` are path segments, not names: a URL with them is rewritten on the way.
+    let ok = (1..=64).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value != "."
+        && value != "..";
     if ok {
         Ok(())
     } else {
-        Err(FieldError::new("sku", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'"))
+        Err(FieldError::new("sku", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'"))
     }
 }
 
@@ -61,5 +64,7 @@ mod tests {
         assert!(sku("").is_err());
         assert!(sku("a/b").is_err());
         assert!(sku(&"x".repeat(65)).is_err());
+        assert!(sku(".").is_err() && sku("..").is_err());
+        assert!(sku("...").is_ok() && sku(".5").is_ok());
     }
 }

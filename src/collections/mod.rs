@@ -35,9 +35,13 @@ impl Serialize for UserDoc {
     }
 }
 
-/// Collection names as MongoDB would accept them, narrowed to what is safe in a URL path.
+/// Collection names as MongoDB would accept them, narrowed to what is safe in a URL path
+/// (`.` and `..` are path segments, not names).
 pub fn valid_collection(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name != "."
+        && name != ".."
 }
 
 /// A MongoDB-style ObjectId (seconds, random, counter as 24 hex digits), so ids look the same
@@ -193,5 +197,7 @@ mod tests {
         assert!(!valid_collection(""));
         assert!(!valid_collection("a/b"));
         assert!(!valid_collection(&"x".repeat(65)));
+        assert!(!valid_collection(".") && !valid_collection(".."));
+        assert!(valid_collection("a.b") && valid_collection("..x"));
     }
 }

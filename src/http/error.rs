@@ -98,6 +98,7 @@ impl ApiError {
             ApiError::InsufficientStock(skus) => format!("not enough stock for: {}", skus.join(", ")),
             other => other.to_string(),
         };
+        let detail = bounded(detail);
         Problem {
             kind: format!("urn:vitrina:problem:{}", code.replace('_', "-")),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -114,6 +115,21 @@ impl ApiError {
             },
         }
     }
+}
+
+/// Details echo what the caller sent (an id, a name): a 10 kB id is not sent back whole.
+const DETAIL_MAX: usize = 512;
+
+fn bounded(mut detail: String) -> String {
+    if detail.len() > DETAIL_MAX {
+        let mut end = DETAIL_MAX;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
 }
 
 impl IntoResponse for ApiError {

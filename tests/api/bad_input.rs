@@ -223,3 +223,43 @@ async fn unknown_query_parameters_are_refused_by_name() {
     let ok = app.get(&format!("/shops/{}/orders?limit=10&status=placed", shop.id)).bearer_auth(&shop.key).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_huge_id_is_not_echoed_back_whole_and_dot_names_are_refused() {
+    let app = spawn().await;
+    let huge = "x".repeat(10_000);
+    let r = app.get(&format!("/shops/{huge}/products/A")).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(status.is_client_error(), "{status}");
+    assert!(text.len() < 1_000, "the problem is {} bytes", text.len());
+    // `.` and `..` as names, sent as raw bytes: a URL library would resolve them away.
+    let shop = app.shop_with_stock("dots", "A", 1).await;
+    let body = r#"{"name":"Dot","category":"c","price":{"amount":100,"currency":"USD"}}"#;
+    let raw = |method: &str, path: &str, key: Option<&str>, body: &str| {
+        let auth = key.map(|k| format!("authorization: Bearer {k}\r\n")).unwrap_or_default();
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let send = |request: String| {
+        let addr = app.base.trim_start_matches("http://").to_owned();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+        }
+    };
+    assert_eq!(send(raw("PUT", "/shops/dots/products/.x", Some(&shop.key), body)).await, 201, "a dot inside a name is fine");
+    for sku in [".", ".."] {
+        let status = send(raw("PUT", &format!("/shops/dots/products/{sku}"), Some(&shop.key), body)).await;
+        assert!((400..500).contains(&status) && status != 404, "sku {sku:?}: {status}");
+    }
+    assert_eq!(send(raw("GET", "/helloDoc/count", None, "")).await, 200);
+    let status = send(raw("GET", "/../count", None, "")).await;
+    assert_eq!(status, 422, "collection '..' is refused like any invalid name");
+}
