@@ -91,3 +91,11 @@ async fn instances_starting_together_seed_once() {
     drop((a, b));
     crate::backend::drop_database(db);
 }
+
+#[tokio::test]
+async fn the_public_report_does_not_show_the_data_directory() {
+    let app = crate::helpers::spawn().await;
+    let text = app.get("/").send().await.unwrap().text().await.unwrap();
+    let dir = app.state.config.data_dir.display().to_string();
+    assert!(!text.contains(&dir), "GET / shows {dir}: {text}");
+}

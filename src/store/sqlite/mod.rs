@@ -212,7 +212,8 @@ impl Shard for SqliteStore {
                 nodes: vec![NodeReport {
                     name: self.name.clone(),
                     role: "primary".into(),
-                    address: self.path.display().to_string(),
+                    // The file's name only: `GET /` is public, the data directory's path is not.
+                    address: self.path.file_name().map_or_else(|| self.name.clone(), |f| f.to_string_lossy().into_owned()),
                     reachable: shops.is_some(),
                     replay_lag_ms: None,
                 }],
