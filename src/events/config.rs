@@ -58,6 +58,10 @@ pub struct WebhookConfig {
     pub retry_cap_ms: u64,
     /// Deliveries in flight at once per shard.
     pub concurrency: usize,
+    /// Non-public ranges webhooks may still reach (CIDR, e.g. `["10.20.0.0/16"]` for receivers
+    /// inside the operator's network). Loopback, private, link-local and unique-local
+    /// addresses are refused otherwise.
+    pub allowed_ranges: Vec<String>,
 }
 
 impl Default for WebhookConfig {
@@ -69,6 +73,7 @@ impl Default for WebhookConfig {
             retry_base_ms: 1_000,
             retry_cap_ms: 3_600_000,
             concurrency: 16,
+            allowed_ranges: Vec::new(),
         }
     }
 }
@@ -119,6 +124,11 @@ impl EventsConfig {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.batch == 0 || self.poll_ms == 0 || self.lease_ms == 0 || self.max_attempts == 0 {
             anyhow::bail!("events: batch, poll_ms, lease_ms and max_attempts must be positive");
+        }
+        for r in &self.webhooks.allowed_ranges {
+            if let Err(e) = r.parse::<ipnet::IpNet>() {
+                anyhow::bail!("events.webhooks.allowed_ranges: {r:?} is not a range like 10.0.0.0/8 ({e})");
+            }
         }
         let mut names: Vec<String> = self.sinks.iter().map(SinkConfig::name).collect();
         names.push(WEBHOOKS_SINK.to_owned());

@@ -10,4 +10,5 @@ pub mod envelope;
 pub mod relay;
 pub mod routes;
 pub mod sinks;
+pub mod targets;
 pub mod webhook_routes;

@@ -57,7 +57,9 @@ pub struct Relay {
     /// Names this process in leases: `<host>/<pid>/<random>`.
     owner: String,
     sinks: Vec<Arc<dyn Sink>>,
+    /// Shops' webhooks: only to public addresses, or ranges the operator allowed.
     http: reqwest::Client,
+    allowed: crate::events::targets::Allowed,
     /// One breaker per webhook endpoint (scheme, host and port), shared by every shop's
     /// subscriptions to it: a dead receiver costs one probe now and then, not a timeout each.
     endpoints: Breakers,
@@ -102,9 +104,11 @@ pub fn owner_id() -> String {
 impl Relay {
     pub fn new(cfg: &EventsConfig, breakers: &BreakersConfig, status: Arc<RelayStatus>) -> anyhow::Result<Relay> {
         let timeout = Duration::from_millis((cfg.lease_ms / 3).max(100));
+        let allowed = crate::events::targets::Allowed::parse(&cfg.webhooks.allowed_ranges)?;
         Ok(Relay {
             sinks: sinks::build(&cfg.sinks, timeout, &breakers.sinks)?,
-            http: webhook::client(Duration::from_millis(cfg.webhooks.timeout_ms)),
+            http: webhook::shop_client(Duration::from_millis(cfg.webhooks.timeout_ms), allowed.clone()),
+            allowed,
             endpoints: Breakers::new("webhook", breakers.webhooks.clone()),
             cfg: cfg.clone(),
             owner: owner_id(),
@@ -426,9 +430,10 @@ impl Relay {
                 .for_each_concurrent(cfg.concurrency.max(1), |(delivery, hook)| {
                     let outbox = outbox.clone();
                     let http = self.http.clone();
+                    let allowed = &self.allowed;
                     let endpoint = self.endpoints.get(&webhook::origin(&hook.url));
                     async move {
-                        let outcome = webhook::deliver(&http, &hook, &delivery, cfg, &endpoint, Utc::now()).await;
+                        let outcome = webhook::deliver(&http, allowed, &hook, &delivery, cfg, &endpoint, Utc::now()).await;
                         let label = match &outcome {
                             crate::store::outbox::DeliveryOutcome::Delivered { .. } => "delivered",
                             crate::store::outbox::DeliveryOutcome::Retry { .. } => "retry",

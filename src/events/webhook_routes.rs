@@ -79,6 +79,12 @@ async fn create_webhook(
 ) -> ApiResult<(StatusCode, Json<WebhookView>)> {
     let shop = key.id().clone();
     check(&body)?;
+    // Checked at start: a parse error here is a bug, not bad input.
+    let allowed = crate::events::targets::Allowed::parse(&state.config.events.webhooks.allowed_ranges)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(why) = crate::events::targets::refusal(&body.url, &allowed).await {
+        return Err(ApiError::Validation(vec![crate::validate::FieldError::new("url", why)]));
+    }
     let store = state.store();
     if store.read_shop(&shop, "webhooks", |shard| shard.webhooks(&shop)).await?.len() >= MAX_WEBHOOKS {
         return Err(ApiError::Conflict { code: "too_many_webhooks", detail: format!("a shop may hold {MAX_WEBHOOKS} webhooks") });

@@ -60,13 +60,16 @@ async fn database_for(data_dir: &std::path::Path) -> Option<String> {
 
 /// Configuration of a test instance: loopback port 0, a known admin token.
 pub fn test_config(data_dir: &std::path::Path) -> Config {
-    Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
         admin_token: Some(ADMIN.into()),
         shutdown_grace_secs: 5,
         ..Config::default()
-    }
+    };
+    // The tests' webhook receivers listen on loopback, which production refuses by default.
+    config.events.webhooks.allowed_ranges = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    config
 }
 
 /// An app over an existing data directory, e.g. to restart over the same store.

@@ -377,3 +377,49 @@ async fn the_fan_out_passes_events_by_while_no_shop_subscribes() {
     assert!(claimed.events.iter().all(|e| e.position != passed), "what was passed by is not read again");
     assert!(claimed.events.iter().any(|e| e.kind == "vitrina.stock.changed"), "what follows is fanned out");
 }
+
+#[tokio::test]
+async fn a_shop_cannot_point_a_webhook_into_the_servers_network() {
+    let app = spawn_with(|c| c.events.webhooks.allowed_ranges.clear()).await;
+    let shop = app.shop_with_stock("ssrf", "A", 1).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        "http://[::1]:9/hook",
+        "http://[fd00::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+    ] {
+        let r = app
+            .post("/shops/ssrf/webhooks")
+            .bearer_auth(&shop.key)
+            .json(&json!({"url": url, "events": ["*"]}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(r).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["errors"][0]["field"], "url", "{url}: {body}");
+    }
+    // A public name is accepted (it is checked again by the resolver at each delivery).
+    let r = app
+        .post("/shops/ssrf/webhooks")
+        .bearer_auth(&shop.key)
+        .json(&json!({"url": "https://receiver.example.com/hook", "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // An operator may allow a range: then the same loopback target is accepted.
+    let allowed = spawn_with(|c| c.events.webhooks.allowed_ranges = vec!["127.0.0.0/8".into()]).await;
+    let shop = allowed.shop_with_stock("ssrf", "A", 1).await;
+    let r = allowed
+        .post("/shops/ssrf/webhooks")
+        .bearer_auth(&shop.key)
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}

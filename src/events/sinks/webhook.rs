@@ -15,6 +15,7 @@ use sha2::Sha256;
 use super::{Published, Sink, SinkError};
 use crate::breaker::Breaker;
 use crate::events::config::{SinkConfig, WebhookConfig};
+use crate::events::targets::{Allowed, GuardedResolver};
 use crate::store::outbox::{backoff, Delivery, DeliveryOutcome, OutboxEvent, Webhook};
 
 pub const SIGNATURE_HEADER: &str = "vitrina-signature";
@@ -60,6 +61,26 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("a client without custom TLS roots builds")
 }
 
+/// The client for shops' webhooks: a name resolves only to addresses `allowed` permits (checked
+/// at every connection, so a name that resolves to a private address later is still refused).
+pub fn shop_client(timeout: Duration, allowed: Allowed) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(GuardedResolver(allowed)))
+        .user_agent(concat!("vitrina/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a client without custom TLS roots builds")
+}
+
+/// An address literal in a URL is not resolved, so the resolver never sees it: judged here.
+fn literal_refused(url: &str, allowed: &Allowed) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let ip: std::net::IpAddr = u.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    (!allowed.permits(ip)).then(|| format!("{ip} is not a public address; not allowed as a webhook target"))
+}
+
 /// What one endpoint breaker covers: scheme, host and port of a URL (the URL itself if it
 /// does not parse, which then fails on its own).
 pub fn origin(url: &str) -> String {
@@ -89,6 +110,7 @@ async fn post(client: &reqwest::Client, url: &str, secret: &str, id: &str, kind:
 /// One attempt at a subscription's delivery, and what happens to it next.
 pub async fn deliver(
     client: &reqwest::Client,
+    allowed: &Allowed,
     hook: &Webhook,
     d: &Delivery,
     cfg: &WebhookConfig,
@@ -97,7 +119,10 @@ pub async fn deliver(
 ) -> DeliveryOutcome {
     // A receiver answering 5xx or not at all is down as a whole; a 4xx is about this delivery.
     let down = |r: &Result<u16, String>| !matches!(r, Ok(s) if *s < 500);
-    let sent = endpoint.call(post(client, &hook.url, &hook.secret, &d.event_id, &d.kind, &d.envelope), down).await;
+    let sent = match literal_refused(&hook.url, allowed) {
+        Some(refused) => Some(Err(refused)),
+        None => endpoint.call(post(client, &hook.url, &hook.secret, &d.event_id, &d.kind, &d.envelope), down).await,
+    };
     let (status, error) = match sent {
         Some(Ok(s)) if (200..300).contains(&s) => return DeliveryOutcome::Delivered { status: s },
         Some(Ok(s)) => (Some(s), format!("the receiver answered {s}")),
