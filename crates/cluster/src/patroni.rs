@@ -137,8 +137,12 @@ pub fn kill(dir: &Path, cluster: &ClusterFile, node: &PgNode) -> anyhow::Result<
     // The server's backends too: orphaned by their postmaster they would go on committing
     // for a moment, which no crashed host does.
     let backends = server.map(process::children).unwrap_or_default();
-    for pid in patroni.into_iter().chain(server).chain(backends) {
+    for pid in patroni.into_iter().chain(server) {
         process::signal(pid, "KILL")?;
+    }
+    // A backend may have exited by itself since it was listed.
+    for pid in backends {
+        process::signal_if_alive(pid, "KILL");
     }
     Ok(())
 }

@@ -127,6 +127,11 @@ pub fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Like `signal`, for a process that may be gone already.
+pub fn signal_if_alive(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
 pub fn wait_gone(pid: u32, name: &str, limit: Duration) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while alive(pid) {
