@@ -31,9 +31,13 @@ pub fn start(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client for reading the registry (one per caller: the registrar keeps its own for its life).
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?)
+}
+
 /// The registrations now: instance name → URL.
-pub async fn registered(cluster: &ClusterFile) -> anyhow::Result<BTreeMap<String, String>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+pub async fn registered(http: &reqwest::Client, cluster: &ClusterFile) -> anyhow::Result<BTreeMap<String, String>> {
     let mut end = PREFIX.as_bytes().to_vec();
     *end.last_mut().expect("a prefix") += 1;
     let body = json!({ "key": B64.encode(PREFIX), "range_end": B64.encode(end) });
@@ -72,8 +76,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let known: Vec<String> = cluster.layout.instances.iter().map(|i| i.name.clone()).collect();
     let mut slots: BTreeMap<String, String> = BTreeMap::new();
     let mut applied: BTreeMap<String, String> = BTreeMap::new();
+    let http = client()?;
     loop {
-        match registered(&cluster).await {
+        match registered(&http, &cluster).await {
             Ok(now) => {
                 for (name, slot) in &slots {
                     if applied.contains_key(name) && !now.contains_key(name) {

@@ -62,7 +62,8 @@ pub async fn collect(dir: &Path) -> anyhow::Result<Report> {
             (n, up)
         })
         .collect();
-    let registered = crate::registrar::registered(&cluster).await.ok().map(|r| r.into_keys().collect());
+    let http = crate::registrar::client()?;
+    let registered = crate::registrar::registered(&http, &cluster).await.ok().map(|r| r.into_keys().collect());
     Ok(Report { postgres, instances: instances_state, redis, etcd, gateway, monitoring, registered })
 }
 
