@@ -27,18 +27,18 @@ impl Drop for Fleet {
     }
 }
 
-/// The engines a fleet needs, or the reason it cannot run here.
+/// The engines a fleet needs (every option the drills use), or the reason it cannot run here.
 fn installed() -> Result<(), String> {
-    vitrina_cluster::patroni::bin_dir().map_err(|e| e.to_string())?;
-    let tools = ["patroni", "etcd", "haproxy", "redis-server", "prometheus", "prometheus-alertmanager"];
-    let exporters = ["prometheus-node-exporter", "prometheus-postgres-exporter", "prometheus-redis-exporter"];
-    for tool in tools.iter().chain(&exporters) {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_err(|e| e.to_string())?;
-        if !found.status.success() {
-            return Err(format!("{tool} is not installed"));
-        }
-    }
-    Ok(())
+    let everything = vitrina_cluster::Shape {
+        shards: 1,
+        replicas: 1,
+        instances: 1,
+        redis_cluster: true,
+        synchronous: true,
+        monitoring: true,
+        base_port: 0,
+    };
+    vitrina_cluster::check_installed(&everything).map_err(|e| e.to_string())
 }
 
 /// A free block of `len` ports within 3000 above `from` (each drill has its own range, so two

@@ -211,7 +211,7 @@ fn random_token() -> anyhow::Result<String> {
 }
 
 /// The engines a shape needs, each a Debian package's command.
-fn check_installed(shape: &Shape) -> anyhow::Result<()> {
+pub fn check_installed(shape: &Shape) -> anyhow::Result<()> {
     patroni::bin_dir()?;
     let mut tools = vec!["patroni", "etcd", "haproxy"];
     if shape.redis_cluster {
