@@ -8,14 +8,8 @@ use axum::http::{header, HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use super::edge::{unit_value, UNIT};
 use crate::config::Config;
-
-pub const UNIT: HeaderName = HeaderName::from_static("vitrina-unit");
-
-/// The unit's header value (checked to be a token at configuration time).
-pub fn unit_value(config: &Config) -> anyhow::Result<HeaderValue> {
-    Ok(HeaderValue::from_str(&config.unit.id)?)
-}
 
 /// The CORS layer and the unit stamp for the answers it makes itself, when CORS is on.
 pub fn layers(config: &Config) -> anyhow::Result<Option<(CorsLayer, SetResponseHeaderLayer<HeaderValue>)>> {

@@ -25,6 +25,13 @@ use crate::telemetry::http::{RedMetrics, RequestIds};
 use crate::{admission, telemetry};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The unit (seed 001's deployment of a region) that served the request, on every answer.
+pub const UNIT: HeaderName = HeaderName::from_static("vitrina-unit");
+
+/// The unit's header value (checked to be a token at configuration time).
+pub fn unit_value(config: &crate::config::Config) -> anyhow::Result<axum::http::HeaderValue> {
+    Ok(axum::http::HeaderValue::from_str(&config.unit.id)?)
+}
 
 /// The edge's own state, shared by every route's copy of the service.
 pub struct Edge {
@@ -38,7 +45,7 @@ pub struct Edge {
 
 impl Edge {
     pub fn layer(state: AppState, guards: Guards) -> EdgeLayer {
-        let unit = super::cors::unit_value(&state.config).expect("unit.id is checked to be a header token");
+        let unit = unit_value(&state.config).expect("unit.id is checked to be a header token");
         EdgeLayer(Arc::new(Edge { unit, state, guards, ids: RequestIds::default(), red: RedMetrics::default() }))
     }
 
@@ -79,7 +86,7 @@ impl Edge {
         timing.record(&self.red, &resp);
         span.close(&mut resp);
         resp.headers_mut().insert(REQUEST_ID, id);
-        resp.headers_mut().insert(super::cors::UNIT, self.unit.clone());
+        resp.headers_mut().insert(UNIT, self.unit.clone());
         Ok(resp)
     }
 }
