@@ -5,6 +5,7 @@
 
 pub mod capabilities;
 pub mod dump;
+pub mod filters;
 pub mod inbox;
 pub mod moving;
 pub mod outbox;

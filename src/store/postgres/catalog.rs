@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{replica_first, PgStore, Tx};
+use super::{bind, replica_first, PgStore, Tx};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::shops::ShopId;
+use crate::store::filters::filters;
 use crate::store::transactions::catalog::CatalogRows;
 use crate::store::{micros, transactions, Catalog, Inventory, StoreError, StoreResult, Upserted};
 
@@ -47,14 +48,10 @@ pub async fn all_products(c: &impl GenericClient, shop: &ShopId) -> StoreResult<
 }
 
 pub async fn list_products(c: &impl GenericClient, shop: &ShopId, q: &ProductQuery) -> StoreResult<Vec<Product>> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {PRODUCT_COLS} FROM products
-             WHERE shop = $1 AND ($2::text IS NULL OR category = $2) AND ($3::text IS NULL OR sku > $3)
-             ORDER BY sku LIMIT $4"
-        ))
-        .await?;
-    let rows = c.query(&stmt, &[&shop.as_str(), &q.category, &q.after, &((q.limit + 1) as i64)]).await?;
+    let f = filters(&[("category =", q.category.as_deref()), ("sku >", q.after.as_deref())], 2, '$');
+    let sql = format!("SELECT {PRODUCT_COLS} FROM products WHERE shop = $1{} ORDER BY sku LIMIT ${}", f.sql, f.next(2));
+    let stmt = c.prepare_cached(&sql).await?;
+    let rows = c.query(&stmt, &bind(&shop.as_str(), &f.values, &((q.limit + 1) as i64))).await?;
     rows.iter().map(product_row).collect()
 }
 

@@ -147,6 +147,18 @@ fn describe_address(pg: &tokio_postgres::Config) -> String {
     }
 }
 
+/// A list query's parameters: its key, the filters it was given (`store::filters`), its limit.
+pub(crate) fn bind<'a>(
+    key: &'a (dyn tokio_postgres::types::ToSql + Sync),
+    filters: &'a [&'a str],
+    limit: &'a i64,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    let mut params = vec![key];
+    params.extend(filters.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)));
+    params.push(limit);
+    params
+}
+
 /// A transaction's rows on a PostgreSQL client or transaction (`store::transactions`).
 pub(crate) struct Tx<'c, C>(pub &'c C);
 

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{PgStore, Tx};
+use super::{bind, PgStore, Tx};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
+use crate::store::filters::filters;
 use crate::store::transactions::orders::{OrderRows, Remembered};
 use crate::store::transactions::placement::Placement;
 use crate::store::{micros, transactions, Orders, StoreError, StoreResult};
@@ -287,14 +288,10 @@ pub async fn load(c: &impl GenericClient, shop: &ShopId, id: &str) -> StoreResul
 }
 
 pub async fn list(c: &impl GenericClient, shop: &ShopId, q: &OrderQuery) -> StoreResult<Vec<Order>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT id FROM orders WHERE shop = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4",
-        )
-        .await?;
-    let status = q.status.map(OrderStatus::as_str);
-    let ids = c.query(&stmt, &[&shop.as_str(), &status, &q.before, &((q.limit + 1) as i64)]).await?;
+    let f = filters(&[("status =", q.status.map(OrderStatus::as_str)), ("id <", q.before.as_deref())], 2, '$');
+    let sql = format!("SELECT id FROM orders WHERE shop = $1{} ORDER BY id DESC LIMIT ${}", f.sql, f.next(2));
+    let stmt = c.prepare_cached(&sql).await?;
+    let ids = c.query(&stmt, &bind(&shop.as_str(), &f.values, &((q.limit + 1) as i64))).await?;
     let mut out = Vec::with_capacity(ids.len());
     for row in ids {
         if let Some(o) = load(c, shop, row.get::<_, &str>(0)).await? {

@@ -251,6 +251,13 @@ CREATE INDEX outbox_by_shop_in_feed_order ON outbox (shop, txid, position);
 ALTER TABLE outbox ADD COLUMN origin TEXT, ADD COLUMN origin_position TEXT;
 "#,
     ),
+    (
+        6,
+        "a subscription's delivery log by status",
+        r#"
+CREATE INDEX webhook_deliveries_by_hook_status ON webhook_deliveries (webhook, status, id);
+"#,
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {

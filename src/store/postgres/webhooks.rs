@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{PgStore, Tx};
+use super::{bind, PgStore, Tx};
 use crate::shops::ShopId;
+use crate::store::filters::filters;
 use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
 use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
 use crate::store::{transactions, StoreError, StoreResult, Webhooks};
@@ -112,13 +113,14 @@ pub async fn deliveries(
     if !exists(c, shop, id).await? {
         return Err(StoreError::not_found("webhook", id));
     }
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook = $1 AND ($2::text IS NULL OR d.status = $2)
-             ORDER BY d.id DESC LIMIT $3"
-        ))
-        .await?;
-    Ok(c.query(&stmt, &[&id, &status, &(limit as i64)]).await?.iter().map(delivery_row).collect())
+    let f = filters(&[("d.status =", status)], 2, '$');
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook = $1{} ORDER BY d.id DESC LIMIT ${}",
+        f.sql,
+        f.next(2)
+    );
+    let stmt = c.prepare_cached(&sql).await?;
+    Ok(c.query(&stmt, &bind(&id, &f.values, &(limit as i64))).await?.iter().map(delivery_row).collect())
 }
 
 pub async fn dead_letters(c: &impl GenericClient, shop: &str, limit: usize) -> StoreResult<Vec<DeadLetter>> {

@@ -6,6 +6,8 @@ mod collections;
 mod moves;
 mod orders;
 mod outbox;
+#[cfg(test)]
+mod plans;
 mod readers;
 mod relay;
 mod schema;
@@ -159,6 +161,14 @@ fn configure(conn: &Connection, cfg: &SqliteConfig, read_only: bool) -> rusqlite
 
 /// A transaction's rows on the writer's connection (`store::transactions`).
 pub(crate) struct Tx<'c>(pub &'c Connection);
+
+/// A list query's values: its key, the filters it was given (`store::filters`), its limit.
+pub(crate) fn bind(key: &str, filters: &[&str], limit: i64) -> Vec<rusqlite::types::Value> {
+    let mut values = vec![rusqlite::types::Value::Text(key.to_owned())];
+    values.extend(filters.iter().map(|v| rusqlite::types::Value::Text((*v).to_owned())));
+    values.push(rusqlite::types::Value::Integer(limit));
+    values
+}
 
 impl crate::store::transactions::Rows for Tx<'_> {
     async fn home(&self, shop: &ShopId) -> StoreResult<()> {

@@ -4,14 +4,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, SqliteStore, Tx};
+use super::{bind, parse_ts, ts, SqliteStore, Tx};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
 use crate::orders::{Action, HistoryEntry, Order, OrderLine, OrderQuery, OrderStatus, PlaceOrder, PlaceOutcome, StockEffect};
 use crate::shops::ShopId;
+use crate::store::filters::{filters, Filters};
 use crate::store::transactions::at_once;
 use crate::store::transactions::orders::{OrderRows, Remembered};
 use crate::store::transactions::placement::Placement;
@@ -258,13 +259,17 @@ pub fn load(c: &Connection, shop: &ShopId, id: &str) -> StoreResult<Option<Order
     }))
 }
 
+/// One page of a shop's order ids, newest first, for one filter shape.
+pub(crate) fn page_sql(f: &Filters) -> String {
+    format!("SELECT id FROM orders WHERE shop = ?1{} ORDER BY id DESC LIMIT ?{}", f.sql, f.next(2))
+}
+
 pub fn list(c: &Connection, shop: &ShopId, q: &OrderQuery) -> StoreResult<Vec<Order>> {
+    let f = filters(&[("status =", q.status.map(OrderStatus::as_str)), ("id <", q.before.as_deref())], 2, '?');
+    let sql = page_sql(&f);
     let ids: Vec<String> = c
-        .prepare_cached(
-            "SELECT id FROM orders WHERE shop = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4",
-        )?
-        .query_map(params![shop.as_str(), q.status.map(OrderStatus::as_str), q.before, (q.limit + 1) as i64], |r| r.get(0))?
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(bind(shop.as_str(), &f.values, (q.limit + 1) as i64)), |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     ids.iter().filter_map(|id| load(c, shop, id).transpose()).collect()
 }

@@ -210,6 +210,13 @@ ALTER TABLE outbox ADD COLUMN origin TEXT;
 ALTER TABLE outbox ADD COLUMN origin_position TEXT;
 "#,
     ),
+    (
+        6,
+        "a subscription's delivery log by status",
+        r#"
+CREATE INDEX webhook_deliveries_by_hook_status ON webhook_deliveries (webhook, status, id);
+"#,
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {

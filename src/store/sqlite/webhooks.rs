@@ -4,10 +4,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use super::{parse_ts, ts, SqliteStore, Tx};
+use super::{bind, parse_ts, ts, SqliteStore, Tx};
 use crate::shops::ShopId;
+use crate::store::filters::{filters, Filters};
 use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
 use crate::store::transactions::at_once;
 use crate::store::transactions::webhooks::{DeliveryUpdate, WebhookRows};
@@ -81,16 +82,26 @@ fn delete(c: &Connection, id: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// One page of a subscription's delivery log, newest first, for one filter shape.
+/// `f` filters by status; that index is named, as SQLite without statistics prefers the log's.
+pub(crate) fn page_sql(f: &Filters) -> String {
+    let index = if f.given.first() == Some(&true) { "INDEXED BY webhook_deliveries_by_hook_status " } else { "" };
+    format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d {index}WHERE d.webhook = ?1{} ORDER BY d.id DESC LIMIT ?{}",
+        f.sql,
+        f.next(2)
+    )
+}
+
 /// The delivery log of one subscription, newest first.
 pub fn deliveries(c: &Connection, shop: &str, id: &str, status: Option<&str>, limit: usize) -> StoreResult<Vec<Delivery>> {
     if !exists(c, shop, id)? {
         return Err(StoreError::not_found("webhook", id));
     }
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.webhook = ?1 AND (?2 IS NULL OR d.status = ?2)
-         ORDER BY d.id DESC LIMIT ?3"
-    );
-    Ok(c.prepare_cached(&sql)?.query_map(params![id, status, limit as i64], delivery_row)?.collect::<rusqlite::Result<_>>()?)
+    let f = filters(&[("d.status =", status)], 2, '?');
+    let mut stmt = c.prepare_cached(&page_sql(&f))?;
+    let rows = stmt.query_map(params_from_iter(bind(id, &f.values, limit as i64)), delivery_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn claim(
