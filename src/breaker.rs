@@ -171,6 +171,14 @@ impl Breaker {
     where
         F: std::future::Future<Output = T>,
     {
+        self.call_or_return(call, failed).await.ok()
+    }
+
+    /// `call`, handing the call back unrun when the breaker refuses it.
+    pub async fn call_or_return<T, F>(&self, call: F, failed: impl FnOnce(&T) -> bool) -> Result<T, F>
+    where
+        F: std::future::Future<Output = T>,
+    {
         struct Unfinished<'a>(&'a Breaker, Option<Permit>);
         impl Drop for Unfinished<'_> {
             fn drop(&mut self) {
@@ -179,12 +187,12 @@ impl Breaker {
                 }
             }
         }
-        let permit = self.allow(Instant::now())?;
+        let Some(permit) = self.allow(Instant::now()) else { return Err(call) };
         let mut pending = Unfinished(self, Some(permit));
         let out = call.await;
         pending.1 = None;
         self.record(permit, !failed(&out), Instant::now());
-        Some(out)
+        Ok(out)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

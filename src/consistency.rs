@@ -5,13 +5,21 @@
 //! primary; the token carries the same guarantee to any instance behind a balancer. This is the
 //! token as the store and the cache read it; `http::consistency` takes it off the request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 pub const WRITTEN_AT: &str = "vitrina-written-at";
 pub const READ_AFTER: &str = "vitrina-read-after";
+
+/// Says an answer may be stale: it was read from a replica while the primary was unreachable.
+pub const STALE: &str = "vitrina-stale";
 
 /// What a request carries down to the store without threading it through every call.
 #[derive(Clone, Default)]
 struct Context {
     read_after_ms: Option<i64>,
+    /// Set by a read served without the primary (`store::fallback`).
+    stale: Option<Arc<AtomicBool>>,
 }
 
 tokio::task_local! {
@@ -23,6 +31,11 @@ pub fn read_after_ms() -> Option<i64> {
     CONTEXT.try_with(|c| c.read_after_ms).ok().flatten()
 }
 
+/// Records that the request's answer may be stale.
+pub fn mark_stale() {
+    let _ = CONTEXT.try_with(|c| c.stale.as_ref().map(|s| s.store(true, Ordering::Relaxed)));
+}
+
 /// Runs `fut` as if its request had asked to read after `ms` too (the later of the two wins):
 /// a cache filling a key after a write must not fill it from a replica that has not seen it.
 pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Output = T>) -> T {
@@ -31,8 +44,13 @@ pub async fn reading_after<T>(ms: Option<i64>, fut: impl std::future::Future<Out
     CONTEXT.scope(context, fut).await
 }
 
-/// Runs `fut` as the work of a request that carried `read_after_ms`.
+/// Runs `fut` as the work of a request that carried `read_after_ms`; `stale` is set if any of
+/// its reads was served without the primary.
 /// Not an `async fn`, which would hold `fut` twice (see `telemetry::context::within_request`).
-pub fn serving<F: std::future::Future>(read_after_ms: Option<i64>, fut: F) -> impl std::future::Future<Output = F::Output> {
-    CONTEXT.scope(Context { read_after_ms }, fut)
+pub fn serving<F: std::future::Future>(
+    read_after_ms: Option<i64>,
+    stale: Arc<AtomicBool>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CONTEXT.scope(Context { read_after_ms, stale: Some(stale) }, fut)
 }

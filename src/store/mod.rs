@@ -5,6 +5,7 @@
 
 pub mod capabilities;
 pub mod dump;
+pub mod fallback;
 pub mod filters;
 pub mod inbox;
 pub mod moving;
@@ -151,7 +152,8 @@ pub struct ShardReport {
     pub nodes: Vec<NodeReport>,
     /// Shops whose data lives here; null when the shard did not answer.
     pub shops: Option<u64>,
-    /// The shard's circuit breaker: `closed`, `open` (calls refused at once) or `half_open`.
+    /// The shard's circuit breaker: `closed`, `open` (writes refused at once, reads served by
+    /// replicas) or `half_open`.
     pub breaker: Option<String>,
 }
 

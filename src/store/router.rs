@@ -5,13 +5,15 @@
 //! The router holds only what spans shards: picking a shop's shard (`on_shop`, `read_shop`),
 //! following a shop that moved meanwhile, finding one left off its ring owner, and gathering
 //! reads from every shard, each under a timeout, naming the shards that did not answer instead
-//! of failing. Every call to a shard passes one place (`call`): the `store` span that links a
-//! request to the event it writes, and the shard's circuit breaker. When a shard's database
-//! cannot be reached, its breaker opens and its calls are refused at once (503) while other
-//! shards keep serving; one probe a moment later finds out whether it is back.
+//! of failing. Every call to a shard passes one place (`call`, `call_read`): the `store` span
+//! that links a request to the event it writes, and the shard's circuit breaker. When a shard's
+//! primary cannot be reached, its breaker opens and its writes are refused at once (503) while
+//! other shards keep serving; its reads go on from replicas within the lag budget, marked as
+//! possibly stale (`store::fallback`); one probe a moment later finds out whether it is back.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use tracing::Instrument;
 
+use super::fallback;
 use super::outbox::Outbox;
 use super::{CollectionCount, EventPage, Gathered, Shard, StoreError, StoreReport, StoreResult};
 use crate::breaker::{Breaker, BreakerConfig};
@@ -175,6 +178,34 @@ impl Store {
         }
     }
 
+    /// A read from shard `index`. While the breaker holds the shard's primary for down, the read
+    /// still goes to the shard, told not to try the primary (`store::fallback`): a replica within
+    /// the lag budget may answer. A read served without the primary counts as a failure of the
+    /// primary, so replica answers do not close the breaker.
+    pub async fn call_read<T>(
+        &self,
+        index: usize,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let name = self.name(index);
+        let span =
+            tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op);
+        let failed = |(r, fell_back): &(StoreResult<T>, bool)| *fell_back || matches!(r, Err(StoreError::Unreachable(_)));
+        // Read when the read starts: a read the breaker hands back unrun is told before it runs.
+        let primary_down = AtomicBool::new(false);
+        let read = fallback::read(&primary_down, fut.instrument(span));
+        let attempt = self.members[index].breaker.call_or_return(read, failed).await;
+        match attempt {
+            Ok((result, _)) => result,
+            Err(read) => {
+                metrics::counter!("vitrina_store_refused_total", "shard" => name.to_owned()).increment(1);
+                primary_down.store(true, Ordering::Relaxed);
+                read.await.0
+            }
+        }
+    }
+
     /// Runs a shop's operation on its shard; if the shop has moved meanwhile (this instance's
     /// directory was stale), follows it once to the shard that now holds it.
     pub async fn on_shop<'a, T, F, Fut>(&'a self, shop: &ShopId, op: &'static str, f: F) -> StoreResult<T>
@@ -204,14 +235,15 @@ impl Store {
         Fut: Future<Output = StoreResult<T>>,
     {
         let home = self.home(shop);
-        let found = self.call(home, op, f(self.shard(home))).await?;
-        if self.single() || !found.absent() || self.call(home, "get_shop", self.shard(home).get_shop(shop)).await?.is_some() {
+        let found = self.call_read(home, op, f(self.shard(home))).await?;
+        if self.single() || !found.absent() || self.call_read(home, "get_shop", self.shard(home).get_shop(shop)).await?.is_some()
+        {
             return Ok(found);
         }
         match self.find_misplaced(shop, home).await? {
             Some(_) => {
                 let i = self.home(shop);
-                self.call(i, op, f(self.shard(i))).await
+                self.call_read(i, op, f(self.shard(i))).await
             }
             None => Ok(found),
         }
@@ -223,8 +255,8 @@ impl Store {
         F: Fn(&'a dyn Shard) -> Fut,
         Fut: Future<Output = StoreResult<T>> + 'a,
     {
-        let calls =
-            (0..self.members.len()).map(|i| tokio::time::timeout(self.gather_timeout, self.call(i, op, read(self.shard(i)))));
+        let calls = (0..self.members.len())
+            .map(|i| tokio::time::timeout(self.gather_timeout, self.call_read(i, op, read(self.shard(i)))));
         let mut out = Gathered { value: Vec::new(), unavailable: Vec::new() };
         let mut last_error = None;
         for (name, result) in self.ring.shards().iter().zip(join_all(calls).await) {
@@ -373,7 +405,7 @@ impl Store {
 
     pub async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
         let home = self.home(id);
-        if let Some(found) = self.call(home, "get_shop", self.shard(home).get_shop(id)).await? {
+        if let Some(found) = self.call_read(home, "get_shop", self.shard(home).get_shop(id)).await? {
             return Ok(Some(found));
         }
         self.find_misplaced(id, home).await

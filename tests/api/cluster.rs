@@ -367,8 +367,22 @@ async fn replica_reads_on_patroni_shards() {
     assert!(r.headers().contains_key("retry-after"));
     assert!(t0.elapsed() < Duration::from_secs(3), "failed within the connect timeout, took {:?}", t0.elapsed());
     assert_eq!(app.order(&one, "k2", &one_line("A", 1)).await.status(), StatusCode::CREATED);
-    tokio::time::sleep(Duration::from_millis(1_700)).await; // past the read-your-writes window
-    assert_eq!(app.get(&path).send().await.unwrap().status(), StatusCode::OK, "catalog reads continue from the replica");
+    // The refused write opened no read-your-writes window: its shop's pages stay on the replica.
+    let r = app.get(&path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "catalog reads continue from the replica right after a refused write");
+    // A read of the primary's data falls back to the replica and says it may be stale; the
+    // fallbacks count against the primary, so its breaker opens and later reads skip it.
+    let order_path = format!("/shops/{}/orders/{order_id}", two.id);
+    for i in 0..8 {
+        let r = app.get(&order_path).bearer_auth(&two.key).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "read {i} of an order on the dead primary's shard");
+        assert_eq!(r.headers().get("vitrina-stale").map(|v| v.to_str().unwrap()), Some("1"), "read {i} says it may be stale");
+    }
+    let root = app.get_json("/").await;
+    let shard2 = root["topology"]["store"]["shards"].as_array().unwrap().iter().find(|s| s["name"] == "shard2").unwrap().clone();
+    assert_eq!(shard2["breaker"], "open", "the replica's answers do not close the primary's breaker: {shard2}");
+    let r = app.get(&order_path).bearer_auth(&two.key).send().await.unwrap();
+    assert_eq!((r.status(), r.headers().contains_key("vitrina-stale")), (StatusCode::OK, true), "served with the breaker open");
     let t0 = Instant::now();
     loop {
         let r = app.order(&two, "k2", &one_line("A", 1)).await;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{bind, replica_first, PgStore, Tx};
+use super::{bind, primary_or_replica, replica_first, PgStore, Tx};
 use crate::catalog::{Product, ProductInput, ProductQuery};
 use crate::ingest::FeedOp;
 use crate::inventory::Stock;
@@ -156,12 +156,15 @@ impl<C: GenericClient + Sync> CatalogRows for Tx<'_, C> {
 #[async_trait]
 impl Catalog for PgStore {
     async fn upsert_product(&self, shop: &ShopId, input: ProductInput, now: DateTime<Utc>) -> StoreResult<(Product, Upserted)> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let out = transactions::catalog::upsert_product(&Tx(&tx), shop, &input, now).await?;
-        tx.commit().await?;
-        Ok(out)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let out = transactions::catalog::upsert_product(&Tx(&tx), shop, &input, now).await?;
+                tx.commit().await?;
+                Ok(out)
+            })
+            .await
     }
 
     async fn get_product(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Product>> {
@@ -173,45 +176,57 @@ impl Catalog for PgStore {
     }
 
     async fn delete_product(&self, shop: &ShopId, sku: &str) -> StoreResult<()> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        transactions::catalog::delete_product(&Tx(&tx), shop, sku).await?;
-        tx.commit().await?;
-        Ok(())
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                transactions::catalog::delete_product(&Tx(&tx), shop, sku).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl Inventory for PgStore {
     async fn set_stock(&self, shop: &ShopId, sku: &str, on_hand: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let stock = transactions::catalog::set_stock(&Tx(&tx), shop, sku, on_hand, now).await?;
-        tx.commit().await?;
-        Ok(stock)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let stock = transactions::catalog::set_stock(&Tx(&tx), shop, sku, on_hand, now).await?;
+                tx.commit().await?;
+                Ok(stock)
+            })
+            .await
     }
 
     async fn adjust_stock(&self, shop: &ShopId, sku: &str, delta: i64, now: DateTime<Utc>) -> StoreResult<Stock> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let stock = transactions::catalog::adjust_stock(&Tx(&tx), shop, sku, delta, now).await?;
-        tx.commit().await?;
-        Ok(stock)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let stock = transactions::catalog::adjust_stock(&Tx(&tx), shop, sku, delta, now).await?;
+                tx.commit().await?;
+                Ok(stock)
+            })
+            .await
     }
 
     async fn get_stock(&self, shop: &ShopId, sku: &str) -> StoreResult<Option<Stock>> {
-        get_stock(&*self.client().await?, shop, sku).await
+        primary_or_replica!(self, |c| get_stock(c, shop, sku))
     }
 
     async fn apply_feed(&self, shop: &ShopId, ops: Vec<FeedOp>, now: DateTime<Utc>) -> StoreResult<Vec<StoreResult<()>>> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let results = transactions::catalog::apply_feed(&Tx(&tx), shop, ops, now).await?;
-        tx.commit().await?;
-        Ok(results)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let results = transactions::catalog::apply_feed(&Tx(&tx), shop, ops, now).await?;
+                tx.commit().await?;
+                Ok(results)
+            })
+            .await
     }
 }

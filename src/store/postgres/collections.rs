@@ -63,13 +63,15 @@ pub async fn counts(c: &impl GenericClient) -> StoreResult<Vec<(String, u64)>> {
 #[async_trait]
 impl Collections for PgStore {
     async fn insert_users(&self, collection: &str, docs: Vec<UserDoc>) -> StoreResult<()> {
-        let _mark = self.replicas.writing(&seed_key(collection));
-        let _any = self.replicas.writing(ANY_SEED_WRITE);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        transactions::collections::insert(&Tx(&tx), collection, &docs).await?;
-        tx.commit().await?;
-        Ok(())
+        self.replicas
+            .after_writes(&[&seed_key(collection), ANY_SEED_WRITE], async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                transactions::collections::insert(&Tx(&tx), collection, &docs).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn find_user(&self, collection: &str, name: &str) -> StoreResult<Option<UserDoc>> {

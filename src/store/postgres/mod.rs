@@ -104,24 +104,64 @@ impl PgStore {
 }
 
 /// For reads that may be slightly stale: on a replica within the lag budget when there is one,
-/// and on the primary otherwise or when the replica's answer fails.
+/// and on the primary otherwise or when the replica's answer fails (`primary_or_replica`).
 macro_rules! replica_first {
     ($store:expr, $key:expr, |$c:ident| $read:expr) => {
         async {
-            if let Some(replica) = $store.replicas.pick($key).await {
-                let $c = &replica;
-                match $read.await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => tracing::debug!(shard = %$store.name, error = %e, "replica read failed; asking the primary"),
+            if !$crate::store::fallback::primary_down() {
+                if let Some(replica) = $store.replicas.pick($key).await {
+                    let $c = &replica;
+                    match $read.await {
+                        Ok(v) => return Ok(v),
+                        Err(e) => tracing::debug!(shard = %$store.name, error = %e, "replica read failed; asking the primary"),
+                    }
                 }
             }
-            let primary = $store.client().await?;
-            let $c = &*primary;
-            $read.await
+            $crate::store::postgres::primary_or_replica!($store, |$c| $read)
         }
         .await
     };
 }
+
+/// For reads of the primary's data: there, unless it cannot be reached (or the shard's breaker
+/// says so); then on any replica within the lag budget, the answer marked as possibly stale
+/// (`store::fallback`), and unreachable only when no replica can answer either.
+macro_rules! primary_or_replica {
+    ($store:expr, |$c:ident| $read:expr) => {
+        async {
+            if !$crate::store::fallback::primary_down() {
+                match $store.client().await {
+                    Ok(primary) => {
+                        let $c = &*primary;
+                        match $read.await {
+                            Err($crate::store::StoreError::Unreachable(e)) => {
+                                tracing::debug!(shard = %$store.name, error = %e, "primary unreachable; reading a replica")
+                            }
+                            other => return other,
+                        }
+                    }
+                    Err($crate::store::StoreError::Unreachable(e)) => {
+                        tracing::debug!(shard = %$store.name, error = %e, "primary unreachable; reading a replica")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match $store.replicas.pick_within_budget().await {
+                Some(replica) => {
+                    $crate::store::fallback::fell_back();
+                    let $c = &replica;
+                    $read.await
+                }
+                None => Err($crate::store::StoreError::Unreachable(format!(
+                    "shard {}: the primary is unreachable and no replica is within the lag budget",
+                    $store.name
+                ))),
+            }
+        }
+        .await
+    };
+}
+pub(crate) use primary_or_replica;
 pub(crate) use replica_first;
 
 fn describe_address(pg: &tokio_postgres::Config) -> String {

@@ -226,12 +226,15 @@ impl Moves for PgStore {
     }
 
     async fn mark_shop(&self, shop: &ShopId, moved_to: Option<&str>) -> StoreResult<()> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        transactions::moves::mark(&Tx(&tx), shop, moved_to).await?;
-        tx.commit().await?;
-        Ok(())
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                transactions::moves::mark(&Tx(&tx), shop, moved_to).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn export_shop(&self, shop: &ShopId) -> StoreResult<ShopDump> {
@@ -241,11 +244,14 @@ impl Moves for PgStore {
     }
 
     async fn import_shop(&self, dump: ShopDump) -> StoreResult<()> {
-        let _mark = self.replicas.writing(dump.shop.shop.id.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        transactions::moves::import(&Tx(&tx), &dump).await?;
-        tx.commit().await?;
-        Ok(())
+        self.replicas
+            .after_write(dump.shop.shop.id.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                transactions::moves::import(&Tx(&tx), &dump).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 }

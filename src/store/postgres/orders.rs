@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{bind, PgStore, Tx};
+use super::{bind, primary_or_replica, PgStore, Tx};
 use crate::inventory::Stock;
 use crate::money::{Currency, Money};
 use crate::orders::idempotency::IdempotencyRecord;
@@ -311,14 +311,14 @@ pub async fn expired(c: &impl GenericClient, now: DateTime<Utc>, limit: usize) -
 #[async_trait]
 impl Orders for PgStore {
     async fn place_order(&self, shop: &ShopId, order: PlaceOrder) -> StoreResult<PlaceOutcome> {
-        let _mark = self.replicas.writing(shop.as_str());
-        self.placements.place(Placement::here(shop, order)).await
+        self.replicas.after_write(shop.as_str(), async { self.placements.place(Placement::here(shop, order)).await }).await
     }
 
     async fn place_orders(&self, group: Vec<Placement>) -> StoreResult<Vec<StoreResult<PlaceOutcome>>> {
-        let marks: Vec<_> = group.iter().map(|p| self.replicas.writing(p.shop.as_str())).collect();
         let answers = super::groups::transaction(&self.pool, &self.name, &group).await;
-        drop(marks);
+        if let Ok(answers) = &answers {
+            group.iter().zip(answers).filter(|(_, a)| a.is_ok()).for_each(|(p, _)| self.replicas.wrote(p.shop.as_str()));
+        }
         answers
     }
 
@@ -327,20 +327,23 @@ impl Orders for PgStore {
     }
 
     async fn get_order(&self, shop: &ShopId, id: &str) -> StoreResult<Option<Order>> {
-        load(&*self.client().await?, shop, id).await
+        primary_or_replica!(self, |c| load(c, shop, id))
     }
 
     async fn list_orders(&self, shop: &ShopId, query: OrderQuery) -> StoreResult<Vec<Order>> {
-        list(&*self.client().await?, shop, &query).await
+        primary_or_replica!(self, |c| list(c, shop, &query))
     }
 
     async fn transition_order(&self, shop: &ShopId, id: &str, action: Action, now: DateTime<Utc>) -> StoreResult<Order> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let order = transactions::orders::transition(&Tx(&tx), shop, id, action, now).await?;
-        tx.commit().await?;
-        Ok(order)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let order = transactions::orders::transition(&Tx(&tx), shop, id, action, now).await?;
+                tx.commit().await?;
+                Ok(order)
+            })
+            .await
     }
 
     async fn expired_orders(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<(ShopId, String)>> {

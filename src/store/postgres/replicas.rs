@@ -4,6 +4,7 @@
 //! through this instance within that window (read-your-writes), otherwise to the primary.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use deadpool_postgres::{Client, Pool};
 
 use super::build_pool;
 use crate::config::PostgresConfig;
-use crate::store::NodeReport;
+use crate::store::{NodeReport, StoreResult};
 
 const POLL: Duration = Duration::from_millis(250);
 const UNREACHABLE: i64 = -1;
@@ -88,11 +89,24 @@ impl Replicas {
         w.insert(key.to_owned(), Instant::now());
     }
 
-    /// Marks `key` written now and again when the returned guard drops, after the write's
-    /// transaction has ended: the window counts from the end of the write, however long it took.
-    pub fn writing<'a>(&'a self, key: &str) -> WriteMark<'a> {
-        self.wrote(key);
-        WriteMark { replicas: self, key: key.to_owned() }
+    /// Runs a write of `key` and, if it succeeded, reads `key` from the primary for the window
+    /// counted from its end. A write that failed or was refused opens no window: nothing of it is
+    /// to be read back, and after a refusal from a dead primary its reads keep their replicas.
+    pub async fn after_write<T>(&self, key: &str, write: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let done = write.await;
+        if done.is_ok() {
+            self.wrote(key);
+        }
+        done
+    }
+
+    /// `after_write` for a write of several keys.
+    pub async fn after_writes<T>(&self, keys: &[&str], write: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let done = write.await;
+        if done.is_ok() {
+            keys.iter().for_each(|k| self.wrote(k));
+        }
+        done
     }
 
     pub fn wrote_everything(&self) {
@@ -122,6 +136,24 @@ impl Replicas {
             if (0..=budget).contains(&lag) && fresh_enough {
                 if let Ok(c) = r.pool.get().await {
                     metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => "replica").increment(1);
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// A replica within the lag budget, whatever this instance wrote or the client asked to
+    /// read after: for a read whose primary cannot be reached (`store::fallback`).
+    pub async fn pick_within_budget(&self) -> Option<Client> {
+        let budget = self.budget.as_millis() as i64;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.nodes.len() {
+            let r = &self.nodes[(start + i) % self.nodes.len()];
+            if (0..=budget).contains(&r.lag_ms.load(Ordering::Relaxed)) {
+                if let Ok(c) = r.pool.get().await {
+                    metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => "replica_fallback")
+                        .increment(1);
                     return Some(c);
                 }
             }
@@ -202,15 +234,4 @@ async fn probe(pool: &Pool) -> Option<i64> {
         .ok()?;
     let lag: i64 = row.get(0);
     Some(if lag == LEADING { LEADING } else { lag.max(0) })
-}
-
-pub struct WriteMark<'a> {
-    replicas: &'a Replicas,
-    key: String,
-}
-
-impl Drop for WriteMark<'_> {
-    fn drop(&mut self) {
-        self.replicas.wrote(&self.key);
-    }
 }

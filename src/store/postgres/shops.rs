@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 
-use super::{PgStore, Tx};
+use super::{primary_or_replica, PgStore, Tx};
 use crate::money::Currency;
 use crate::shops::{NewShop, Shop, ShopId, ShopRecord};
 use crate::store::transactions::shops::ShopRows;
@@ -60,17 +60,20 @@ pub async fn check_home(c: &impl GenericClient, shop: &ShopId) -> StoreResult<()
 #[async_trait]
 impl Shops for PgStore {
     async fn create_shop(&self, shop: NewShop) -> StoreResult<Shop> {
-        let _mark = self.replicas.writing(shop.id.as_str());
-        // The shop and its event commit together.
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let created = transactions::shops::create(&Tx(&tx), &shop).await?;
-        tx.commit().await?;
-        Ok(created)
+        self.replicas
+            .after_write(shop.id.as_str(), async {
+                // The shop and its event commit together.
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let created = transactions::shops::create(&Tx(&tx), &shop).await?;
+                tx.commit().await?;
+                Ok(created)
+            })
+            .await
     }
 
     async fn get_shop(&self, id: &ShopId) -> StoreResult<Option<ShopRecord>> {
-        get(&*self.client().await?, id).await
+        primary_or_replica!(self, |c| get(c, id))
     }
 
     async fn shop_ids(&self) -> StoreResult<Vec<ShopId>> {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{bind, PgStore, Tx};
+use super::{bind, primary_or_replica, PgStore, Tx};
 use crate::shops::ShopId;
 use crate::store::filters::filters;
 use crate::store::outbox::{DeadLetter, Delivery, OutboxEvent, Webhook};
@@ -241,25 +241,31 @@ impl<C: GenericClient + Sync> WebhookRows for Tx<'_, C> {
 #[async_trait]
 impl Webhooks for PgStore {
     async fn create_webhook(&self, shop: &ShopId, hook: Webhook) -> StoreResult<Webhook> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let hook = transactions::webhooks::create(&Tx(&tx), shop, hook).await?;
-        tx.commit().await?;
-        Ok(hook)
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                let hook = transactions::webhooks::create(&Tx(&tx), shop, hook).await?;
+                tx.commit().await?;
+                Ok(hook)
+            })
+            .await
     }
 
     async fn webhooks(&self, shop: &ShopId) -> StoreResult<Vec<Webhook>> {
-        list(&*self.client().await?, shop.as_str()).await
+        primary_or_replica!(self, |c| list(c, shop.as_str()))
     }
 
     async fn delete_webhook(&self, shop: &ShopId, id: &str) -> StoreResult<()> {
-        let _mark = self.replicas.writing(shop.as_str());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        transactions::webhooks::delete(&Tx(&tx), shop, id).await?;
-        tx.commit().await?;
-        Ok(())
+        self.replicas
+            .after_write(shop.as_str(), async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await?;
+                transactions::webhooks::delete(&Tx(&tx), shop, id).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn webhook_deliveries(
@@ -273,8 +279,11 @@ impl Webhooks for PgStore {
     }
 
     async fn replay_webhook(&self, shop: &ShopId, id: &str, deliver_by: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
-        let _mark = self.replicas.writing(shop.as_str());
-        transactions::webhooks::replay(&Tx(&*self.client().await?), shop, id, deliver_by, now).await
+        self.replicas
+            .after_write(shop.as_str(), async {
+                transactions::webhooks::replay(&Tx(&*self.client().await?), shop, id, deliver_by, now).await
+            })
+            .await
     }
 
     async fn dead_letters(&self, shop: &ShopId, limit: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -282,7 +291,6 @@ impl Webhooks for PgStore {
     }
 
     async fn replay_dead_letters(&self, shop: &ShopId, sink: Option<&str>) -> StoreResult<u64> {
-        let _mark = self.replicas.writing(shop.as_str());
-        Tx(&*self.client().await?).mark_for_replay(shop, sink).await
+        self.replicas.after_write(shop.as_str(), async { Tx(&*self.client().await?).mark_for_replay(shop, sink).await }).await
     }
 }
