@@ -344,7 +344,7 @@ impl Config {
         }
         for (key, value) in env {
             let Some(rest) = key.strip_prefix("VITRINA_") else { continue };
-            if rest.starts_with("TEST_") || rest == "REQUIRE_SERVICES" {
+            if rest.starts_with("TEST_") {
                 continue; // test-harness settings, not server configuration
             }
             if is_service_link(rest) {

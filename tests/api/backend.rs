@@ -21,13 +21,12 @@ pub fn backend() -> Backend {
     }
 }
 
-/// True (after saying why) when a test exercises something only the embedded store has.
-pub fn skip_unless_sqlite(what: &str) -> bool {
-    if backend() == Backend::Sqlite {
-        return false;
-    }
-    eprintln!("skipped on {:?}: {what} is specific to the embedded store", backend());
-    true
+/// For a test of one store only. Its name says which (`_on_postgresql`, `_on_the_embedded_store`)
+/// and each pass leaves the other store's out by name (`--skip`, reported as filtered out, not
+/// passed); the PostgreSQL ones are also ignored by a plain `cargo test`. Run on the wrong store
+/// by hand, it fails and says why.
+pub fn require(store: Backend) {
+    assert_eq!(backend(), store, "a test of {store:?} only (VITRINA_TEST_BACKEND selects the store)");
 }
 
 fn admin_url() -> String {

@@ -52,13 +52,10 @@ fn free_block(from: u16, len: u16) -> u16 {
 }
 
 impl Fleet {
-    /// `cluster up` with `args`, ports from `from` upwards; `None` (after saying why) where the
-    /// engines are not installed, unless the run requires them.
-    pub async fn up(from: u16, args: &[&str]) -> Option<Fleet> {
+    /// `cluster up` with `args`, ports from `from` upwards; fails where an engine is missing.
+    pub async fn up(from: u16, args: &[&str]) -> Fleet {
         if let Err(e) = installed() {
-            assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "the fleet's engines are required: {e}");
-            eprintln!("skipped: {e}");
-            return None;
+            panic!("the fleet's engines are required: {e}");
         }
         let dir = tempfile::tempdir().unwrap();
         // Private, as `mktemp -d` makes it: the tool must find its servers a place regardless.
@@ -69,7 +66,7 @@ impl Fleet {
         all.extend(args);
         fleet.cli(&all);
         fleet.file = serde_json::from_str(&std::fs::read_to_string(fleet.dir.path().join("cluster.json")).unwrap()).unwrap();
-        Some(fleet)
+        fleet
     }
 
     pub fn cli(&self, args: &[&str]) -> String {

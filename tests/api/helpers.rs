@@ -304,3 +304,15 @@ impl ReadLoad {
         ok
     }
 }
+
+/// This machine's standard loopback addresses of the services some tests need.
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const NATS: &str = "nats://127.0.0.1:4222";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A service's URL: `var` if set, else `default`. The tests that need a service are ignored by
+/// default, with what they need as the reason (`cargo test -- --include-ignored` runs them); run,
+/// they fail where the service does not answer: none passes without it.
+pub fn service(var: &str, default: &str) -> String {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}

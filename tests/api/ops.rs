@@ -56,10 +56,8 @@ async fn shutdown_drains_then_stops_and_acknowledged_writes_survive_a_restart() 
 }
 
 #[tokio::test]
-async fn a_data_dir_serves_one_process_at_a_time() {
-    if crate::backend::skip_unless_sqlite("the data-dir lock") {
-        return;
-    }
+async fn a_data_dir_serves_one_process_at_a_time_on_the_embedded_store() {
+    crate::backend::require(crate::backend::Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let first = spawn_in(dir.path(), |_| {}).await;
     let err = vitrina::app::Application::build(crate::helpers::test_config(dir.path()))
@@ -71,11 +69,10 @@ async fn a_data_dir_serves_one_process_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_starting_together_seed_once() {
-    if crate::backend::backend() != crate::backend::Backend::Postgres {
-        eprintln!("skipped on Sqlite: one process per embedded data dir");
-        return;
-    }
+#[ignore = "PostgreSQL only: the PostgreSQL pass runs it (.ci/run)"]
+async fn instances_starting_together_seed_once_on_postgresql() {
+    // Not on the embedded store: one process per embedded data dir.
+    crate::backend::require(crate::backend::Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let db = crate::backend::fresh_database().await;
     let config = || {

@@ -93,10 +93,8 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_orders_survive_a_kill() {
-    if crate::backend::skip_unless_sqlite("the embedded store's durability after SIGKILL") {
-        return;
-    }
+async fn acknowledged_orders_survive_a_kill_on_the_embedded_store() {
+    crate::backend::require(crate::backend::Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let port = free_port();
@@ -155,10 +153,8 @@ async fn acknowledged_orders_survive_a_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_storage_configuration() {
-    if crate::backend::skip_unless_sqlite("reloading between two embedded data dirs") {
-        return;
-    }
+async fn sighup_reloads_the_storage_configuration_on_the_embedded_store() {
+    crate::backend::require(crate::backend::Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vitrina.toml");
     let write_config =

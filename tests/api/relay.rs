@@ -8,20 +8,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::helpers::{one_line, spawn_with, Shop, TestApp};
+use crate::helpers::{one_line, service, spawn_with, Shop, TestApp, AMQP, NATS};
 use vitrina::events::config::{SinkConfig, SinkKind};
-
-/// The broker URL from the environment, or `None` after saying why the test is skipped.
-pub fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "{var} is required");
-            eprintln!("skipped: {var} is not set");
-            None
-        }
-    }
-}
 
 fn sink(kind: SinkKind, url: &str, stream: &str, subject: Option<&str>) -> SinkConfig {
     SinkConfig { kind, url: url.into(), name: None, stream: Some(stream.into()), subject: subject.map(Into::into), secret: None }
@@ -144,8 +132,9 @@ fn inbox() -> rusqlite::Connection {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS JetStream at VITRINA_TEST_NATS_URL (default nats://127.0.0.1:4222): cargo test -- --include-ignored"]
 async fn every_committed_event_reaches_jetstream_once_and_in_order_per_aggregate() {
-    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+    let url = service("VITRINA_TEST_NATS_URL", NATS);
     let tag = format!("t{}", uuid::Uuid::now_v7().simple());
     let stream = tag.to_uppercase();
     let (u, st, sub) = (url.clone(), stream.clone(), format!("{tag}.events"));
@@ -197,9 +186,10 @@ async fn every_committed_event_reaches_jetstream_once_and_in_order_per_aggregate
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ at VITRINA_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f): cargo test -- --include-ignored"]
 async fn every_committed_event_reaches_a_rabbitmq_quorum_queue_persistent() {
     use lapin::options::{BasicGetOptions, QueueDeleteOptions};
-    let Some(url) = service("VITRINA_TEST_AMQP_URL") else { return };
+    let url = service("VITRINA_TEST_AMQP_URL", AMQP);
     let queue = format!("vitrina.test.{}", uuid::Uuid::now_v7().simple());
     let (u, q) = (url.clone(), queue.clone());
     let app = spawn_with(move |c| {
@@ -235,12 +225,11 @@ async fn every_committed_event_reaches_a_rabbitmq_quorum_queue_persistent() {
 /// 64 writers commit out of position order (each sleeps before COMMIT, one in eight rolls
 /// back) while the relay publishes to JetStream: what arrives is exactly what committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_never_skips_a_late_commit() {
-    if crate::backend::backend() != crate::backend::Backend::Postgres {
-        eprintln!("skipped on Sqlite: one writer commits in position order by construction");
-        return;
-    }
-    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+#[ignore = "PostgreSQL and NATS JetStream (VITRINA_TEST_NATS_URL): the PostgreSQL pass runs it (.ci/run)"]
+async fn the_relay_never_skips_a_late_commit_on_postgresql() {
+    // Not on the embedded store: one writer commits in position order by construction.
+    crate::backend::require(crate::backend::Backend::Postgres);
+    let url = service("VITRINA_TEST_NATS_URL", NATS);
     let tag = format!("t{}", uuid::Uuid::now_v7().simple());
     let stream = tag.to_uppercase();
     let (u, st, sub) = (url.clone(), stream.clone(), format!("{tag}.events"));
@@ -267,12 +256,11 @@ async fn the_relay_never_skips_a_late_commit() {
 /// reclaims what the dead one held once its lease runs out, and JetStream ends up with every
 /// committed event exactly once (its `Nats-Msg-Id` dedupe absorbs what was published twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost() {
-    if crate::backend::backend() != crate::backend::Backend::Postgres {
-        eprintln!("skipped on Sqlite: a relay process beside the server needs a shared PostgreSQL");
-        return;
-    }
-    let Some(url) = service("VITRINA_TEST_NATS_URL") else { return };
+#[ignore = "PostgreSQL and NATS JetStream (VITRINA_TEST_NATS_URL): the PostgreSQL pass runs it (.ci/run)"]
+async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost_on_postgresql() {
+    // Not on the embedded store: a relay process beside the server needs a shared PostgreSQL.
+    crate::backend::require(crate::backend::Backend::Postgres);
+    let url = service("VITRINA_TEST_NATS_URL", NATS);
     let app = spawn_with(|c| {
         c.seed_on_start = false;
         c.events.relay = false;
@@ -328,11 +316,10 @@ async fn a_relay_killed_while_publishing_is_replaced_and_nothing_is_lost() {
 /// dead relay's lease, then publishes the whole batch again; the receiver's inbox absorbs what
 /// was delivered twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_held_by_a_killed_relay_is_reclaimed_after_its_lease() {
-    if crate::backend::backend() != crate::backend::Backend::Postgres {
-        eprintln!("skipped on Sqlite: a relay process beside the server needs a shared PostgreSQL");
-        return;
-    }
+#[ignore = "PostgreSQL only: the PostgreSQL pass runs it (.ci/run)"]
+async fn a_batch_held_by_a_killed_relay_is_reclaimed_after_its_lease_on_postgresql() {
+    // Not on the embedded store: a relay process beside the server needs a shared PostgreSQL.
+    crate::backend::require(crate::backend::Backend::Postgres);
     let receiver = crate::webhooks::Receiver::start(0).await;
     receiver.delay.store(100, std::sync::atomic::Ordering::SeqCst);
     let app = spawn_with(|c| {
@@ -390,20 +377,13 @@ impl Drop for KillOnDrop {
 }
 
 /// A JetStream server of the test's own on a free loopback port, storing in `dir`.
-fn nats_server(port: u16, dir: &std::path::Path) -> Option<KillOnDrop> {
+fn nats_server(port: u16, dir: &std::path::Path) -> KillOnDrop {
     let child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
-    match child {
-        Ok(c) => Some(KillOnDrop(c)),
-        Err(e) => {
-            assert_ne!(std::env::var("VITRINA_REQUIRE_SERVICES").as_deref(), Ok("1"), "nats-server is required: {e}");
-            eprintln!("skipped: no nats-server binary ({e})");
-            None
-        }
-    }
+    KillOnDrop(child.unwrap_or_else(|e| panic!("nats-server is required: {e}")))
 }
 
 /// The sink breaker's state as `/metrics` shows it (0 closed, 1 half-open, 2 open).
@@ -425,10 +405,11 @@ async fn wait_sink_breaker(app: &TestApp, name: &str, state: f64, what: &str) {
 /// relay retries until a restarted broker (same storage) is back, the breaker closes, and the
 /// stream ends with every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: cargo test -- --include-ignored"]
 async fn a_broker_killed_and_restarted_loses_nothing() {
     let port = crate::helpers::free_port();
     let store = tempfile::tempdir().unwrap();
-    let Some(broker) = nats_server(port, store.path()) else { return };
+    let broker = nats_server(port, store.path());
     let url = format!("nats://127.0.0.1:{port}");
     let js = connect(&url).await;
     let u = url.clone();
@@ -452,7 +433,7 @@ async fn a_broker_killed_and_restarted_loses_nothing() {
         app.set_stock(&shop, "MUG", i).await;
     }
     wait_sink_breaker(&app, "crash-nats", 2.0, "the broker is gone").await;
-    let _broker = nats_server(port, store.path()).unwrap();
+    let _broker = nats_server(port, store.path());
     let expected: HashSet<String> =
         committed(&app, &shop, 23).await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     let js = connect(&url).await;
