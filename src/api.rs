@@ -73,12 +73,13 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(&Config::default()).into_openapi()
+    crate::http::openapi::finish(routes(&Config::default()).into_openapi())
 }
 
 /// The service: routes, spec, documentation and middleware, over `state`.
 pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let (router, spec) = routes(config).split_for_parts();
+    let spec = crate::http::openapi::finish(spec);
     let guards = auth::Guards::from_spec(&spec)?;
     let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))

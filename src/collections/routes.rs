@@ -87,6 +87,24 @@ pub struct CollectionReport {
     pub shards_count: BTreeMap<String, u64>,
 }
 
+/// `[host, port]`, as pymongo reports a node: a two-item array, not an object.
+fn node_schema() -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let part = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Integer));
+    ArrayBuilder::new().items(part).min_items(Some(2)).max_items(Some(2))
+}
+
+fn node_list_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new().items(node_schema()).build()
+}
+
+fn node_or_null_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(OneOfBuilder::new().item(node_schema()).item(ObjectBuilder::new().schema_type(Type::Null)).build())
+}
+
 /// The seed's status report, key for key, plus `topology`: the precise view of the store.
 #[derive(Serialize, ToSchema)]
 pub struct RootReport {
@@ -95,13 +113,14 @@ pub struct RootReport {
     pub mongo_db: String,
     pub read_preference: String,
     /// `[host, port]` pairs of every data node.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = node_list_schema)]
     pub mongo_nodes: Vec<(String, u16)>,
-    #[schema(value_type = Option<Object>)]
+    /// `[host, port]` of the primary, if one.
+    #[schema(schema_with = node_or_null_schema)]
     pub mongo_primary_host: Option<(String, u16)>,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = node_list_schema)]
     pub mongo_secondary_hosts: Vec<(String, u16)>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = node_or_null_schema)]
     pub mongo_address: Option<(String, u16)>,
     pub mongo_is_primary: bool,
     pub mongo_is_mongos: bool,

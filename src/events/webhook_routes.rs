@@ -223,8 +223,10 @@ pub struct DeadLetters {
     dead_letters: Vec<DeadLetter>,
 }
 
-/// Events of this shop that a configured sink (NATS, RabbitMQ, Kafka, webhook) gave up on
-/// after its attempts, newest first.
+/// The shop's dead letters, newest first.
+///
+/// Events of this shop that a configured sink (NATS, RabbitMQ, Kafka, webhook) gave up on after
+/// its attempts.
 #[utoipa::path(get, path = "/shops/{shop}/events/dead-letters", tag = "events",
     params(("shop" = String, Path)), security(("shop_key" = [])),
     responses((status = 200, body = DeadLetters), (status = 401, body = Problem)))]

@@ -8,3 +8,4 @@ pub mod cors;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod openapi;

@@ -22,6 +22,7 @@ mod events;
 mod feed;
 mod inventory;
 mod isolation;
+mod openapi;
 mod ops;
 mod orders;
 mod process;
