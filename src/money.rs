@@ -27,6 +27,16 @@ MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF 
 SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES \
 VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG";
 
+/// The codes `Currency::parse` takes, for the API document.
+pub fn currency_schema() -> utoipa::openapi::schema::Object {
+    let codes: Vec<&str> = ISO_4217.split_ascii_whitespace().collect();
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(codes))
+        .examples(["USD"])
+        .build()
+}
+
 impl Currency {
     pub fn parse(code: &str) -> Option<Currency> {
         let b = code.as_bytes();

@@ -25,6 +25,9 @@ pub fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, min: usize, 
     }
 }
 
+/// `sku`'s rule, for the API document.
+pub const SKU_PATTERN: &str = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$";
+
 /// SKU: 1-64 characters of letters, digits, '.', '_' and '-'; safe in paths and logs.
 pub fn sku(value: &str) -> Result<(), FieldError> {
     // `.` and `..` are path segments, not names: a URL with them is rewritten on the way.

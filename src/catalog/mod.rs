@@ -55,9 +55,11 @@ pub struct ProductBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceBody {
-    #[schema(example = 1999)]
+    /// Minor units (cents for USD, yen for JPY).
+    #[schema(example = 1999, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
-    #[schema(example = "USD")]
+    /// The shop's currency.
+    #[schema(schema_with = crate::money::currency_schema)]
     pub currency: String,
 }
 

@@ -118,6 +118,7 @@ pub struct ListParams {
     /// Page size, 1 to the configured maximum (100 by default).
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 512)]
     cursor: Option<String>,
 }
 

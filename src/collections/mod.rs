@@ -37,6 +37,9 @@ impl Serialize for UserDoc {
 
 /// Collection names as MongoDB would accept them, narrowed to what is safe in a URL path
 /// (`.` and `..` are path segments, not names).
+/// `valid_collection`'s rule, for the API document.
+pub const COLLECTION_PATTERN: &str = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$";
+
 pub fn valid_collection(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -108,7 +111,10 @@ pub fn parse_user(body: Value) -> Result<UserDoc, Vec<ValidationIssue>> {
     };
     let age = match obj.remove("age") {
         Some(Value::Number(n)) => {
-            match n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)) {
+            // Any integral number in range, as pydantic takes `30.0`; beyond 2^53 every float
+            // is integral, and the nearest integer is what JSON meant.
+            let integral = |f: &f64| f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64;
+            match n.as_i64().or_else(|| n.as_f64().filter(integral).map(|f| f as i64)) {
                 Some(a) => Some(a),
                 None => {
                     issues.push(issue(

@@ -311,10 +311,34 @@ async fn get_user(
     }
 }
 
+/// A user as posted, as the seed's pydantic model read it; extra fields are kept. Only the API
+/// document uses this type: the body is read as JSON and checked by `parse_user`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UserIn {
+    #[schema(min_length = 0, max_length = 256)]
+    name: String,
+    /// An integer; an integral number (`30.0`) or a string of digits (`"30"`) is taken too.
+    #[schema(schema_with = lax_integer)]
+    age: i64,
+}
+
+fn lax_integer() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let integer = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(i64::MIN as f64)).maximum(Some(i64::MAX as f64));
+    let integral = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .multiple_of(Some(1.0))
+        .minimum(Some(i64::MIN as f64))
+        .exclusive_maximum(Some(i64::MAX as f64));
+    let digits = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^\s*[+-]?[0-9]{1,18}\s*$"));
+    Schema::OneOf(OneOfBuilder::new().item(integer).item(integral).item(digits).build())
+}
+
 /// Add a user: `name` (string) and `age` (integer) required, extra fields kept. 201 with the stored user.
 #[utoipa::path(post, path = "/{collection_name}/users", tag = "seed",
     params(("collection_name" = String, Path)),
-    request_body(content = Object, description = "`{\"name\": \"ann\", \"age\": 30, ...}`"),
+    request_body(content = UserIn, description = "`{\"name\": \"ann\", \"age\": 30, ...}`"),
     responses((status = 201, body = Object), (status = 422, description = "`{\"detail\": [validation errors]}`")))]
 async fn create_user(
     State(state): State<AppState>,

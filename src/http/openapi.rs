@@ -29,8 +29,23 @@ pub fn finish(spec: OpenApi) -> OpenApi {
     serde_json::from_value(doc).unwrap_or(spec)
 }
 
+/// The rule of each path parameter the API validates, by name.
+fn pattern(parameter: &str) -> Option<&'static str> {
+    match parameter {
+        "shop" => Some(crate::shops::SHOP_ID_PATTERN),
+        "sku" => Some(crate::validate::SKU_PATTERN),
+        "collection_name" => Some(crate::collections::COLLECTION_PATTERN),
+        _ => None,
+    }
+}
+
 fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     split_summary(op);
+    for parameter in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let (Some("path"), Some(rule)) = (parameter["in"].as_str(), parameter["name"].as_str().and_then(pattern)) {
+            parameter["schema"]["pattern"] = json!(rule);
+        }
+    }
     let seed = op["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "seed"));
     let exempt = matches!(classify(&method.to_uppercase().parse().unwrap_or_default(), path), Kind::Exempt);
     let has_query = op.get("parameters").and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
@@ -56,6 +71,18 @@ fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     }
     for code in shared {
         responses.entry(code).or_insert_with(|| json!({ "content": problem() }));
+    }
+    // The seed's routes refuse a bad path or body as FastAPI did: 422 `{"detail": [...]}`.
+    if seed && (has_body || path.contains('{')) {
+        responses.entry("422").or_insert_with(|| {
+            json!({
+                "description": "A path or body the seed's model refuses, as FastAPI words it.",
+                "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["detail"],
+                    "properties": { "detail": { "type": "array", "items": { "type": "object" } } }
+                } } }
+            })
+        });
     }
     for (code, response) in responses.iter_mut() {
         let response = response.as_object_mut().expect("a response is an object");

@@ -158,6 +158,8 @@ pub struct ListParams {
     /// Only orders in this status.
     status: Option<String>,
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 512)]
     cursor: Option<String>,
 }
 

@@ -11,6 +11,9 @@ use crate::money::Currency;
 use crate::validate::{self, FieldError};
 
 /// A shop's slug id: lowercase letters, digits and dashes, 2–63 characters.
+/// `ShopId::parse`'s rule, for the API document.
+pub const SHOP_ID_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$";
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ShopId(String);
 
@@ -44,11 +47,11 @@ impl std::fmt::Display for ShopId {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateShop {
-    #[schema(example = "acme")]
+    #[schema(example = "acme", pattern = "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$")]
     pub id: String,
-    #[schema(example = "ACME Outlet")]
+    #[schema(example = "ACME Outlet", min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub name: String,
-    #[schema(example = "USD")]
+    #[schema(schema_with = crate::money::currency_schema)]
     pub currency: String,
 }
 

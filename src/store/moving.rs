@@ -71,7 +71,8 @@ impl Store {
     pub async fn move_shop(&self, shop: &ShopId, to: &str, now: DateTime<Utc>) -> StoreResult<MoveReport> {
         let names = self.ring().shards();
         if names.len() < 2 {
-            return Err(StoreError::invalid("not_sharded", "this store has a single shard: there is nowhere to move a shop"));
+            // A valid request the store's layout refuses: a conflict with its state, not bad input.
+            return Err(StoreError::conflict("not_sharded", "this store has a single shard: there is nowhere to move a shop"));
         }
         let to_index = names
             .iter()
