@@ -71,15 +71,24 @@ fn routes(config: &Config) -> OpenApiRouter<AppState> {
     bounded.merge(ingest::routes::router())
 }
 
+/// What the document says of this server: its page bound, and examples from its demo data.
+fn served(config: &Config) -> crate::http::openapi::Served<'static> {
+    use crate::demo::{DEMO_SHOP, DEMO_SKU, HELLO_COLLECTION, HELLO_USER};
+    const EXAMPLES: &[(&str, &str)] =
+        &[("shop", DEMO_SHOP), ("sku", DEMO_SKU), ("collection_name", HELLO_COLLECTION), ("name", HELLO_USER)];
+    crate::http::openapi::Served { page_max: config.limits.page_max, examples: EXAMPLES }
+}
+
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::http::openapi::finish(routes(&Config::default()).into_openapi())
+    let config = Config::default();
+    crate::http::openapi::finish(routes(&config).into_openapi(), &served(&config))
 }
 
 /// The service: routes, spec, documentation and middleware, over `state`.
 pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let (router, spec) = routes(config).split_for_parts();
-    let spec = crate::http::openapi::finish(spec);
+    let spec = crate::http::openapi::finish(spec, &served(&config));
     let guards = auth::Guards::from_spec(&spec)?;
     let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))

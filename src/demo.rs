@@ -15,10 +15,13 @@ pub const HELLO_COLLECTION: &str = "helloDoc";
 pub const HELLO_USERS: i64 = 1000;
 pub const DEMO_SHOP: &str = "demo";
 pub const DEMO_KEY_FILE: &str = "demo-shop.key";
+/// A SKU and a user name the demo data holds (the API document's examples).
+pub const DEMO_SKU: &str = "TSHIRT-BLK-M";
+pub const HELLO_USER: &str = "ly1";
 
 /// (sku, name, category, price in cents, stock)
 const DEMO_PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
-    ("TSHIRT-BLK-M", "T-shirt, black, M", "apparel", 1999, 120),
+    (DEMO_SKU, "T-shirt, black, M", "apparel", 1999, 120),
     ("TSHIRT-BLK-L", "T-shirt, black, L", "apparel", 1999, 80),
     ("HOODIE-GRY-M", "Hoodie, grey, M", "apparel", 4990, 40),
     ("SOCKS-3PK", "Socks, 3 pairs", "apparel", 899, 300),

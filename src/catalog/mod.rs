@@ -42,13 +42,14 @@ impl Product {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
-    #[schema(example = "Red T-shirt")]
+    #[schema(example = "Red T-shirt", min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub name: String,
-    #[schema(example = "apparel")]
+    #[schema(example = "apparel", min_length = 1, max_length = 100, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub category: String,
     pub price: PriceBody,
+    /// Free-form product attributes, a JSON object (null or absent: none).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Value>,
 }
 

@@ -116,6 +116,7 @@ pub struct ListParams {
     /// Only products of this category.
     category: Option<String>,
     /// Page size, 1 to the configured maximum (100 by default).
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(min_length = 1, max_length = 512)]

@@ -324,7 +324,7 @@ struct UserIn {
 }
 
 fn lax_integer() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
     let integer = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(i64::MIN as f64)).maximum(Some(i64::MAX as f64));
     let integral = ObjectBuilder::new()
         .schema_type(Type::Number)
@@ -332,7 +332,8 @@ fn lax_integer() -> utoipa::openapi::schema::Schema {
         .minimum(Some(i64::MIN as f64))
         .exclusive_maximum(Some(i64::MAX as f64));
     let digits = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^\s*[+-]?[0-9]{1,18}\s*$"));
-    Schema::OneOf(OneOfBuilder::new().item(integer).item(integral).item(digits).build())
+    // Any of them, not one of them: `30` is both an integer and an integral number.
+    Schema::AnyOf(AnyOfBuilder::new().item(integer).item(integral).item(digits).build())
 }
 
 /// Add a user: `name` (string) and `age` (integer) required, extra fields kept. 201 with the stored user.

@@ -39,8 +39,10 @@ const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// A `next` this feed returned; omit to start from the beginning.
+    #[param(min_length = 1, max_length = 512)]
     after: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -71,6 +73,7 @@ async fn list_events(
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// Start after this position (a reconnecting client sends `Last-Event-ID` instead).
+    #[param(min_length = 1, max_length = 512)]
     after: Option<String>,
 }
 

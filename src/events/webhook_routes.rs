@@ -33,10 +33,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     /// `https://` (or `http://`) endpoint that receives one POST per event.
+    #[schema(max_length = 2048, pattern = "^https?://[^\\s/?#]+([/?#][^\\s]*)?$", example = "https://example.com/hooks")]
     url: String,
     /// Event types to deliver (`vitrina.order.placed`, ...), or `["*"]` for all.
+    #[schema(min_items = 1, example = json!(["vitrina.order.placed"]))]
     events: Vec<String>,
     /// Signing key, 16-256 characters; generated when omitted.
+    #[schema(min_length = 16, max_length = 256)]
     secret: Option<String>,
 }
 
@@ -160,8 +163,10 @@ async fn delete_webhook(
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
     /// `pending`, `delivered` or `dead`.
+    #[param(pattern = "^(pending|delivered|dead)$")]
     status: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

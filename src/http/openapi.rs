@@ -14,14 +14,23 @@ use crate::admission::{classify, Kind};
 const PROBLEM_JSON: &str = "application/problem+json";
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
+/// What the finishing pass needs to know of the server.
+pub struct Served<'a> {
+    /// Bounds a page's `limit` that has no bound of its own (`limits.page_max`).
+    pub page_max: usize,
+    /// A value of a path parameter, by name, that names something a fresh server holds (its
+    /// demo data), so the document's examples can be tried as they are.
+    pub examples: &'a [(&'a str, &'a str)],
+}
+
 /// The document as served: `spec` with the shared answers, content types and texts.
-pub fn finish(spec: OpenApi) -> OpenApi {
+pub fn finish(spec: OpenApi, served: &Served) -> OpenApi {
     let mut doc = serde_json::to_value(&spec).expect("an OpenAPI document serializes");
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
             for method in METHODS {
                 if let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) {
-                    finish_operation(path, method, op);
+                    finish_operation(path, method, op, served);
                 }
             }
         }
@@ -39,11 +48,21 @@ fn pattern(parameter: &str) -> Option<&'static str> {
     }
 }
 
-fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
+fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>, served: &Served) {
     split_summary(op);
     for parameter in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
-        if let (Some("path"), Some(rule)) = (parameter["in"].as_str(), parameter["name"].as_str().and_then(pattern)) {
+        if parameter["in"] == "query" && parameter["name"] == "limit" && parameter["schema"].get("maximum").is_none() {
+            parameter["schema"]["maximum"] = json!(served.page_max);
+        }
+        if parameter["in"] != "path" {
+            continue;
+        }
+        let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+        if let Some(rule) = pattern(&name) {
             parameter["schema"]["pattern"] = json!(rule);
+        }
+        if let Some((_, value)) = served.examples.iter().find(|(p, _)| *p == name) {
+            parameter["example"] = json!(value);
         }
     }
     let seed = op["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "seed"));

@@ -120,6 +120,13 @@ async fn post_feed(State(state): State<AppState>, key: ShopKey, headers: HeaderM
             }
         }
     }
+    if total == 0 {
+        // Nothing was sent: most likely a client that lost its body, not a feed of no changes.
+        return Err(ApiError::Unprocessable {
+            code: "empty_feed",
+            detail: "the feed is empty: send one JSON object per line".into(),
+        });
+    }
     if oversize || !pending.is_empty() {
         line_no += 1;
         handle_line(&pending, oversize, &mut report, &mut batch, line_no);

@@ -30,15 +30,22 @@ impl Stock {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {
-    #[schema(example = 25)]
+    #[schema(example = 25, minimum = 0, maximum = 1_000_000_000_i64)]
     pub on_hand: i64,
+}
+
+/// A non-zero change within ±1 000 000 000, as `AdjustStock` is checked.
+fn delta_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let range = |lo: f64, hi: f64| ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(lo)).maximum(Some(hi));
+    Schema::OneOf(OneOfBuilder::new().item(range(-1e9, -1.0)).item(range(1.0, 1e9)).examples([-2]).build())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
     /// Positive to receive goods, negative to write off; never below what is reserved.
-    #[schema(example = -2)]
+    #[schema(example = -2, schema_with = delta_schema)]
     pub delta: i64,
 }
 

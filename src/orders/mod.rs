@@ -162,9 +162,9 @@ pub struct PlaceOrderBody {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineBody {
-    #[schema(example = "TSHIRT-RED-M")]
+    #[schema(example = "TSHIRT-BLK-M", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
-    #[schema(example = 2)]
+    #[schema(example = 2, minimum = 1, maximum = 10_000)]
     pub qty: i64,
 }
 

@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// the short SKUs. `Idempotency-Key` is required: the same key with the same body replays the
 /// stored answer, with another body it is 422, and while the first request is still running 409.
 #[utoipa::path(post, path = "/shops/{shop}/orders", tag = "orders", request_body = PlaceOrderBody,
-    params(("shop" = String, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen unique key, 1-255 printable ASCII")),
+    params(("shop" = String, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen unique key, 1-255 printable ASCII", pattern = "^[!-~]{1,255}$")),
     security(("shop_key" = [])),
     responses(
         (status = 201, body = Order),
@@ -157,6 +157,7 @@ async fn get_order(
 pub struct ListParams {
     /// Only orders in this status.
     status: Option<String>,
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(min_length = 1, max_length = 512)]

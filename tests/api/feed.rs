@@ -79,3 +79,14 @@ async fn feeds_need_the_shop_key() {
     let r = app.post("/shops/acme/feed").body(product("A", 1)).send().await.unwrap();
     assert_eq!(problem(r).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// A body with nothing in it is refused: more likely a client that lost its feed than a feed
+/// of no changes, and a 200 with nothing accepted would hide that.
+#[tokio::test]
+async fn an_empty_feed_is_refused() {
+    let app = spawn_with(|_| {}).await;
+    let shop = app.create_shop("acme").await;
+    let r = app.post("/shops/acme/feed").bearer_auth(&shop.key).body("").send().await.unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("empty_feed")));
+}
