@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes the running API against its own OpenAPI document with schemathesis (from the Python
 # package index, pinned, in a private virtualenv): a fresh server with its demo data, three
-# times: with the admin token, with the demo shop's key, and with no credentials. Fails on any
-# server error, response-schema violation, undocumented status code or content type.
+# times: with the admin token, with the demo shop's key, and with no credentials, every phase
+# (examples, coverage, fuzzing, stateful) and every default check. Fails on any server error,
+# response-schema violation, undocumented status code or content type, schema-valid request
+# refused or invalid one taken; .ci/schemathesis.toml lists the few rules the document cannot
+# state, each with why.
 #
 #   bash .ci/schemathesis.sh [BIN]      # default: the debug build cargo test made
 set -euo pipefail
@@ -37,7 +40,7 @@ run() {
   shift
   echo "== schemathesis, $name"
   SCHEMATHESIS_HOOKS="$PWD/.ci/schemathesis_hooks.py" timeout 600 "$venv/bin/schemathesis" --config-file .ci/schemathesis.toml \
-    run "$url/openapi.json" --seed 1 --checks all --max-failures 20 "$@"
+    run "$url/openapi.json" --seed 1 --max-failures 20 "$@"
 }
 status=0
 run "admin token" -H "Authorization: Bearer $admin" || status=1

@@ -17,6 +17,8 @@ use crate::state::AppState;
 use crate::store::{EventPage, StoreError};
 
 pub const MAX_EVENTS: usize = 1000;
+/// Longer than any `<transaction id>.<row position>` either store writes.
+const MAX_POSITION_LEN: usize = 64;
 
 /// A position the feed did not issue is the caller's mistake: 400, not 422.
 fn position_error(e: StoreError) -> ApiError {
@@ -39,7 +41,7 @@ const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// A `next` this feed returned; omit to start from the beginning.
-    #[param(min_length = 1, max_length = 512)]
+    #[param(min_length = 1, max_length = 64)]
     after: Option<String>,
     /// 1-1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -60,7 +62,7 @@ async fn list_events(
     let shop = key.id().clone();
     let limit = pagination::limit(q.limit, 100, MAX_EVENTS)
         .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_EVENTS}")))?;
-    if q.after.as_ref().is_some_and(|a| a.len() > 64) {
+    if q.after.as_ref().is_some_and(|a| a.len() > MAX_POSITION_LEN) {
         return Err(ApiError::bad_request("invalid_position", "after is not a position of this feed"));
     }
     let page = state.store().events_after(&shop, q.after.as_deref(), limit).await.map_err(position_error)?;
@@ -73,7 +75,7 @@ async fn list_events(
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// Start after this position (a reconnecting client sends `Last-Event-ID` instead).
-    #[param(min_length = 1, max_length = 512)]
+    #[param(min_length = 1, max_length = 64)]
     after: Option<String>,
 }
 
@@ -93,7 +95,11 @@ async fn stream_events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let shop = key.id().clone();
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let after = resume.or(q.after).filter(|a| a.len() <= 64);
+    let after = resume.or(q.after);
+    // Too long to be a position: refused, not dropped (which would replay the feed from its start).
+    if after.as_ref().is_some_and(|a| a.len() > MAX_POSITION_LEN) {
+        return Err(ApiError::bad_request("invalid_position", "after is not a position of this feed"));
+    }
     // Validate the position once, up front, so a bad one is a 400 rather than a silent stream.
     state.store().events_after(&shop, after.as_deref(), 1).await.map_err(position_error)?;
     let stream = event_stream(state, shop, after);

@@ -162,6 +162,14 @@ async fn the_stream_serves_the_feed_live_and_resumes_from_last_event_id() {
     assert_eq!(again.first().map(|(k, _)| k.as_str()), Some("vitrina.order.placed"));
     let bad = app.get("/shops/acme/events/stream?after=nonsense").bearer_auth(&shop.key).send().await.unwrap();
     assert_eq!(problem(bad).await.0, StatusCode::BAD_REQUEST);
+    // Too long to be a position: refused, not dropped (a stream from the start would replay all).
+    let long = format!("/shops/acme/events/stream?after={}.1", "9".repeat(70));
+    let bad = app.get(&long).bearer_auth(&shop.key).send().await.unwrap();
+    let (status, body) = problem(bad).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_position")));
+    let bad =
+        app.get("/shops/acme/events/stream").bearer_auth(&shop.key).header("last-event-id", "9".repeat(70)).send().await.unwrap();
+    assert_eq!(problem(bad).await.0, StatusCode::BAD_REQUEST);
 }
 
 /// 64 writers commit out of position order (each sleeps a random while before COMMIT) while a
