@@ -44,6 +44,22 @@ async fn count(port: u16, sql: &str, id: &str) -> i64 {
     n
 }
 
+/// Pauses a replica's replay and waits until it has paused: `pg_wal_replay_pause()` only asks,
+/// and WAL that arrives before the pause takes effect is still replayed.
+async fn pause_replay(port: u16) {
+    exec(port, "SELECT pg_wal_replay_pause()").await;
+    let t0 = Instant::now();
+    let url = format!("postgres://vitrina@127.0.0.1:{port}/vitrina");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    while client.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.unwrap().get::<_, String>(0) != "paused" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "replay on :{port} paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    let _ = task.await;
+}
+
 /// Sends a signal by pid with the system's `kill`.
 fn signal(pid: i32, sig: &str) -> i32 {
     std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().code().unwrap_or(-1)
@@ -308,7 +324,7 @@ async fn replica_reads_on_patroni_shards() {
 
     // A replica past the lag budget is not read: pause its replay, change a product behind
     // vitrina's back on the leader, and the read still sees the change.
-    exec(r1, "SELECT pg_wal_replay_pause()").await;
+    pause_replay(r1).await;
     exec(p1, &format!("UPDATE products SET name = 'fresh' WHERE shop = '{}' AND sku = 'A'", one.id)).await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(app.get_json(&format!("/shops/{}/products/A", one.id)).await["name"], "fresh", "a lagging replica is skipped");
@@ -320,7 +336,7 @@ async fn replica_reads_on_patroni_shards() {
     other_config.listen = "127.0.0.1:0".into();
     other_config.postgres.replica_lag_budget_ms = 600_000;
     let other_app = start(other_config).await;
-    exec(r2, "SELECT pg_wal_replay_pause()").await;
+    pause_replay(r2).await;
     let path = format!("/shops/{}/products/A", two.id);
     let body = serde_json::json!({"name": "renamed", "category": "c", "price": {"amount": 500, "currency": "USD"}});
     let put = app.put(&path).bearer_auth(&two.key).json(&body).send().await.unwrap();
