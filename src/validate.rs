@@ -15,6 +15,9 @@ impl FieldError {
     }
 }
 
+/// `text`'s "no control characters", for the API document (lengths are stated per field).
+pub const TEXT_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
 /// A string of `min..=max` characters without control characters.
 pub fn text(errors: &mut Vec<FieldError>, field: &str, value: &str, min: usize, max: usize) {
     let n = value.chars().count();

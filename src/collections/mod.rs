@@ -35,11 +35,11 @@ impl Serialize for UserDoc {
     }
 }
 
-/// Collection names as MongoDB would accept them, narrowed to what is safe in a URL path
-/// (`.` and `..` are path segments, not names).
 /// `valid_collection`'s rule, for the API document.
 pub const COLLECTION_PATTERN: &str = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$";
 
+/// Collection names as MongoDB would accept them, narrowed to what is safe in a URL path
+/// (`.` and `..` are path segments, not names).
 pub fn valid_collection(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))

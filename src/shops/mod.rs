@@ -10,10 +10,10 @@ use utoipa::ToSchema;
 use crate::money::Currency;
 use crate::validate::{self, FieldError};
 
-/// A shop's slug id: lowercase letters, digits and dashes, 2–63 characters.
 /// `ShopId::parse`'s rule, for the API document.
 pub const SHOP_ID_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$";
 
+/// A shop's slug id: lowercase letters, digits and dashes, 2–63 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ShopId(String);
 

@@ -69,6 +69,23 @@ fn every_answer_is_described_and_every_error_is_a_problem() {
     assert!(faults.is_empty(), "{} faults:\n{}", faults.len(), faults.join("\n"));
 }
 
+/// utoipa takes a field's pattern only as a literal, so the body fields repeat their validator's
+/// rule: each must stay the rule its validator states.
+#[test]
+fn body_field_patterns_are_their_validators_rules() {
+    let doc = document();
+    let pattern = |schema: &str, field: &str| doc["components"]["schemas"][schema]["properties"][field]["pattern"].clone();
+    for (schema, field, rule) in [
+        ("CreateShop", "id", vitrina::shops::SHOP_ID_PATTERN),
+        ("CreateShop", "name", vitrina::validate::TEXT_PATTERN),
+        ("ProductBody", "name", vitrina::validate::TEXT_PATTERN),
+        ("ProductBody", "category", vitrina::validate::TEXT_PATTERN),
+        ("LineBody", "sku", vitrina::validate::SKU_PATTERN),
+    ] {
+        assert_eq!(pattern(schema, field), rule, "{schema}.{field}");
+    }
+}
+
 /// `UPDATE_OPENAPI_SNAPSHOT=1 cargo test --test api openapi` rewrites the snapshot; review its diff.
 #[test]
 fn the_document_is_its_reviewed_snapshot() {
