@@ -93,11 +93,7 @@ impl Replicas {
     /// counted from its end. A write that failed or was refused opens no window: nothing of it is
     /// to be read back, and after a refusal from a dead primary its reads keep their replicas.
     pub async fn after_write<T>(&self, key: &str, write: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        let done = write.await;
-        if done.is_ok() {
-            self.wrote(key);
-        }
-        done
+        self.after_writes(&[key], write).await
     }
 
     /// `after_write` for a write of several keys.
@@ -124,36 +120,29 @@ impl Replicas {
         if recently_written {
             return None;
         }
-        let budget = self.budget.as_millis() as i64;
         // A client that wrote elsewhere says when (a consistency token): only a replica that had
         // replayed past that moment may answer it.
         let read_after = crate::consistency::read_after_ms();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.nodes.len() {
-            let r = &self.nodes[(start + i) % self.nodes.len()];
-            let lag = r.lag_ms.load(Ordering::Relaxed);
-            let fresh_enough = read_after.is_none_or(|t| r.replayed_until_ms.load(Ordering::Relaxed) >= t);
-            if (0..=budget).contains(&lag) && fresh_enough {
-                if let Ok(c) = r.pool.get().await {
-                    metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => "replica").increment(1);
-                    return Some(c);
-                }
-            }
-        }
-        None
+        let fresh_enough = |r: &Replica| read_after.is_none_or(|t| r.replayed_until_ms.load(Ordering::Relaxed) >= t);
+        self.first_within_budget(fresh_enough, "replica").await
     }
 
     /// A replica within the lag budget, whatever this instance wrote or the client asked to
     /// read after: for a read whose primary cannot be reached (`store::fallback`).
     pub async fn pick_within_budget(&self) -> Option<Client> {
+        self.first_within_budget(|_| true, "replica_fallback").await
+    }
+
+    /// A connection to the next replica, round robin, within the lag budget and `fit`; counted
+    /// as a read of `node`.
+    async fn first_within_budget(&self, fit: impl Fn(&Replica) -> bool, node: &'static str) -> Option<Client> {
         let budget = self.budget.as_millis() as i64;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.nodes.len() {
             let r = &self.nodes[(start + i) % self.nodes.len()];
-            if (0..=budget).contains(&r.lag_ms.load(Ordering::Relaxed)) {
+            if (0..=budget).contains(&r.lag_ms.load(Ordering::Relaxed)) && fit(r) {
                 if let Ok(c) = r.pool.get().await {
-                    metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => "replica_fallback")
-                        .increment(1);
+                    metrics::counter!("vitrina_reads_total", "shard" => self.shard.clone(), "node" => node).increment(1);
                     return Some(c);
                 }
             }
