@@ -88,7 +88,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The service: routes, spec, documentation and middleware, over `state`.
 pub fn router(config: &Config, state: AppState) -> anyhow::Result<Router> {
     let (router, spec) = routes(config).split_for_parts();
-    let spec = crate::http::openapi::finish(spec, &served(&config));
+    let spec = crate::http::openapi::finish(spec, &served(config));
     let guards = auth::Guards::from_spec(&spec)?;
     let router = router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))

@@ -163,11 +163,15 @@ impl Store {
         self.members[index].shard.as_ref()
     }
 
+    /// The `store` span of a call to shard `index`: what links a request to the event it writes.
+    fn span(&self, index: usize, op: &'static str) -> tracing::Span {
+        let name = self.name(index);
+        tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op)
+    }
+
     /// Every call to shard `index`: its span, through its breaker.
     pub async fn call<T>(&self, index: usize, op: &'static str, fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        let name = self.name(index);
-        let span =
-            tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op);
+        let (name, span) = (self.name(index), self.span(index, op));
         let unreachable = |r: &StoreResult<T>| matches!(r, Err(StoreError::Unreachable(_)));
         match self.members[index].breaker.call(fut.instrument(span), unreachable).await {
             Some(result) => result,
@@ -188,9 +192,7 @@ impl Store {
         op: &'static str,
         fut: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let name = self.name(index);
-        let span =
-            tracing::debug_span!("store", otel.name = %format_args!("store {op}"), otel.kind = "client", shard = %name, op);
+        let (name, span) = (self.name(index), self.span(index, op));
         let failed = |(r, fell_back): &(StoreResult<T>, bool)| *fell_back || matches!(r, Err(StoreError::Unreachable(_)));
         // Read when the read starts: a read the breaker hands back unrun is told before it runs.
         let primary_down = AtomicBool::new(false);
